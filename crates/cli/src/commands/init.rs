@@ -1,0 +1,34 @@
+//! `infalign init`: a randomly initialised model directory from a config and a tokenizer.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use infalign_core::{Device, Seed};
+use infalign_models::{CausalLm, ModelConfig, Tokenizer, check_vocab, save_model_dir};
+
+/// Flags of `infalign init`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A Hugging Face style config.json (model_type gpt2, llama or qwen2).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// tokenizer.json to pair with the model.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Initialisation seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(a: Args, device: &Device) -> Result<()> {
+    let config = ModelConfig::load(&a.config)?;
+    let tokenizer = Tokenizer::from_file(&a.tokenizer)?;
+    check_vocab(&tokenizer, &config)?;
+    let model = CausalLm::random(&config, Seed(a.seed), device)?;
+    save_model_dir(&a.out, &model, &tokenizer)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The `infalign` binary: one subcommand per stage of the pipeline.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use infalign_core::{Device, DeviceSpec};
+
+/// Inference-aware alignment and controlled decoding of language models.
+#[derive(Debug, Parser)]
+#[command(name = "infalign", version, about)]
+struct Cli {
+    /// Compute device: cpu (default), ndarray, wgpu, cuda, cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sample completions of prompts.
+    Generate(commands::generate::Args),
+    /// Per-token log-probs of a text under a model, as one JSON object.
+    Logprobs(commands::logprobs::Args),
+    /// Tokenizer utilities.
+    #[command(subcommand)]
+    Tokenizer(commands::tokenizer::Command),
+    /// Create a randomly initialised model directory from a config.json and a tokenizer.
+    Init(commands::init::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let device = || -> Result<Device> {
+        let spec: DeviceSpec = cli.device.parse()?;
+        Ok(spec.device()?)
+    };
+    match cli.command {
+        Command::Generate(a) => commands::generate::run(a, &device()?),
+        Command::Logprobs(a) => commands::logprobs::run(a, &device()?),
+        Command::Tokenizer(c) => commands::tokenizer::run(c),
+        Command::Init(a) => commands::init::run(a, &device()?),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The model directory to use: `--model`, else the shipped base model.
+pub(crate) fn model_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    let shipped = shipped_model_dir();
+    if shipped.join(infalign_models::CONFIG_FILE).exists() {
+        return Ok(shipped);
+    }
+    anyhow::bail!(
+        "no --model given and no shipped base model at {}: pass --model DIR (a directory with \
+         config.json, model.safetensors and tokenizer.json)",
+        shipped.display()
+    )
+}
+
+/// `assets/base-model` of the repository, or `$INFALIGN_ASSETS/base-model`.
+pub(crate) fn shipped_model_dir() -> PathBuf {
+    std::env::var_os("INFALIGN_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
+        .join("base-model")
+}
+
+/// Loads a model directory with a message that names it.
+pub(crate) fn load_model(
+    given: Option<PathBuf>,
+    device: &Device,
+) -> Result<infalign_models::LoadedModel> {
+    let dir = model_dir(given)?;
+    infalign_models::LoadedModel::load(&dir, device)
+        .with_context(|| format!("loading model directory {}", dir.display()))
+}

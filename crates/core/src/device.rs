@@ -1,0 +1,137 @@
+//! Device selection from a string: `cpu` / `flex` (burn-flex, the default), `ndarray`, `wgpu`,
+//! `cuda` / `cuda:N`.
+//!
+//! Invariant: every backend other than the CPU default sits behind a Cargo feature of the same
+//! name; asking for one that the build lacks is [`CoreError::DeviceNotBuilt`], naming the feature.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+use crate::CoreError;
+
+/// A compute device, as written on the command line or in a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// burn-flex on the CPU (the default; always built).
+    #[default]
+    Cpu,
+    /// burn-ndarray on the CPU (feature `ndarray`).
+    Ndarray,
+    /// wgpu: Vulkan, Metal or WebGPU (feature `wgpu`). Without a GPU, Mesa's lavapipe.
+    Wgpu,
+    /// CUDA device N (feature `cuda`).
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "ndarray" => Ok(Self::Ndarray),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| CoreError::UnknownDevice { given: s.into() }),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Ndarray => write!(f, "ndarray"),
+            Self::Wgpu => write!(f, "wgpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The Cargo feature that builds this device's backend (`None` for the default CPU).
+    pub fn feature(&self) -> Option<&'static str> {
+        match self {
+            Self::Cpu => None,
+            Self::Ndarray => Some("ndarray"),
+            Self::Wgpu => Some("wgpu"),
+            Self::Cuda(_) => Some("cuda"),
+        }
+    }
+
+    /// Whether this build includes the backend.
+    pub fn is_built(&self) -> bool {
+        match self {
+            Self::Cpu => true,
+            Self::Ndarray => cfg!(feature = "ndarray"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+            Self::Cuda(_) => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The burn device (without autodiff; call `.autodiff()` on it to train).
+    pub fn device(&self) -> Result<Device, CoreError> {
+        if !self.is_built() {
+            return Err(CoreError::DeviceNotBuilt {
+                device: self.to_string(),
+                feature: self.feature().unwrap_or("flex"),
+            });
+        }
+        Ok(match self {
+            Self::Cpu => Device::flex(),
+            #[cfg(feature = "ndarray")]
+            Self::Ndarray => Device::ndarray(),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(n) => Device::cuda(*n),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("is_built() checked the feature"),
+        })
+    }
+
+    /// Every device this build includes.
+    pub fn built() -> Vec<DeviceSpec> {
+        [Self::Cpu, Self::Ndarray, Self::Wgpu, Self::Cuda(0)]
+            .into_iter()
+            .filter(Self::is_built)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_spelling() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("FLEX".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        let err = "tpu".parse::<DeviceSpec>().unwrap_err().to_string();
+        assert!(err.contains("tpu") && err.contains("cuda:N"), "{err}");
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn missing_backend_names_its_feature() {
+        for spec in [DeviceSpec::Ndarray, DeviceSpec::Wgpu, DeviceSpec::Cuda(1)] {
+            if !spec.is_built() {
+                let err = spec.device().unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("--features {}", spec.feature().unwrap())),
+                    "{err}"
+                );
+            }
+        }
+        assert!(DeviceSpec::Cpu.device().is_ok());
+    }
+}

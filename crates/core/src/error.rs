@@ -1,0 +1,63 @@
+//! Errors of the core crate: each names the file, line or field at fault and what was expected.
+
+use std::path::PathBuf;
+
+/// An error from device selection, file I/O or JSONL parsing.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The device string did not parse.
+    #[error("unknown device `{given}`: expected one of cpu, flex, ndarray, wgpu, cuda, cuda:N")]
+    UnknownDevice {
+        /// What the user wrote.
+        given: String,
+    },
+    /// The device exists but this build does not include its backend.
+    #[error(
+        "device `{device}` is not in this build: rebuild with `--features {feature}` \
+         (for example `cargo build --release -p infalign --features {feature}`)"
+    )]
+    DeviceNotBuilt {
+        /// The device asked for.
+        device: String,
+        /// The Cargo feature that enables it.
+        feature: &'static str,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of a JSONL file is not the expected JSON object.
+    #[error("{path}:{line}: {message}")]
+    Jsonl {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// A value could not be serialized.
+    #[error("{what}: {source}")]
+    Serialize {
+        /// What was being serialized.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl CoreError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

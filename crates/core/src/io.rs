@@ -1,0 +1,137 @@
+//! File I/O with the project's guarantees: JSONL read with line-numbered errors, and writes
+//! that go to a temporary file in the same directory and are renamed into place, so that an
+//! interrupted run never leaves a truncated file.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::CoreError;
+
+/// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<(), CoreError> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`write_atomic`], with the content produced by a writer callback.
+pub fn write_atomic_with(
+    path: impl AsRef<Path>,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), CoreError> {
+    let path = path.as_ref();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let file = fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(file);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(CoreError::io(path, e));
+    }
+    Ok(())
+}
+
+/// Serializes `value` as pretty JSON and writes it atomically.
+pub fn write_json_atomic<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<(), CoreError> {
+    let path = path.as_ref();
+    let text = serde_json::to_string_pretty(value).map_err(|source| CoreError::Serialize {
+        what: path.display().to_string(),
+        source,
+    })?;
+    write_atomic(path, format!("{text}\n").as_bytes())
+}
+
+/// Writes one JSON object per line, atomically.
+pub fn write_jsonl_atomic<T: Serialize>(
+    path: impl AsRef<Path>,
+    rows: &[T],
+) -> Result<(), CoreError> {
+    let path = path.as_ref();
+    let mut text = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line = serde_json::to_string(row).map_err(|source| CoreError::Serialize {
+            what: format!("{} row {}", path.display(), i + 1),
+            source,
+        })?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Reads a JSONL file into typed rows. Blank lines are skipped; a malformed line is an error
+/// naming the file, the 1-based line number and what serde expected.
+pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>, CoreError> {
+    let path = path.as_ref();
+    let file = fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
+    let mut rows = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| CoreError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str(&line).map_err(|e| CoreError::Jsonl {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Reads a whole file to a string, naming the file on error.
+pub fn read_to_string(path: impl AsRef<Path>) -> Result<String, CoreError> {
+    let path = path.as_ref();
+    fs::read_to_string(path).map_err(|e| CoreError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Row {
+        prompt: String,
+    }
+
+    #[test]
+    fn jsonl_round_trip_and_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/p.jsonl");
+        let rows = vec![
+            Row { prompt: "a".into() },
+            Row {
+                prompt: "b\n".into(),
+            },
+        ];
+        write_jsonl_atomic(&p, &rows).unwrap();
+        assert_eq!(read_jsonl::<Row>(&p).unwrap(), rows);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+
+        fs::write(&p, "{\"prompt\": \"a\"}\n\n{\"prompt\": 3}\n").unwrap();
+        let err = read_jsonl::<Row>(&p).unwrap_err().to_string();
+        assert!(err.contains("p.jsonl:3:"), "{err}");
+        assert!(err.contains("expected a string"), "{err}");
+        let err = read_jsonl::<Row>(dir.path().join("missing.jsonl")).unwrap_err();
+        assert!(err.to_string().contains("missing.jsonl"));
+    }
+}

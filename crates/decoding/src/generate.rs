@@ -1,0 +1,214 @@
+//! Batched ancestral generation with a KV cache.
+//!
+//! Prompts are encoded, left-padded into one batch and prefilled once; the cache is then
+//! repeated so the N samples of each prompt continue from the shared prefill. Each sample draws
+//! from its own seeded stream, `seed.derive("sample", prompt_index * N + j)`, so a sample does
+//! not depend on how prompts were batched.
+//!
+//! Invariants: a row that has finished (EOS, stop string) draws no further randomness; every
+//! sample's `base_logprobs` are the unprocessed model's, its `policy_logprobs` those of the
+//! distribution it was actually drawn from.
+
+use burn::tensor::Device;
+use infalign_core::Seed;
+use infalign_models::{LoadedModel, ModelError, TokenBatch, weights::read_f32};
+use serde::{Deserialize, Serialize};
+
+use crate::sampler::{SamplingConfig, sample_token};
+use crate::{DecodingError, Finish, Sample};
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationConfig {
+    /// Largest number of new tokens per sample.
+    pub max_new_tokens: usize,
+    /// Samples per prompt.
+    pub n: usize,
+    /// Next-token processing.
+    pub sampling: SamplingConfig,
+    /// Strings that end a completion when they appear in its text.
+    pub stop: Vec<String>,
+    /// Prompts prefilled together (each expands to `n` rows).
+    pub prompt_batch: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            n: 1,
+            sampling: SamplingConfig::default(),
+            stop: Vec::new(),
+            prompt_batch: 8,
+        }
+    }
+}
+
+/// Generates completions from a loaded model.
+#[derive(Debug)]
+pub struct Generator<'a> {
+    lm: &'a LoadedModel,
+    device: Device,
+}
+
+struct Row {
+    tokens: Vec<u32>,
+    policy: Vec<f32>,
+    base: Vec<f32>,
+    finish: Option<Finish>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl<'a> Generator<'a> {
+    /// A generator over `lm` running on `device`.
+    pub fn new(lm: &'a LoadedModel, device: Device) -> Self {
+        Self { lm, device }
+    }
+
+    /// `cfg.n` completions of every prompt, ordered by prompt then sample.
+    pub fn generate(
+        &self,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+        seed: Seed,
+    ) -> Result<Vec<Sample>, DecodingError> {
+        cfg.sampling.validate()?;
+        if cfg.n == 0 {
+            return Err(DecodingError::InvalidParameter {
+                field: "n",
+                message: "must be at least 1".into(),
+            });
+        }
+        let encoded = prompts
+            .iter()
+            .map(|p| self.encode_prompt(p, cfg.max_new_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(prompts.len() * cfg.n);
+        let chunk = cfg.prompt_batch.max(1);
+        for (c, ids) in encoded.chunks(chunk).enumerate() {
+            let first = c * chunk;
+            out.extend(self.generate_chunk(
+                &prompts[first..first + ids.len()],
+                ids,
+                first,
+                cfg,
+                seed,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Token ids of a prompt; an empty prompt starts from BOS (or EOS, GPT-2's convention).
+    fn encode_prompt(&self, prompt: &str, max_new: usize) -> Result<Vec<u32>, DecodingError> {
+        let mut ids = self.lm.tokenizer.encode(prompt)?;
+        if ids.is_empty() {
+            let start = match self.lm.model.config() {
+                infalign_models::ModelConfig::Gpt2(c) => c.bos_token_id,
+                infalign_models::ModelConfig::Llama(c, _) => c.bos_token_id,
+            };
+            ids.push(start.or(self.lm.eos_ids.first().copied()).unwrap_or(0));
+        }
+        let max = self.lm.model.config().max_positions();
+        if ids.len() + max_new > max {
+            return Err(ModelError::ContextOverflow {
+                len: ids.len() + max_new,
+                max,
+            }
+            .into());
+        }
+        self.lm.model.check_ids(&ids, ids.len())?;
+        Ok(ids)
+    }
+
+    fn generate_chunk(
+        &self,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+        first_index: usize,
+        cfg: &GenerationConfig,
+        seed: Seed,
+    ) -> Result<Vec<Sample>, DecodingError> {
+        let model = &self.lm.model;
+        let n = cfg.n;
+        let batch = TokenBatch::left_padded(ids, self.lm.pad_id, &self.device)?;
+        let mut cache = model.new_cache();
+        let prefill = model.next_token_logprobs(&batch, &mut cache);
+        let vocab = prefill.dims()[1];
+        let prefill = read_f32(prefill)?;
+        // Rows are prompt-major: prompt i, samples 0..n.
+        let mut logp: Vec<f32> = prefill
+            .chunks(vocab)
+            .flat_map(|row| std::iter::repeat_n(row, n).flatten().copied())
+            .collect();
+        if n > 1 {
+            cache = cache.repeat_interleave(n);
+        }
+        let mut rows: Vec<Row> = (0..ids.len() * n)
+            .map(|r| Row {
+                tokens: Vec::new(),
+                policy: Vec::new(),
+                base: Vec::new(),
+                finish: None,
+                rng: seed
+                    .derive("sample", ((first_index + r / n) * n + r % n) as u64)
+                    .stream("sampling"),
+            })
+            .collect();
+        for step in 0..cfg.max_new_tokens {
+            let mut next = Vec::with_capacity(rows.len());
+            for (r, row) in rows.iter_mut().enumerate() {
+                if row.finish.is_some() {
+                    next.push(self.lm.pad_id);
+                    continue;
+                }
+                let lp = &logp[r * vocab..(r + 1) * vocab];
+                let (tok, policy_lp) = sample_token(lp, &cfg.sampling, &mut row.rng);
+                row.tokens.push(tok);
+                row.policy.push(policy_lp);
+                row.base.push(lp[tok as usize]);
+                if self.lm.eos_ids.contains(&tok) {
+                    row.finish = Some(Finish::Eos);
+                } else if !cfg.stop.is_empty() {
+                    let text = self.lm.tokenizer.decode(&row.tokens)?;
+                    if cfg.stop.iter().any(|s| text.contains(s.as_str())) {
+                        row.finish = Some(Finish::Stop);
+                    }
+                }
+                next.push(tok);
+            }
+            if rows.iter().all(|r| r.finish.is_some()) || step + 1 == cfg.max_new_tokens {
+                break;
+            }
+            let step_batch = TokenBatch::step(&next, &self.device);
+            logp = read_f32(model.next_token_logprobs(&step_batch, &mut cache))?;
+        }
+        rows.into_iter()
+            .enumerate()
+            .map(|(r, row)| {
+                let p = r / n;
+                let finish = row.finish.unwrap_or(Finish::Length);
+                let mut completion = self.lm.tokenizer.decode(&row.tokens)?;
+                if finish == Finish::Stop
+                    && let Some(cut) = cfg
+                        .stop
+                        .iter()
+                        .filter_map(|s| completion.find(s.as_str()))
+                        .min()
+                {
+                    completion.truncate(cut);
+                }
+                Ok(Sample {
+                    prompt: prompts[p].clone(),
+                    prompt_index: first_index + p,
+                    prompt_ids: ids[p].clone(),
+                    terminal_index: row.tokens.len().checked_sub(1),
+                    tokens: row.tokens,
+                    completion,
+                    finish,
+                    policy_logprobs: row.policy,
+                    base_logprobs: row.base,
+                })
+            })
+            .collect()
+    }
+}

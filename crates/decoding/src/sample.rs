@@ -1,0 +1,50 @@
+//! One generated completion and everything later stages need to know about it.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// The model emitted an end-of-sequence token (kept as the last token).
+    Eos,
+    /// The token budget ran out (truncation).
+    Length,
+    /// A stop string appeared in the text.
+    Stop,
+}
+
+/// A completion of one prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The prompt text.
+    pub prompt: String,
+    /// Index of the prompt in the request.
+    pub prompt_index: usize,
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<u32>,
+    /// Generated token ids, including the final EOS when `finish` is `Eos`.
+    pub tokens: Vec<u32>,
+    /// Decoded completion (special tokens skipped; cut before a stop string).
+    pub completion: String,
+    /// How it ended.
+    pub finish: Finish,
+    /// Index in `tokens` of the terminal token (EOS, or the last token on truncation).
+    pub terminal_index: Option<usize>,
+    /// Per-token log-probs under the policy that drew them (after temperature/top-k/top-p).
+    pub policy_logprobs: Vec<f32>,
+    /// Per-token log-probs under the unprocessed base model.
+    pub base_logprobs: Vec<f32>,
+}
+
+impl Sample {
+    /// Sum of policy log-probs: `log π(y | x)`.
+    pub fn policy_logprob(&self) -> f64 {
+        self.policy_logprobs.iter().map(|&x| f64::from(x)).sum()
+    }
+
+    /// Sum of base log-probs: `log π_ref(y | x)`.
+    pub fn base_logprob(&self) -> f64 {
+        self.base_logprobs.iter().map(|&x| f64::from(x)).sum()
+    }
+}

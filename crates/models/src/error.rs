@@ -1,0 +1,120 @@
+//! Errors of the models crate. Each names the file, tensor or field at fault and what was
+//! expected.
+
+use std::path::PathBuf;
+
+/// An error loading, saving or running a model or tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// File-level failure from the core crate (I/O, JSONL).
+    #[error(transparent)]
+    Core(#[from] infalign_core::CoreError),
+    /// A config file is not valid JSON or lacks a field.
+    #[error("{path}: {message}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What was wrong, naming the field.
+        message: String,
+    },
+    /// A config's `model_type` is not one this crate implements.
+    #[error("{path}: unsupported model_type `{found}`: expected one of gpt2, llama, qwen2")]
+    UnknownModelType {
+        /// The config file.
+        path: PathBuf,
+        /// The value found.
+        found: String,
+    },
+    /// A hyperparameter is impossible (for example heads that do not divide the width).
+    #[error("invalid config field `{field}`: {message}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// A checkpoint lacks a tensor the architecture needs.
+    #[error("{file}: missing tensor `{name}` (expected shape {expected:?})")]
+    MissingTensor {
+        /// The checkpoint.
+        file: String,
+        /// The tensor name.
+        name: String,
+        /// Its expected shape.
+        expected: Vec<usize>,
+    },
+    /// A checkpoint tensor has the wrong shape.
+    #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// The checkpoint.
+        file: String,
+        /// The tensor name.
+        name: String,
+        /// Its expected shape.
+        expected: Vec<usize>,
+        /// The shape found.
+        found: Vec<usize>,
+    },
+    /// A checkpoint tensor has a dtype this crate cannot read.
+    #[error("{file}: tensor `{name}` has dtype {dtype}, expected F32, F16 or BF16")]
+    UnsupportedDtype {
+        /// The checkpoint.
+        file: String,
+        /// The tensor name.
+        name: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// A safetensors file is corrupt or truncated.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The tokenizer failed to load, train, encode or decode.
+    #[error("tokenizer{}: {message}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Tokenizer {
+        /// The tokenizer file, when there is one.
+        path: Option<PathBuf>,
+        /// What went wrong.
+        message: String,
+    },
+    /// The tokenizer and the model disagree on the vocabulary.
+    #[error(
+        "the tokenizer has {tokenizer} tokens but the model's vocab_size is {model}: \
+         token ids would fall outside the embedding table"
+    )]
+    VocabMismatch {
+        /// Tokens in the tokenizer (including added tokens).
+        tokenizer: usize,
+        /// The model's vocab_size.
+        model: usize,
+    },
+    /// An input is longer than the model's context.
+    #[error("input of {len} tokens exceeds the model's context of {max} positions")]
+    ContextOverflow {
+        /// Total length asked for.
+        len: usize,
+        /// The model's maximum.
+        max: usize,
+    },
+    /// A token id is outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// A tensor could not be read back from the device.
+    #[error("reading a tensor from the device failed: {0}")]
+    Read(String),
+    /// Malformed input to an API (for example ragged batches).
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Result alias of the crate.
+pub type Result<T> = std::result::Result<T, ModelError>;

@@ -1,0 +1,171 @@
+//! The pieces GPT-2 and Llama share: normalisations, the GELU variants, rotary embeddings, and
+//! masked scaled-dot-product attention over a KV cache.
+//!
+//! Invariant: attention never looks at a padded key or a future key; both are excluded by an
+//! additive bias built once per forward ([`AttentionContext`]), not per layer.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use crate::cache::{KvCache, LayerCache};
+
+/// The additive bias for masked attention entries. Large enough that `exp` underflows to zero,
+/// finite so that a fully masked (padding) query row stays finite.
+pub(crate) const MASKED: f32 = -1e9;
+
+/// LayerNorm over the last dimension (GPT-2).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// Gain, HF `weight`.
+    pub gamma: Param<Tensor<1>>,
+    /// Shift, HF `bias`.
+    pub beta: Param<Tensor<1>>,
+    /// Epsilon added to the variance.
+    pub epsilon: f64,
+}
+
+impl LayerNorm {
+    /// `(x - mean) / sqrt(var + eps) * gamma + beta`, with the biased variance (as PyTorch).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(D - 1);
+        let normed = centered / (var + self.epsilon).sqrt();
+        normed * self.gamma.val().unsqueeze() + self.beta.val().unsqueeze()
+    }
+}
+
+/// RMSNorm over the last dimension (Llama).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// Gain, HF `weight`.
+    pub gamma: Param<Tensor<1>>,
+    /// Epsilon added to the mean square.
+    pub epsilon: f64,
+}
+
+impl RmsNorm {
+    /// `x / sqrt(mean(x^2) + eps) * gamma`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let ms = x.clone().square().mean_dim(D - 1);
+        x / (ms + self.epsilon).sqrt() * self.gamma.val().unsqueeze()
+    }
+}
+
+/// GELU, exact (`erf`) or with GPT-2's tanh approximation (`gelu_new`).
+pub(crate) fn gelu<const D: usize>(x: Tensor<D>, tanh_approximation: bool) -> Tensor<D> {
+    if tanh_approximation {
+        burn::tensor::activation::gelu_approximate(x)
+    } else {
+        burn::tensor::activation::gelu(x)
+    }
+}
+
+/// What every layer of one forward pass needs: the attention bias over all cached plus new
+/// positions, and the positions of the new tokens (taken from the attention mask, so left
+/// padding does not shift them).
+#[derive(Debug, Clone)]
+pub(crate) struct AttentionContext {
+    /// `[B, 1, L, T]`: 0 where query i may attend key j, [`MASKED`] elsewhere.
+    pub bias: Tensor<4>,
+    /// `[B, L]`: the position of each new token (0 for padding).
+    pub positions: Tensor<2, Int>,
+}
+
+impl AttentionContext {
+    /// Appends `new_mask` (`[B, L]`, 1 for a real token, 0 for padding) to the cache's mask and
+    /// builds the bias and positions for the `L` new tokens.
+    pub fn new(cache: &mut KvCache, new_mask: Tensor<2>, device: &Device) -> Self {
+        let [_, l] = new_mask.dims();
+        let past = cache.len();
+        let full = cache.push_mask(new_mask);
+        let [_, t] = full.dims();
+        let positions = (full.clone().cumsum(1) - 1.0)
+            .clamp_min(0.0)
+            .narrow(1, past, l)
+            .int();
+        let causal: Tensor<2, Bool> = Tensor::tril_mask([l, t], past as i64, device);
+        let causal_bias = Tensor::<2>::zeros([l, t], device)
+            .mask_fill(causal, MASKED)
+            .unsqueeze::<4>();
+        let pad_bias = ((full - 1.0) * (-MASKED))
+            .unsqueeze_dim::<3>(1)
+            .unsqueeze_dim::<4>(1);
+        Self {
+            bias: pad_bias + causal_bias,
+            positions,
+        }
+    }
+}
+
+/// Scaled dot-product attention of `q` (`[B, H, L, hd]`) over the cached keys and values
+/// extended by `k`, `v` (`[B, H_kv, L, hd]`); returns `[B, L, H * hd]`.
+pub(crate) fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    layer: &mut LayerCache,
+    ctx: &AttentionContext,
+) -> Tensor<3> {
+    let [b, h, l, hd] = q.dims();
+    let (k, v) = layer.append(k, v);
+    let [_, h_kv, t, _] = k.dims();
+    let (k, v) = if h_kv == h {
+        (k, v)
+    } else {
+        let rep = h / h_kv;
+        let expand = |x: Tensor<4>| {
+            x.unsqueeze_dim::<5>(2)
+                .expand([b, h_kv, rep, t, hd])
+                .reshape([b, h, t, hd])
+        };
+        (expand(k), expand(v))
+    };
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale + ctx.bias.clone();
+    let probs = softmax(scores, 3);
+    probs.matmul(v).swap_dims(1, 2).reshape([b, l, h * hd])
+}
+
+/// Splits `[B, L, H * hd]` into heads `[B, H, L, hd]`.
+pub(crate) fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, l, d] = x.dims();
+    x.reshape([b, l, heads, d / heads]).swap_dims(1, 2)
+}
+
+/// Rotary position embedding (Llama's "rotate half" convention).
+#[derive(Debug, Clone)]
+pub(crate) struct Rotary {
+    /// `[1, 1, hd / 2]`: `theta^(-2i / hd)`.
+    inv_freq: Tensor<3>,
+}
+
+impl Rotary {
+    pub fn new(head_dim: usize, theta: f64, device: &Device) -> Self {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        Self {
+            inv_freq: Tensor::<1>::from_floats(inv.as_slice(), device).reshape([1, 1, half]),
+        }
+    }
+
+    /// `(cos, sin)`, each `[B, 1, L, hd]`, for integer positions `[B, L]`.
+    pub fn cos_sin(&self, positions: &Tensor<2, Int>) -> (Tensor<4>, Tensor<4>) {
+        let freqs = positions.clone().float().unsqueeze_dim::<3>(2) * self.inv_freq.clone();
+        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
+        (emb.clone().cos(), emb.sin())
+    }
+
+    /// `x * cos + rotate_half(x) * sin` for `x` of shape `[B, H, L, hd]`.
+    pub fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+        let [_, _, _, hd] = x.dims();
+        let half = hd / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos.clone() + rotated * sin.clone()
+    }
+}
