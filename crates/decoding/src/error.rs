@@ -6,6 +6,19 @@ pub enum DecodingError {
     /// The model or tokenizer failed.
     #[error(transparent)]
     Model(#[from] infalign_models::ModelError),
+    /// The prompt plus the token budget does not fit the model's context.
+    #[error(
+        "a prompt of {prompt} tokens plus max-new-tokens {new} exceeds the model's context of \
+         {max} positions: shorten the prompt or lower --max-new-tokens"
+    )]
+    ContextOverflow {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Requested new tokens.
+        new: usize,
+        /// The model's context.
+        max: usize,
+    },
     /// A decoding parameter is impossible.
     #[error("invalid `{field}`: {message}")]
     InvalidParameter {

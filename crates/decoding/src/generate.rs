@@ -11,7 +11,7 @@
 
 use burn::tensor::Device;
 use infalign_core::Seed;
-use infalign_models::{LoadedModel, ModelError, TokenBatch, weights::read_f32};
+use infalign_models::{LoadedModel, TokenBatch, weights::read_f32};
 use serde::{Deserialize, Serialize};
 
 use crate::sampler::{SamplingConfig, sample_token};
@@ -110,11 +110,11 @@ impl<'a> Generator<'a> {
         }
         let max = self.lm.model.config().max_positions();
         if ids.len() + max_new > max {
-            return Err(ModelError::ContextOverflow {
-                len: ids.len() + max_new,
+            return Err(DecodingError::ContextOverflow {
+                prompt: ids.len(),
+                new: max_new,
                 max,
-            }
-            .into());
+            });
         }
         self.lm.model.check_ids(&ids, ids.len())?;
         Ok(ids)

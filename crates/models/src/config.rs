@@ -42,6 +42,12 @@ pub struct Gpt2Config {
     /// End-of-sequence id.
     #[serde(default)]
     pub eos_token_id: Option<EosTokenIds>,
+    /// Scale attention scores by 1/sqrt(head_dim); only `true` is supported.
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    /// Also scale by 1/(layer index + 1); only `false` is supported.
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
 }
 
 /// Llama family (also Qwen2): RMSNorm, rotary embeddings, SwiGLU, grouped-query attention.
@@ -72,9 +78,13 @@ pub struct LlamaConfig {
     /// Rotary base.
     #[serde(default = "default_theta")]
     pub rope_theta: f64,
-    /// Rotary scaling; only `null` is supported.
+    /// Rotary scaling (transformers 4.x); only `null` or type `default` is supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<Value>,
+    /// Rotary parameters (transformers 5.x: `{"rope_theta", "rope_type"}`); when present, its
+    /// `rope_theta` overrides the top-level one. Only `rope_type = "default"` is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<Value>,
     /// Whether the output head shares the token embedding.
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -247,6 +257,14 @@ impl ModelConfig {
                         format!("{} does not divide n_embd = {}", c.n_head, c.n_embd),
                     );
                 }
+                if !c.scale_attn_weights || c.scale_attn_by_inverse_layer_idx {
+                    return invalid(
+                        "scale_attn_by_inverse_layer_idx",
+                        "only scale_attn_weights = true with \
+                         scale_attn_by_inverse_layer_idx = false is supported"
+                            .into(),
+                    );
+                }
                 if !matches!(
                     c.activation_function.as_str(),
                     "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "gelu_fast"
@@ -295,11 +313,26 @@ impl ModelConfig {
                 if c.head_dim() % 2 != 0 {
                     return invalid("head_dim", "rotary embeddings need an even head_dim".into());
                 }
-                if c.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-                    return invalid(
-                        "rope_scaling",
-                        "rotary scaling is not supported yet: expected null".into(),
-                    );
+                for (field, v) in [
+                    ("rope_scaling", &c.rope_scaling),
+                    ("rope_parameters", &c.rope_parameters),
+                ] {
+                    let kind = v.as_ref().filter(|v| !v.is_null()).map(|v| {
+                        v.get("rope_type")
+                            .or_else(|| v.get("type"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("default")
+                    });
+                    if let Some(kind) = kind
+                        && kind != "default"
+                    {
+                        return invalid(
+                            field,
+                            format!(
+                                "rotary scaling `{kind}` is not supported yet: expected default"
+                            ),
+                        );
+                    }
                 }
                 if c.hidden_act != "silu" {
                     return invalid(
@@ -355,9 +388,50 @@ impl ModelConfig {
 }
 
 impl LlamaConfig {
+    /// A config with Llama's defaults for everything but the shape (as many key/value heads as
+    /// query heads, RMSNorm epsilon 1e-6, rotary base 10000, untied head, no bias).
+    pub fn new(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        max_position_embeddings: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: None,
+            head_dim: None,
+            max_position_embeddings,
+            rms_norm_eps: default_rms_eps(),
+            rope_theta: default_theta(),
+            rope_scaling: None,
+            rope_parameters: None,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            mlp_bias: false,
+            hidden_act: default_silu(),
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
     /// Key/value heads.
     pub fn n_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// The rotary base: `rope_parameters.rope_theta` when given, else `rope_theta`.
+    pub fn rope_base(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(self.rope_theta)
     }
 
     /// Per-head width.
@@ -368,6 +442,32 @@ impl LlamaConfig {
 }
 
 impl Gpt2Config {
+    /// A config with GPT-2's defaults for everything but the shape (tied head, `gelu_new`,
+    /// LayerNorm epsilon 1e-5, 4× MLP).
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            layer_norm_epsilon: default_ln_eps(),
+            activation_function: default_gelu(),
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_id: None,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+        }
+    }
+
     /// MLP inner width.
     pub fn inner(&self) -> usize {
         self.n_inner.unwrap_or(4 * self.n_embd)
@@ -394,7 +494,21 @@ mod tests {
             "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,
             "num_key_value_heads":2,"eos_token_id":[1,2],"rope_theta":1000000.0}"#;
         let c = ModelConfig::from_json_str(qwen, p).unwrap();
-        assert!(matches!(c, ModelConfig::Llama(_, LlamaFlavor::Qwen2)));
+        assert!(matches!(&c, ModelConfig::Llama(l, LlamaFlavor::Qwen2) if l.rope_base() == 1e6));
+        let v5 = qwen.replace(
+            r#""rope_theta":1000000.0"#,
+            r#""rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}"#,
+        );
+        let c5 = ModelConfig::from_json_str(&v5, p).unwrap();
+        assert!(matches!(&c5, ModelConfig::Llama(l, _) if l.rope_base() == 5e5));
+        let yarn = qwen.replace(
+            r#""rope_theta":1000000.0"#,
+            r#""rope_scaling":{"type":"yarn"}"#,
+        );
+        let e = ModelConfig::from_json_str(&yarn, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
         assert_eq!(c.eos_token_ids(), vec![1, 2]);
     }
 

@@ -10,11 +10,8 @@
 //! use infalign_models::{CausalLm, Gpt2Config, ModelConfig, TokenBatch};
 //!
 //! let device = DeviceSpec::Cpu.device().unwrap();
-//! let config = ModelConfig::Gpt2(Gpt2Config {
-//!     vocab_size: 32, n_positions: 16, n_embd: 16, n_layer: 1, n_head: 2, n_inner: None,
-//!     layer_norm_epsilon: 1e-5, activation_function: "gelu_new".into(),
-//!     tie_word_embeddings: true, bos_token_id: None, eos_token_id: None,
-//! });
+//! // vocab 32, context 16, width 16, 1 layer, 2 heads.
+//! let config = ModelConfig::Gpt2(Gpt2Config::new(32, 16, 16, 1, 2));
 //! let model = CausalLm::random(&config, Seed(0), &device).unwrap();
 //! // Per-token log-probs of a sequence: log p(t[i+1] | t[..=i]).
 //! let lp = model.sequence_logprobs(&[vec![1, 2, 3, 4]], 0, &device).unwrap();

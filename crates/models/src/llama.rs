@@ -223,7 +223,7 @@ impl Llama {
         let [b, l] = tokens.dims();
         let d = self.config.hidden_size;
         let ctx = AttentionContext::new(cache, mask, &device);
-        let rotary = Rotary::new(self.config.head_dim(), self.config.rope_theta, &device);
+        let rotary = Rotary::new(self.config.head_dim(), self.config.rope_base(), &device);
         let (cos, sin) = rotary.cos_sin(&ctx.positions);
         let mut x = self
             .embed_tokens

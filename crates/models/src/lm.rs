@@ -203,6 +203,26 @@ impl CausalLm {
             .collect())
     }
 
+    /// Mean next-token cross-entropy over the positions whose input and target are both real
+    /// tokens (the pretraining and SFT loss), as a one-element tensor for `backward`.
+    pub fn next_token_loss(&self, batch: &TokenBatch) -> Tensor<1> {
+        let [b, l] = batch.tokens.dims();
+        let logp = self.forward(batch, &mut self.new_cache());
+        let targets = batch
+            .tokens
+            .clone()
+            .narrow(1, 1, l - 1)
+            .unsqueeze_dim::<3>(2);
+        let picked = logp
+            .narrow(1, 0, l - 1)
+            .gather(2, targets)
+            .reshape([b, l - 1]);
+        let weight =
+            batch.mask.clone().narrow(1, 0, l - 1) * batch.mask.clone().narrow(1, 1, l - 1);
+        let total = weight.clone().sum();
+        (picked * weight).sum().neg() / total.clamp_min(1.0)
+    }
+
     /// Every parameter under its Hugging Face name and layout.
     pub fn export(&self) -> Result<Exporter> {
         let mut out = Exporter::default();

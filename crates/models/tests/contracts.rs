@@ -13,45 +13,16 @@ use infalign_models::{
 const VOCAB: usize = 61;
 
 fn gpt2(tied: bool) -> ModelConfig {
-    ModelConfig::Gpt2(Gpt2Config {
-        vocab_size: VOCAB,
-        n_positions: 64,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 4,
-        n_inner: None,
-        layer_norm_epsilon: 1e-5,
-        activation_function: "gelu_new".into(),
-        tie_word_embeddings: tied,
-        bos_token_id: None,
-        eos_token_id: None,
-    })
+    let mut c = Gpt2Config::new(VOCAB, 64, 32, 2, 4);
+    c.tie_word_embeddings = tied;
+    ModelConfig::Gpt2(c)
 }
 
 /// GQA (4 query heads over 2 kv heads), untied head, with the given flavor (Qwen2: q/k/v bias).
 fn llama(flavor: LlamaFlavor) -> ModelConfig {
-    ModelConfig::Llama(
-        LlamaConfig {
-            vocab_size: VOCAB,
-            hidden_size: 32,
-            intermediate_size: 48,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: Some(2),
-            head_dim: None,
-            max_position_embeddings: 64,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10_000.0,
-            rope_scaling: None,
-            tie_word_embeddings: false,
-            attention_bias: false,
-            mlp_bias: false,
-            hidden_act: "silu".into(),
-            bos_token_id: None,
-            eos_token_id: None,
-        },
-        flavor,
-    )
+    let mut c = LlamaConfig::new(VOCAB, 32, 48, 2, 4, 64);
+    c.num_key_value_heads = Some(2);
+    ModelConfig::Llama(c, flavor)
 }
 
 fn configs() -> Vec<(&'static str, ModelConfig)> {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use infalign_core::{Device, Seed};
+use infalign_models::weights::RandomInit;
 use infalign_models::{CausalLm, ModelConfig, Tokenizer, check_vocab, save_model_dir};
 
 /// Flags of `infalign init`.
@@ -21,13 +22,17 @@ pub struct Args {
     /// Initialisation seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Multiplies the standard deviation of every normal initialiser (1 = GPT-2's 0.02).
+    #[arg(long, default_value_t = 1.0)]
+    pub init_scale: f32,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let config = ModelConfig::load(&a.config)?;
     let tokenizer = Tokenizer::from_file(&a.tokenizer)?;
     check_vocab(&tokenizer, &config)?;
-    let model = CausalLm::random(&config, Seed(a.seed), device)?;
+    let mut src = RandomInit::with_scale(Seed(a.seed).stream("init"), a.init_scale);
+    let model = CausalLm::init(&config, &mut src, device)?;
     save_model_dir(&a.out, &model, &tokenizer)?;
     eprintln!("wrote {}", a.out.display());
     Ok(())

@@ -1,0 +1,163 @@
+//! `infalign bench`: decoding throughput with the KV cache and training throughput, for a tiny
+//! shape and a GPT-2-small shape with random weights. Run it through `cargo xtask bench`
+//! (release build); it prints a table and writes JSON.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Int, Tensor, TensorData};
+use infalign_core::{Device, Seed};
+use infalign_models::{CausalLm, Gpt2Config, ModelConfig, TokenBatch, weights::read_i64};
+use rand::Rng;
+use serde::Serialize;
+
+/// Flags of `infalign bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Skip the GPT-2-small shape (minutes on a CPU).
+    #[arg(long)]
+    pub quick: bool,
+    /// Prompt tokens per row.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// New tokens per row.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/models.json")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    shape: String,
+    params: usize,
+    task: String,
+    batch: usize,
+    tokens_per_s: f64,
+    seconds: f64,
+}
+
+fn gpt2(vocab: usize, positions: usize, d: usize, layers: usize, heads: usize) -> ModelConfig {
+    ModelConfig::Gpt2(Gpt2Config::new(vocab, positions, d, layers, heads))
+}
+
+fn random_ids(rng: &mut impl Rng, rows: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..rows)
+        .map(|_| {
+            (0..len)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect()
+        })
+        .collect()
+}
+
+/// Prefill `prompt` tokens, then `new` greedy steps, reading each step's ids back to the host
+/// as a sampler would. Returns new tokens per second over the whole call.
+fn decode(m: &CausalLm, device: &Device, batch: usize, prompt: usize, new: usize) -> Result<f64> {
+    let vocab = m.config().vocab_size();
+    let mut rng = Seed(1).stream("bench");
+    let rows = random_ids(&mut rng, batch, prompt, vocab);
+    let start = Instant::now();
+    let mut cache = m.new_cache();
+    let mut logp = m.next_token_logprobs(&TokenBatch::left_padded(&rows, 0, device)?, &mut cache);
+    for _ in 0..new {
+        let ids: Tensor<1, Int> = logp.argmax(1).reshape([batch]);
+        let host: Vec<u32> = read_i64(ids)?.into_iter().map(|x| x as u32).collect();
+        logp = m.next_token_logprobs(&TokenBatch::step(&host, device), &mut cache);
+    }
+    let _ = read_i64(logp.argmax(1))?;
+    Ok((batch * new) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// AdamW steps on `batch` rows of `len` tokens; returns trained tokens per second.
+fn train(
+    config: &ModelConfig,
+    device: &Device,
+    batch: usize,
+    len: usize,
+    steps: usize,
+) -> Result<f64> {
+    let device = device.clone().autodiff();
+    let mut model = CausalLm::random(config, Seed(0), &device)?;
+    let mut optim = AdamWConfig::new().init();
+    let vocab = config.vocab_size();
+    let mut rng = Seed(2).stream("bench");
+    let mut step = |model: CausalLm| -> Result<CausalLm> {
+        let rows = random_ids(&mut rng, batch, len, vocab);
+        let flat: Vec<i64> = rows.iter().flatten().map(|&t| i64::from(t)).collect();
+        let batch_t = TokenBatch {
+            tokens: Tensor::from_data(TensorData::new(flat, [batch, len]), &device),
+            mask: Tensor::ones([batch, len], &device),
+            pad_left: vec![0; batch],
+        };
+        let loss = model.next_token_loss(&batch_t);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        Ok(optim.step(1e-3, model, grads))
+    };
+    model = step(model)?; // warm-up
+    let start = Instant::now();
+    for _ in 0..steps {
+        model = step(model)?;
+    }
+    let _ = model.num_params();
+    Ok((steps * batch * len) as f64 / start.elapsed().as_secs_f64())
+}
+
+pub fn run(a: Args, device: &Device) -> Result<()> {
+    let mut shapes = vec![("tiny (4x256, vocab 4096)", gpt2(4096, 512, 256, 4, 4))];
+    if !a.quick {
+        shapes.push((
+            "gpt2-small (12x768, vocab 50257)",
+            gpt2(50257, 1024, 768, 12, 12),
+        ));
+    }
+    let mut rows = Vec::new();
+    for (name, config) in &shapes {
+        let m = CausalLm::random(config, Seed(0), device)?;
+        let params = m.num_params();
+        for batch in [1, 16] {
+            let t = Instant::now();
+            let tps = decode(&m, device, batch, a.prompt_tokens, a.new_tokens)?;
+            rows.push(Row {
+                shape: name.to_string(),
+                params,
+                task: format!("decode {}+{} (KV cache)", a.prompt_tokens, a.new_tokens),
+                batch,
+                tokens_per_s: tps,
+                seconds: t.elapsed().as_secs_f64(),
+            });
+            eprintln!("{name}: decode batch {batch}: {tps:.1} tokens/s");
+        }
+    }
+    let (name, config) = &shapes[0];
+    let t = Instant::now();
+    let tps = train(config, device, 8, 128, 10)?;
+    rows.push(Row {
+        shape: name.to_string(),
+        params: CausalLm::random(config, Seed(0), device)?.num_params(),
+        task: "train 8x128 AdamW".into(),
+        batch: 8,
+        tokens_per_s: tps,
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    println!("| shape | params | task | batch | tokens/s |");
+    println!("|---|---:|---|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1}M | {} | {} | {:.1} |",
+            r.shape,
+            r.params as f64 / 1e6,
+            r.task,
+            r.batch,
+            r.tokens_per_s
+        );
+    }
+    let report = serde_json::json!({ "device": format!("{device:?}"), "rows": rows });
+    infalign_core::io::write_json_atomic(&a.out, &report)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

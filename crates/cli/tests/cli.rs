@@ -1,0 +1,229 @@
+//! The binary end to end: tokenizer training, model init, generation, log-probs, and clear
+//! errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn infalign(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infalign"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = infalign(args);
+    assert!(
+        out.status.success(),
+        "infalign {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn err(args: &[&str]) -> String {
+    let out = infalign(args);
+    assert!(!out.status.success(), "infalign {args:?} should fail");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic, not an error: {stderr}"
+    );
+    stderr
+}
+
+/// A tokenizer and a tiny random GPT-2 in `dir/model`.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let text = dir.join("corpus.txt");
+    std::fs::write(&text, "the cat sat on the mat. a dog ran. ".repeat(40)).unwrap();
+    let tok = dir.join("tokenizer.json");
+    ok(&[
+        "tokenizer",
+        "train",
+        "--files",
+        text.to_str().unwrap(),
+        "--vocab-size",
+        "300",
+        "--out",
+        tok.to_str().unwrap(),
+    ]);
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"model_type": "gpt2", "vocab_size": 300, "n_positions": 48, "n_embd": 32,
+            "n_layer": 2, "n_head": 4, "eos_token_id": 0}"#,
+    )
+    .unwrap();
+    let model = dir.join("model");
+    ok(&[
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--seed",
+        "5",
+    ]);
+    model
+}
+
+#[test]
+fn generate_is_reproducible_and_writes_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let out1 = dir.path().join("a.jsonl");
+    let out2 = dir.path().join("b.jsonl");
+    let out3 = dir.path().join("c.jsonl");
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"the dog\"}\n").unwrap();
+    let args = |out: &Path, seed: &str| {
+        vec![
+            "generate".to_string(),
+            "--model".into(),
+            m.into(),
+            "--prompt".into(),
+            "the cat".into(),
+            "--prompts".into(),
+            prompts.to_str().unwrap().into(),
+            "--n".into(),
+            "3".into(),
+            "--max-new-tokens".into(),
+            "12".into(),
+            "--seed".into(),
+            seed.into(),
+            "--top-k".into(),
+            "50".into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let run = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    run(args(&out1, "7"));
+    run(args(&out2, "7"));
+    run(args(&out3, "8"));
+    let a = std::fs::read_to_string(&out1).unwrap();
+    assert_eq!(
+        a,
+        std::fs::read_to_string(&out2).unwrap(),
+        "same seed, same samples"
+    );
+    assert_ne!(
+        a,
+        std::fs::read_to_string(&out3).unwrap(),
+        "another seed, other samples"
+    );
+    let rows: Vec<serde_json::Value> = a
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6, "2 prompts x 3 samples");
+    assert_eq!(rows[0]["prompt"], "the cat");
+    assert_eq!(rows[5]["prompt"], "the dog");
+    for r in &rows {
+        let n = r["tokens"].as_array().unwrap().len();
+        assert!((1..=12).contains(&n));
+        assert!(r["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(r["completion"].is_string());
+    }
+    // Printing mode works too.
+    let printed = ok(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "a dog",
+        "--max-new-tokens",
+        "4",
+    ]);
+    let e = err(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "a dog",
+        "--max-new-tokens",
+        "60",
+    ]);
+    assert!(e.contains("lower --max-new-tokens"), "{e}");
+    assert!(printed.starts_with("a dog"));
+}
+
+#[test]
+fn logprobs_prints_one_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = ok(&[
+        "logprobs",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "the cat sat",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let ids = v["token_ids"].as_array().unwrap();
+    let lps = v["token_logprobs"].as_array().unwrap();
+    assert!(ids.len() >= 2);
+    assert_eq!(lps.len(), ids.len() - 1);
+    assert!(lps.iter().all(|x| x.as_f64().unwrap() < 0.0));
+    // Greedy generation is deterministic whatever the seed.
+    let m = model.to_str().unwrap();
+    let g = |seed| {
+        ok(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "the",
+            "--greedy",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "20",
+        ])
+    };
+    assert_eq!(g("1"), g("2"));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let e = err(&["generate", "--model", m, "--prompt", "x", "--device", "tpu"]);
+    assert!(e.contains("unknown device `tpu`"), "{e}");
+    if !cfg!(feature = "ndarray") {
+        let e = err(&[
+            "generate", "--model", m, "--prompt", "x", "--device", "ndarray",
+        ]);
+        assert!(e.contains("--features ndarray"), "{e}");
+    }
+    let e = err(&["generate", "--model", "/nonexistent/model", "--prompt", "x"]);
+    assert!(e.contains("/nonexistent/model"), "{e}");
+    let e = err(&["generate", "--model", m]);
+    assert!(e.contains("--prompt"), "{e}");
+    let long = "the cat sat on the mat. ".repeat(30);
+    let e = err(&["generate", "--model", m, "--prompt", &long]);
+    assert!(e.contains("exceeds the model's context of 48"), "{e}");
+    let e = err(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--temperature",
+        "0",
+    ]);
+    assert!(e.contains("temperature"), "{e}");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\": \"ok\"}\n{\"text\": \"no prompt key\"}\n",
+    )
+    .unwrap();
+    let e = err(&["generate", "--model", m, "--prompts", bad.to_str().unwrap()]);
+    assert!(e.contains("bad.jsonl:2") && e.contains("prompt"), "{e}");
+}
