@@ -3,8 +3,12 @@
 //! - `cargo xtask test-backends`: the backend-swapping tests (ndarray; wgpu where Mesa's
 //!   software Vulkan driver or a GPU is present; cuda with `--cuda`).
 //! - `cargo xtask bench`: decoding and training throughput, written to `target/bench/`.
+//! - `cargo xtask assets`: rebuilds the corpus, prompts, tokenizer and base model in `assets/`.
 //! - `cargo xtask ci`: what `.ci/run` runs.
 
+mod assets;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -16,13 +20,15 @@ fn main() -> Result<()> {
         Some("ci") => ci(),
         Some("test-backends") => test_backends(&rest),
         Some("bench") => bench(&rest),
+        Some("assets") => build_assets(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  ci              format check, clippy, tests, docs (what .ci/run runs)\n  \
                  test-backends   backend-swapping tests: ndarray, and wgpu [--wgpu], cuda [--cuda]\n  \
-                 bench           decoding and training throughput into target/bench/"
+                 bench           decoding and training throughput into target/bench/\n  \
+                 assets          corpus, prompts, tokenizer and base model in assets/ [--corpus-only]"
             );
             bail!("no command given")
         }
@@ -81,4 +87,45 @@ fn bench(rest: &[String]) -> Result<()> {
     let mut args = vec!["run", "--release", "-p", "infalign", "--", "bench"];
     args.extend(rest.iter().map(String::as_str));
     cargo(&args)
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+fn build_assets(rest: &[String]) -> Result<()> {
+    let root = root();
+    let counts = assets::corpus(&root)?;
+    eprintln!("corpus: {counts}");
+    if rest.iter().any(|a| a == "--corpus-only") {
+        return Ok(());
+    }
+    let (model_dir, pretrain_toml) = assets::paths(&root);
+    std::fs::create_dir_all(&model_dir)?;
+    let tok = model_dir.join("tokenizer.json");
+    let infalign = |args: &[&str]| -> Result<()> {
+        let mut all = vec!["run", "-q", "-p", "infalign", "--"];
+        all.extend(args);
+        cargo(&all)
+    };
+    infalign(&[
+        "tokenizer", "train", "--files", "assets/corpus/train.jsonl", "--vocab-size", "4096",
+        "--out", tok.to_str().unwrap_or_default(),
+    ])?;
+    let mut pretrain = vec!["pretrain", "--config", pretrain_toml.to_str().unwrap_or_default()];
+    let extra: Vec<String> = rest.iter().filter(|a| a.contains('=')).cloned().collect();
+    for e in &extra {
+        pretrain.push("--set");
+        pretrain.push(e);
+    }
+    infalign(&pretrain)?;
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(root.join("runs/base-model/final").join(f), model_dir.join(f))?;
+    }
+    std::fs::copy(root.join("runs/base-model/summary.json"), model_dir.join("summary.json"))?;
+    infalign(&[
+        "generate", "--prompts", "assets/sample-prompts.jsonl", "--n", "2",
+        "--max-new-tokens", "60", "--seed", "0", "--out", "assets/base-model/samples.jsonl",
+    ])?;
+    Ok(())
 }

@@ -33,6 +33,8 @@ enum Command {
     Tokenizer(commands::tokenizer::Command),
     /// Create a randomly initialised model directory from a config.json and a tokenizer.
     Init(commands::init::Args),
+    /// Pretrain (or fine-tune) a language model on free text.
+    Pretrain(commands::pretrain::Args),
     /// Decoding and training throughput (use `cargo xtask bench` for a release build).
     Bench(commands::bench::Args),
 }
@@ -56,6 +58,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logprobs(a) => commands::logprobs::run(a, &device()?),
         Command::Tokenizer(c) => commands::tokenizer::run(c),
         Command::Init(a) => commands::init::run(a, &device()?),
+        Command::Pretrain(a) => commands::pretrain::run(a, &device()?),
         Command::Bench(a) => commands::bench::run(a, &device()?),
     }
 }

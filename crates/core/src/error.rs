@@ -41,6 +41,12 @@ pub enum CoreError {
         /// What was wrong and what was expected.
         message: String,
     },
+    /// A run config is malformed or names an unknown key.
+    #[error("config: {message}")]
+    Config {
+        /// What was wrong, naming the key or file.
+        message: String,
+    },
     /// A value could not be serialized.
     #[error("{what}: {source}")]
     Serialize {

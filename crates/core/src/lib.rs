@@ -20,6 +20,7 @@
 //! assert_ne!(a, seed.stream("init").random::<u64>());
 //! ```
 
+pub mod config;
 mod device;
 mod error;
 pub mod io;

@@ -33,6 +33,8 @@ mod gpt2;
 mod layers;
 mod llama;
 mod lm;
+pub mod optim;
+pub mod pretrain;
 mod tokenizer;
 pub mod weights;
 

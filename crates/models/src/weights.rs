@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
@@ -260,7 +260,21 @@ pub(crate) fn param<const D: usize>(
 ) -> Result<Param<Tensor<D>>> {
     let values = src.take(name, &shape, init)?;
     let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), device);
-    Ok(Param::from_tensor(tensor))
+    Ok(named_param(name, tensor))
+}
+
+/// A trainable parameter whose id is derived from its checkpoint name, so that optimizer state
+/// saved in one process matches the parameters loaded in another (resuming training).
+pub(crate) fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    let mut p = Param::from_tensor(tensor);
+    p.id = ParamId::from(name_hash(name));
+    p
+}
+
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Builds a burn `Linear` (`[in, out]` weight) from `{prefix}.weight` and `{prefix}.bias`.
@@ -279,7 +293,7 @@ pub(crate) fn linear(
         HfLayout::Linear => {
             let values = src.take(&name, &[d_out, d_in], Init::Normal(std))?;
             let t = Tensor::<2>::from_data(TensorData::new(values, [d_out, d_in]), device);
-            Param::from_tensor(t.transpose())
+            named_param(&name, t.transpose())
         }
     };
     let bias = if bias {

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod generate;
 pub mod init;
 pub mod logprobs;
+pub mod pretrain;
 pub mod tokenizer;

@@ -1,0 +1,29 @@
+//! `infalign pretrain`: next-token pretraining (or fine-tuning with `init_from`) from a TOML
+//! config with `--set key=value` overrides.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use infalign_core::Device;
+use infalign_models::pretrain::{PretrainConfig, pretrain};
+
+/// Flags of `infalign pretrain`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// TOML config (keys of `PretrainConfig`); defaults train the shipped corpus.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set steps=2000 --set lr=1e-3` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue from `out_dir/checkpoint`.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub fn run(a: Args, device: &Device) -> Result<()> {
+    let cfg: PretrainConfig = infalign_core::config::load_config(a.config.as_deref(), &a.set)?;
+    let summary = pretrain(&cfg, device, a.resume)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}

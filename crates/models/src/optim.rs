@@ -1,0 +1,113 @@
+//! Training utilities shared by every trainer: the warmup-then-cosine learning-rate schedule and
+//! clipping by the global gradient norm (PyTorch's `clip_grad_norm_`, over all parameters at
+//! once, not per tensor).
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Linear warmup from 0 to `peak`, then cosine decay to `peak * min_ratio` at `total` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    /// Peak learning rate.
+    pub peak: f64,
+    /// Warmup steps.
+    pub warmup: u64,
+    /// Total steps.
+    pub total: u64,
+    /// Final rate as a fraction of the peak.
+    pub min_ratio: f64,
+}
+
+impl LrSchedule {
+    /// Learning rate at 1-based `step`.
+    pub fn at(&self, step: u64) -> f64 {
+        if self.warmup > 0 && step <= self.warmup {
+            return self.peak * step as f64 / self.warmup as f64;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup.min(step)) as f64 / span).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.peak * (self.min_ratio + (1.0 - self.min_ratio) * cosine)
+    }
+}
+
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.total = Some(match self.total.take() {
+                Some(t) => t + s,
+                None => s,
+            });
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g * self.factor);
+        }
+    }
+}
+
+/// Multiplies every gradient by `scale` (for example 1/accumulation steps), then clips the
+/// global L2 norm to `max_norm` (if any). Returns the norm after `scale`, before clipping.
+pub fn scale_and_clip<M: Module>(
+    model: &M,
+    grads: &mut GradientsParams,
+    scale: f64,
+    max_norm: Option<f64>,
+) -> f64 {
+    let mut sq = SquaredNorm {
+        grads,
+        total: None,
+    };
+    model.visit(&mut sq);
+    let norm = sq
+        .total
+        .map(|t| f64::from(t.into_scalar::<f32>()).sqrt())
+        .unwrap_or(0.0)
+        * scale;
+    let clip = match max_norm {
+        Some(m) if norm > m && norm > 0.0 => m / norm,
+        _ => 1.0,
+    };
+    let factor = scale * clip;
+    if factor != 1.0 {
+        model.visit(&mut Scale { grads, factor });
+    }
+    norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_shape() {
+        let s = LrSchedule {
+            peak: 1.0,
+            warmup: 10,
+            total: 110,
+            min_ratio: 0.1,
+        };
+        assert!((s.at(5) - 0.5).abs() < 1e-12);
+        assert!((s.at(10) - 1.0).abs() < 1e-12);
+        assert!((s.at(60) - 0.55).abs() < 1e-12, "halfway is the mean of peak and floor");
+        assert!((s.at(110) - 0.1).abs() < 1e-12);
+        assert!((s.at(500) - 0.1).abs() < 1e-12);
+    }
+}
