@@ -36,11 +36,19 @@ impl Rng {
 fn clean_fortune(raw: &str) -> Option<String> {
     let lines: Vec<String> = raw
         .lines()
-        .map(|l| l.replace('\t', " ").split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|l| {
+            l.replace('\t', " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|l| !l.is_empty())
         .collect();
     let text = lines.join("\n");
-    let letters = text.chars().filter(|c| c.is_alphabetic() || *c == ' ').count();
+    let letters = text
+        .chars()
+        .filter(|c| c.is_alphabetic() || *c == ' ')
+        .count();
     let ok = !text.is_empty()
         && text.len() <= 1200
         && letters * 10 >= text.chars().count() * 8 // mostly prose, not pictures
@@ -81,11 +89,12 @@ fn wordnet() -> Result<Vec<(String, String)>> {
     let mut docs = Vec::new();
     for pos in ["noun", "verb", "adj", "adv"] {
         let path = Path::new(WORDNET).join(format!("data.{pos}"));
-        let text = fs::read_to_string(&path).with_context(|| {
-            format!("{}: apt-get install wordnet-base", path.display())
-        })?;
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("{}: apt-get install wordnet-base", path.display()))?;
         for line in text.lines().filter(|l| !l.starts_with(' ')) {
-            let Some((_, gloss)) = line.split_once(" | ") else { continue };
+            let Some((_, gloss)) = line.split_once(" | ") else {
+                continue;
+            };
             for (i, part) in gloss.split('"').enumerate() {
                 let s = part.trim();
                 if i % 2 == 1 && s.split_whitespace().count() >= 3 {
@@ -141,7 +150,9 @@ pub fn corpus(root: &Path) -> Result<serde_json::Value> {
     let dir = root.join("assets/corpus");
     fs::create_dir_all(&dir)?;
     let rows = |d: &[(String, String)]| -> Vec<serde_json::Value> {
-        d.iter().map(|(src, t)| json!({"text": t, "source": src})).collect()
+        d.iter()
+            .map(|(src, t)| json!({"text": t, "source": src}))
+            .collect()
     };
     write_jsonl(&dir.join("train.jsonl"), &rows(train))?;
     write_jsonl(&dir.join("valid.jsonl"), &rows(valid))?;
@@ -165,5 +176,8 @@ pub fn corpus(root: &Path) -> Result<serde_json::Value> {
 
 /// The paths the rest of the pipeline uses.
 pub fn paths(root: &Path) -> (PathBuf, PathBuf) {
-    (root.join("assets/base-model"), root.join("assets/pretrain.toml"))
+    (
+        root.join("assets/base-model"),
+        root.join("assets/pretrain.toml"),
+    )
 }

@@ -90,7 +90,10 @@ fn bench(rest: &[String]) -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 fn build_assets(rest: &[String]) -> Result<()> {
@@ -109,10 +112,20 @@ fn build_assets(rest: &[String]) -> Result<()> {
         cargo(&all)
     };
     infalign(&[
-        "tokenizer", "train", "--files", "assets/corpus/train.jsonl", "--vocab-size", "4096",
-        "--out", tok.to_str().unwrap_or_default(),
+        "tokenizer",
+        "train",
+        "--files",
+        "assets/corpus/train.jsonl",
+        "--vocab-size",
+        "4096",
+        "--out",
+        tok.to_str().unwrap_or_default(),
     ])?;
-    let mut pretrain = vec!["pretrain", "--config", pretrain_toml.to_str().unwrap_or_default()];
+    let mut pretrain = vec![
+        "pretrain",
+        "--config",
+        pretrain_toml.to_str().unwrap_or_default(),
+    ];
     let extra: Vec<String> = rest.iter().filter(|a| a.contains('=')).cloned().collect();
     for e in &extra {
         pretrain.push("--set");
@@ -120,12 +133,27 @@ fn build_assets(rest: &[String]) -> Result<()> {
     }
     infalign(&pretrain)?;
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(root.join("runs/base-model/final").join(f), model_dir.join(f))?;
+        std::fs::copy(
+            root.join("runs/base-model/final").join(f),
+            model_dir.join(f),
+        )?;
     }
-    std::fs::copy(root.join("runs/base-model/summary.json"), model_dir.join("summary.json"))?;
+    std::fs::copy(
+        root.join("runs/base-model/summary.json"),
+        model_dir.join("summary.json"),
+    )?;
     infalign(&[
-        "generate", "--prompts", "assets/sample-prompts.jsonl", "--n", "2",
-        "--max-new-tokens", "60", "--seed", "0", "--out", "assets/base-model/samples.jsonl",
+        "generate",
+        "--prompts",
+        "assets/sample-prompts.jsonl",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "60",
+        "--seed",
+        "0",
+        "--out",
+        "assets/base-model/samples.jsonl",
     ])?;
     Ok(())
 }

@@ -22,8 +22,8 @@ pub fn load_config<T: Serialize + DeserializeOwned + Default>(
         .map_err(|e| err(format!("default config does not serialize: {e}")))?;
     if let Some(path) = file {
         let text = crate::io::read_to_string(path)?;
-        let from_file: toml::Value = toml::from_str(&text)
-            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let from_file: toml::Value =
+            toml::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?;
         merge(&mut value, from_file, &path.display().to_string())?;
     }
     for item in overrides {
@@ -37,7 +37,9 @@ pub fn load_config<T: Serialize + DeserializeOwned + Default>(
         set(&mut value, key.trim(), parsed)?;
     }
     value.try_into().map_err(|e: toml::de::Error| {
-        let origin = file.map(|p| format!("{}: ", p.display())).unwrap_or_default();
+        let origin = file
+            .map(|p| format!("{}: ", p.display()))
+            .unwrap_or_default();
         err(format!("{origin}{}", e.to_string().trim()))
     })
 }
@@ -95,7 +97,10 @@ mod tests {
     }
     impl Default for Inner {
         fn default() -> Self {
-            Self { lr: 1e-3, name: "a".into() }
+            Self {
+                lr: 1e-3,
+                name: "a".into(),
+            }
         }
     }
     #[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -111,15 +116,28 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "steps = 5\n[inner]\nname = \"b\"\n").unwrap();
         let c: Outer = load_config(Some(&p), &["inner.lr=0.5".into(), "steps=7".into()]).unwrap();
-        assert_eq!(c, Outer { steps: 7, inner: Inner { lr: 0.5, name: "b".into() } });
+        assert_eq!(
+            c,
+            Outer {
+                steps: 7,
+                inner: Inner {
+                    lr: 0.5,
+                    name: "b".into()
+                }
+            }
+        );
         let c: Outer = load_config(None, &["inner.name=plain".into()]).unwrap();
         assert_eq!(c.inner.name, "plain");
-        let e = load_config::<Outer>(None, &["inner.lrr=1".into()]).unwrap_err().to_string();
+        let e = load_config::<Outer>(None, &["inner.lrr=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lrr") && e.contains("lr"), "{e}");
         std::fs::write(&p, "stepz = 5\n").unwrap();
         let e = load_config::<Outer>(Some(&p), &[]).unwrap_err().to_string();
         assert!(e.contains("c.toml") && e.contains("stepz"), "{e}");
-        let e = load_config::<Outer>(None, &["steps=minus".into()]).unwrap_err().to_string();
+        let e = load_config::<Outer>(None, &["steps=minus".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("steps") || e.contains("integer"), "{e}");
     }
 }

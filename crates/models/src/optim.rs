@@ -71,10 +71,7 @@ pub fn scale_and_clip<M: Module>(
     scale: f64,
     max_norm: Option<f64>,
 ) -> f64 {
-    let mut sq = SquaredNorm {
-        grads,
-        total: None,
-    };
+    let mut sq = SquaredNorm { grads, total: None };
     model.visit(&mut sq);
     let norm = sq
         .total
@@ -106,7 +103,10 @@ mod tests {
         };
         assert!((s.at(5) - 0.5).abs() < 1e-12);
         assert!((s.at(10) - 1.0).abs() < 1e-12);
-        assert!((s.at(60) - 0.55).abs() < 1e-12, "halfway is the mean of peak and floor");
+        assert!(
+            (s.at(60) - 0.55).abs() < 1e-12,
+            "halfway is the mean of peak and floor"
+        );
         assert!((s.at(110) - 0.1).abs() < 1e-12);
         assert!((s.at(500) - 0.1).abs() < 1e-12);
     }

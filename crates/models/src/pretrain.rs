@@ -175,7 +175,10 @@ pub fn token_stream(path: &Path, tokenizer: &Tokenizer, eos: u32) -> Result<Vec<
 
 fn windows_batch(rows: &[&[u32]], device: &Device) -> TokenBatch {
     let len = rows[0].len();
-    let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&t| i64::from(t))).collect();
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&t| i64::from(t)))
+        .collect();
     TokenBatch {
         tokens: Tensor::from_data(TensorData::new(flat, [rows.len(), len]), device),
         mask: Tensor::ones([rows.len(), len], device),
@@ -250,7 +253,10 @@ pub fn save_checkpoint(
     state: &impl Serialize,
 ) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp"));
     let old = parent.join(format!(".{name}.old"));
     let io = |p: &Path, e| ModelError::Core(infalign_core::CoreError::io(p, e));
@@ -338,7 +344,10 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
     if cfg.seq_len + 1 > max_pos {
         return Err(ModelError::InvalidConfig {
             field: "seq_len",
-            message: format!("seq_len + 1 = {} exceeds the model's context of {max_pos}", cfg.seq_len + 1),
+            message: format!(
+                "seq_len + 1 = {} exceeds the model's context of {max_pos}",
+                cfg.seq_len + 1
+            ),
         });
     }
     let train = token_stream(&cfg.train_data, &tokenizer, eos)?;
@@ -351,7 +360,11 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
             cfg.seq_len + 1
         )));
     }
-    tracing::info!(train_tokens = train.len(), valid_tokens = valid.len(), "data");
+    tracing::info!(
+        train_tokens = train.len(),
+        valid_tokens = valid.len(),
+        "data"
+    );
     let mut metrics = if resume {
         MetricsWriter::resume(paths.metrics(), start)?
     } else {
@@ -369,8 +382,10 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
     };
     let bar = ProgressBar::new(cfg.steps).with_position(start);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let tokens_per_step = (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as f64;
     let seed = Seed(cfg.seed);
@@ -382,7 +397,9 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
         let mut accum = GradientsAccumulator::new();
         let mut loss_sum = 0.0;
         for m in 0..cfg.grad_accum {
-            let mut rng = seed.derive("data", (step - 1) * cfg.grad_accum as u64 + m as u64).stream("data");
+            let mut rng = seed
+                .derive("data", (step - 1) * cfg.grad_accum as u64 + m as u64)
+                .stream("data");
             let rows: Vec<&[u32]> = (0..cfg.batch_size)
                 .map(|_| {
                     let s = rng.random_range(0..train.len() - cfg.seq_len - 1);
@@ -407,15 +424,33 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
             ("train/tokens_per_s", tps),
         ];
         if step % cfg.eval_every == 0 || step == cfg.steps {
-            valid_loss = evaluate(&model.valid(), &valid, cfg.seq_len, cfg.batch_size, cfg.eval_windows, &device.clone().without_autodiff())?;
+            valid_loss = evaluate(
+                &model.valid(),
+                &valid,
+                cfg.seq_len,
+                cfg.batch_size,
+                cfg.eval_windows,
+                &device.clone().without_autodiff(),
+            )?;
             row.push(("valid/loss", valid_loss));
             row.push(("valid/perplexity", valid_loss.exp()));
         }
         metrics.log(step, &row)?;
         bar.set_position(step);
-        bar.set_message(format!("loss {loss:.3} valid {valid_loss:.3} {tps:.0} tok/s"));
+        bar.set_message(format!(
+            "loss {loss:.3} valid {valid_loss:.3} {tps:.0} tok/s"
+        ));
         if step % cfg.save_every == 0 || step == cfg.steps {
-            save_checkpoint(&paths.checkpoint(), &model, &tokenizer, &optim, &TrainState { step, config: cfg.clone() })?;
+            save_checkpoint(
+                &paths.checkpoint(),
+                &model,
+                &tokenizer,
+                &optim,
+                &TrainState {
+                    step,
+                    config: cfg.clone(),
+                },
+            )?;
         }
         if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {
             bar.abandon_with_message(format!("halted after step {step}"));

@@ -73,7 +73,11 @@ fn a_few_steps_lower_the_loss() {
     // Uniform over 300 tokens is ln 300 = 5.70 nats.
     assert!((first - 300f64.ln()).abs() < 0.5, "initial loss {first}");
     assert!(last < first - 2.0, "loss fell only from {first} to {last}");
-    assert!(summary.valid_loss < first - 2.0, "valid loss {}", summary.valid_loss);
+    assert!(
+        summary.valid_loss < first - 2.0,
+        "valid loss {}",
+        summary.valid_loss
+    );
     assert!((summary.valid_perplexity - summary.valid_loss.exp()).abs() < 1e-9);
     // The final directory is a loadable model.
     let lm = LoadedModel::load(&summary.final_dir, &device).unwrap();
@@ -101,8 +105,16 @@ fn halted_then_resumed_equals_uninterrupted() {
     cfg_b.halt_after = 0;
     pretrain(&cfg_b, &device, true).unwrap();
 
-    let wa = LoadedModel::load(cfg_a.out_dir.join("final"), &device).unwrap().model.export().unwrap();
-    let wb = LoadedModel::load(cfg_b.out_dir.join("final"), &device).unwrap().model.export().unwrap();
+    let wa = LoadedModel::load(cfg_a.out_dir.join("final"), &device)
+        .unwrap()
+        .model
+        .export()
+        .unwrap();
+    let wb = LoadedModel::load(cfg_b.out_dir.join("final"), &device)
+        .unwrap()
+        .model
+        .export()
+        .unwrap();
     for ((na, _, va), (nb, _, vb)) in wa.tensors().zip(wb.tensors()) {
         assert_eq!(na, nb);
         assert!(va == vb, "tensor {na} differs after resuming");
@@ -111,7 +123,11 @@ fn halted_then_resumed_equals_uninterrupted() {
     let text = std::fs::read_to_string(cfg_b.out_dir.join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(steps, (1..=8).collect::<Vec<_>>());
     assert_eq!(

@@ -65,7 +65,10 @@ fn plain_text_files(files: &[PathBuf], out: &std::path::Path) -> Result<(Vec<Pat
     }
     let mut texts = Vec::new();
     let mut temps = Vec::new();
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
     for (i, f) in files.iter().enumerate() {
         if f.extension().is_some_and(|e| e == "jsonl") {
