@@ -6,6 +6,9 @@ pub enum DecodingError {
     /// The model or tokenizer failed.
     #[error(transparent)]
     Model(#[from] infalign_models::ModelError),
+    /// A reward failed.
+    #[error(transparent)]
+    Reward(#[from] infalign_rewards::RewardError),
     /// The prompt plus the token budget does not fit the model's context.
     #[error(
         "a prompt of {prompt} tokens plus max-new-tokens {new} exceeds the model's context of \

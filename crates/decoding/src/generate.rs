@@ -44,6 +44,23 @@ impl Default for GenerationConfig {
     }
 }
 
+/// Adjusts the base model's next-token log-probs step by step (tokenwise controlled decoding).
+/// It sees the same prompt batch and the same chosen tokens as the base model, row for row.
+pub trait Steer {
+    /// Called once per prompt chunk with the prompts' ids; each will be repeated `repeat`
+    /// times, prompt-major.
+    fn prefill(
+        &mut self,
+        ids: &[Vec<u32>],
+        repeat: usize,
+        pad_id: u32,
+    ) -> Result<(), DecodingError>;
+    /// Called after every step with the token each row appended (padding for finished rows).
+    fn feed(&mut self, tokens: &[u32]) -> Result<(), DecodingError>;
+    /// The log-probs to sample row `row` from, given the base log-probs (normalised).
+    fn adjust(&self, row: usize, base_logp: &[f32]) -> Vec<f32>;
+}
+
 /// Generates completions from a loaded model.
 #[derive(Debug)]
 pub struct Generator<'a> {
@@ -72,6 +89,18 @@ impl<'a> Generator<'a> {
         cfg: &GenerationConfig,
         seed: Seed,
     ) -> Result<Vec<Sample>, DecodingError> {
+        self.generate_steered(prompts, cfg, seed, None)
+    }
+
+    /// Like [`Generator::generate`], sampling each token from what `steer` makes of the base
+    /// log-probs.
+    pub fn generate_steered<'s>(
+        &self,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+        seed: Seed,
+        mut steer: Option<&mut (dyn Steer + 's)>,
+    ) -> Result<Vec<Sample>, DecodingError> {
         cfg.sampling.validate()?;
         if cfg.n == 0 {
             return Err(DecodingError::InvalidParameter {
@@ -93,13 +122,18 @@ impl<'a> Generator<'a> {
                 first,
                 cfg,
                 seed,
+                steer.as_deref_mut(),
             )?);
         }
         Ok(out)
     }
 
     /// Token ids of a prompt; an empty prompt starts from BOS (or EOS, GPT-2's convention).
-    fn encode_prompt(&self, prompt: &str, max_new: usize) -> Result<Vec<u32>, DecodingError> {
+    pub(crate) fn encode_prompt(
+        &self,
+        prompt: &str,
+        max_new: usize,
+    ) -> Result<Vec<u32>, DecodingError> {
         let mut ids = self.lm.tokenizer.encode(prompt)?;
         if ids.is_empty() {
             let start = match self.lm.model.config() {
@@ -120,16 +154,20 @@ impl<'a> Generator<'a> {
         Ok(ids)
     }
 
-    fn generate_chunk(
+    fn generate_chunk<'s>(
         &self,
         prompts: &[String],
         ids: &[Vec<u32>],
         first_index: usize,
         cfg: &GenerationConfig,
         seed: Seed,
+        mut steer: Option<&mut (dyn Steer + 's)>,
     ) -> Result<Vec<Sample>, DecodingError> {
         let model = &self.lm.model;
         let n = cfg.n;
+        if let Some(s) = steer.as_deref_mut() {
+            s.prefill(ids, n, self.lm.pad_id)?;
+        }
         let batch = TokenBatch::left_padded(ids, self.lm.pad_id, &self.device)?;
         let mut cache = model.new_cache();
         let prefill = model.next_token_logprobs(&batch, &mut cache);
@@ -162,7 +200,10 @@ impl<'a> Generator<'a> {
                     continue;
                 }
                 let lp = &logp[r * vocab..(r + 1) * vocab];
-                let (tok, policy_lp) = sample_token(lp, &cfg.sampling, &mut row.rng);
+                let (tok, policy_lp) = match steer.as_deref() {
+                    Some(s) => sample_token(&s.adjust(r, lp), &cfg.sampling, &mut row.rng),
+                    None => sample_token(lp, &cfg.sampling, &mut row.rng),
+                };
                 row.tokens.push(tok);
                 row.policy.push(policy_lp);
                 row.base.push(lp[tok as usize]);
@@ -181,34 +222,71 @@ impl<'a> Generator<'a> {
             }
             let step_batch = TokenBatch::step(&next, &self.device);
             logp = read_f32(model.next_token_logprobs(&step_batch, &mut cache))?;
+            if let Some(s) = steer.as_deref_mut() {
+                s.feed(&next)?;
+            }
         }
         rows.into_iter()
             .enumerate()
             .map(|(r, row)| {
                 let p = r / n;
-                let finish = row.finish.unwrap_or(Finish::Length);
-                let mut completion = self.lm.tokenizer.decode(&row.tokens)?;
-                if finish == Finish::Stop
-                    && let Some(cut) = cfg
-                        .stop
-                        .iter()
-                        .filter_map(|s| completion.find(s.as_str()))
-                        .min()
-                {
-                    completion.truncate(cut);
-                }
-                Ok(Sample {
-                    prompt: prompts[p].clone(),
-                    prompt_index: first_index + p,
-                    prompt_ids: ids[p].clone(),
-                    terminal_index: row.tokens.len().checked_sub(1),
-                    tokens: row.tokens,
-                    completion,
-                    finish,
-                    policy_logprobs: row.policy,
-                    base_logprobs: row.base,
-                })
+                self.finish_sample(
+                    &prompts[p],
+                    first_index + p,
+                    &ids[p],
+                    row.tokens,
+                    row.policy,
+                    row.base,
+                    row.finish.unwrap_or(Finish::Length),
+                    &cfg.stop,
+                )
             })
             .collect()
+    }
+
+    /// Assembles a [`Sample`]: decodes the text and cuts it before a stop string.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish_sample(
+        &self,
+        prompt: &str,
+        prompt_index: usize,
+        prompt_ids: &[u32],
+        tokens: Vec<u32>,
+        policy_logprobs: Vec<f32>,
+        base_logprobs: Vec<f32>,
+        finish: Finish,
+        stop: &[String],
+    ) -> Result<Sample, DecodingError> {
+        let mut completion = self.lm.tokenizer.decode(&tokens)?;
+        if finish == Finish::Stop
+            && let Some(cut) = stop
+                .iter()
+                .filter_map(|s| completion.find(s.as_str()))
+                .min()
+        {
+            completion.truncate(cut);
+        }
+        Ok(Sample {
+            prompt: prompt.to_string(),
+            prompt_index,
+            prompt_ids: prompt_ids.to_vec(),
+            terminal_index: tokens.len().checked_sub(1),
+            tokens,
+            completion,
+            finish,
+            policy_logprobs,
+            base_logprobs,
+            reward: None,
+        })
+    }
+
+    /// The model being decoded.
+    pub fn model(&self) -> &LoadedModel {
+        self.lm
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 }

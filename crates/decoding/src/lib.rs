@@ -1,8 +1,9 @@
 //! # infalign-decoding
 //!
-//! Sampling from a language model: temperature, top-k and top-p processing of next-token
-//! log-probs ([`SamplingConfig`]), and batched generation with a shared prefill per prompt
-//! ([`Generator`]). Every [`Sample`] records its prompt, tokens, text, how it ended, and its
+//! Decoding strategies, one file each: ancestral sampling with temperature, top-k and top-p
+//! ([`SamplingConfig`], [`Generator`]); [`BestOfN`], [`WorstOfN`], [`SoftBestOfN`] with any
+//! reward; controlled decoding with prefix scorers, [`TokenwiseCd`] and [`BlockwiseCd`], over a
+//! multi-objective [`ScorerMix`]. The N samples of a prompt always share its prefill. Every [`Sample`] records its prompt, tokens, text, how it ended, and its
 //! per-token log-probs under the policy that drew it and under the base model.
 //!
 //! ```
@@ -20,12 +21,26 @@
 //! assert_eq!((token, policy_logp), (0, 0.0));
 //! ```
 
+mod best_of_n;
+mod blockwise_cd;
+mod candidates;
 mod error;
 mod generate;
 mod sample;
 mod sampler;
+mod scorer_mix;
+mod soft_best_of_n;
+mod tokenwise_cd;
+mod worst_of_n;
 
+pub use best_of_n::BestOfN;
+pub use blockwise_cd::{BlockwiseCd, TieBreak};
+pub use candidates::scored_candidates;
 pub use error::DecodingError;
-pub use generate::{GenerationConfig, Generator};
+pub use generate::{GenerationConfig, Generator, Steer};
 pub use sample::{Finish, Sample};
 pub use sampler::{SamplingConfig, process_logprobs, sample_token};
+pub use scorer_mix::ScorerMix;
+pub use soft_best_of_n::SoftBestOfN;
+pub use tokenwise_cd::TokenwiseCd;
+pub use worst_of_n::WorstOfN;

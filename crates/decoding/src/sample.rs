@@ -35,6 +35,9 @@ pub struct Sample {
     pub policy_logprobs: Vec<f32>,
     /// Per-token log-probs under the unprocessed base model.
     pub base_logprobs: Vec<f32>,
+    /// The reward a strategy scored it with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f64>,
 }
 
 impl Sample {

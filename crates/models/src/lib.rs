@@ -34,6 +34,7 @@ mod layers;
 mod llama;
 mod lm;
 pub mod optim;
+mod prefix_scorer;
 pub mod pretrain;
 mod tokenizer;
 pub mod weights;
@@ -47,4 +48,8 @@ pub use error::{ModelError, Result};
 pub use gpt2::Gpt2;
 pub use llama::Llama;
 pub use lm::{CausalLm, TokenBatch};
+pub use prefix_scorer::{
+    PrefixScorer, SCORER_FILE, ScorerInfo, ScorerLayout, VALUE_HEAD_FILE, single_row,
+    values_to_host,
+};
 pub use tokenizer::{END_OF_TEXT, Tokenizer};

@@ -1,0 +1,267 @@
+//! Blockwise controlled decoding (Mudgal et al. 2024, eq. 7; ALGORITHMS.md A.5.2): at each
+//! step draw K continuations of M tokens from the base model, keep the one whose extended
+//! prefix the scorer values most, append it, and repeat until an accepted block ends the
+//! sequence (EOS or the token budget). With M at least the budget and a perfect scorer this is
+//! best-of-K; its throughput is that of best-of-K, but the first block streams after M tokens.
+//!
+//! Candidate k of prompt p draws from the seeded stream `seed.derive("sample", p * K + k)`,
+//! continued across blocks: with K = 1 the output is base sampling, token for token. Ties
+//! between candidates go to the first (default) or to a seeded random one.
+//!
+//! Invariants: all K candidates of a prompt restart each block from the accepted prefix (their
+//! base and scorer caches are reordered together); the KV cache of the prompt is computed once.
+//! A blockwise sample's `policy_logprobs` are those of the drafting sampler; the blockwise
+//! policy's own likelihood is intractable, and its KL is bounded instead
+//! (`(ln K − (K−1)/K) · L / M`).
+
+use burn::tensor::{Int, Tensor, TensorData};
+use infalign_core::Seed;
+use infalign_models::{TokenBatch, weights::read_f32};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::generate::{GenerationConfig, Generator};
+use crate::sampler::sample_token;
+use crate::scorer_mix::ScorerMix;
+use crate::{DecodingError, Finish, Sample};
+
+/// How ties between equally valued blocks are broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TieBreak {
+    /// The lowest-numbered candidate.
+    #[default]
+    First,
+    /// A uniformly random one among the tied (seeded).
+    Random,
+}
+
+/// Blockwise CD: best of K blocks of M tokens, by a (possibly multi-objective) prefix scorer.
+#[derive(Debug)]
+pub struct BlockwiseCd<'a> {
+    /// Candidates per block.
+    pub k: usize,
+    /// Tokens per block.
+    pub m: usize,
+    /// Tie-breaking rule.
+    pub tie_break: TieBreak,
+    /// The scorers.
+    pub mix: ScorerMix<'a>,
+}
+
+struct Row {
+    tokens: Vec<u32>,
+    policy: Vec<f32>,
+    base: Vec<f32>,
+    finish: Option<Finish>,
+    value: f32,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl<'a> BlockwiseCd<'a> {
+    /// Blockwise CD with K candidates of M tokens.
+    pub fn new(
+        k: usize,
+        m: usize,
+        tie_break: TieBreak,
+        mix: ScorerMix<'a>,
+    ) -> Result<Self, DecodingError> {
+        if k == 0 || m == 0 {
+            return Err(DecodingError::InvalidParameter {
+                field: if k == 0 { "k" } else { "m" },
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            k,
+            m,
+            tie_break,
+            mix,
+        })
+    }
+
+    /// One sample per prompt (`cfg.n` is ignored: K plays its role).
+    pub fn decode(
+        &mut self,
+        generator: &Generator<'_>,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+        seed: Seed,
+    ) -> Result<Vec<Sample>, DecodingError> {
+        cfg.sampling.validate()?;
+        let ids = prompts
+            .iter()
+            .map(|p| generator.encode_prompt(p, cfg.max_new_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chunk = cfg.prompt_batch.max(1);
+        let mut out = Vec::with_capacity(prompts.len());
+        for (c, chunk_ids) in ids.chunks(chunk).enumerate() {
+            let first = c * chunk;
+            out.extend(self.decode_chunk(
+                generator,
+                &prompts[first..],
+                chunk_ids,
+                first,
+                cfg,
+                seed,
+            )?);
+        }
+        Ok(out)
+    }
+
+    fn decode_chunk(
+        &mut self,
+        generator: &Generator<'_>,
+        prompts: &[String],
+        ids: &[Vec<u32>],
+        first: usize,
+        cfg: &GenerationConfig,
+        seed: Seed,
+    ) -> Result<Vec<Sample>, DecodingError> {
+        let lm = generator.model();
+        let device = generator.device().clone();
+        let (k, n_prompts) = (self.k, ids.len());
+        let batch = TokenBatch::left_padded(ids, lm.pad_id, &device)?;
+        let mut cache = lm.model.new_cache();
+        let prefill = lm.model.next_token_logprobs(&batch, &mut cache);
+        let vocab = prefill.dims()[1];
+        let mut logp: Vec<f32> = read_f32(prefill)?
+            .chunks(vocab)
+            .flat_map(|row| std::iter::repeat_n(row, k).flatten().copied())
+            .collect();
+        if k > 1 {
+            cache = cache.repeat_interleave(k);
+        }
+        self.mix.prefill(ids, k, lm.pad_id)?;
+        let mut rows: Vec<Row> = (0..n_prompts * k)
+            .map(|r| Row {
+                tokens: Vec::new(),
+                policy: Vec::new(),
+                base: Vec::new(),
+                finish: None,
+                value: 0.0,
+                rng: seed
+                    .derive("sample", ((first + r / k) * k + r % k) as u64)
+                    .stream("sampling"),
+            })
+            .collect();
+        let mut tie_rng = seed.derive("tie-break", first as u64).stream("tie-break");
+        let mut done: Vec<Option<usize>> = vec![None; n_prompts];
+        while done.iter().any(Option::is_none) {
+            // Draft one block for every candidate of every unfinished prompt.
+            for _ in 0..self.m {
+                let mut next = Vec::with_capacity(rows.len());
+                let mut active = vec![false; rows.len()];
+                for (r, row) in rows.iter_mut().enumerate() {
+                    if done[r / k].is_some() || row.finish.is_some() {
+                        next.push(lm.pad_id);
+                        continue;
+                    }
+                    let lp = &logp[r * vocab..(r + 1) * vocab];
+                    let (tok, policy_lp) = sample_token(lp, &cfg.sampling, &mut row.rng);
+                    row.tokens.push(tok);
+                    row.policy.push(policy_lp);
+                    row.base.push(lp[tok as usize]);
+                    if lm.eos_ids.contains(&tok) {
+                        row.finish = Some(Finish::Eos);
+                    } else if row.tokens.len() >= cfg.max_new_tokens {
+                        row.finish = Some(Finish::Length);
+                    }
+                    active[r] = true;
+                    next.push(tok);
+                }
+                if !active.iter().any(|&a| a) {
+                    break;
+                }
+                logp = read_f32(
+                    lm.model
+                        .next_token_logprobs(&TokenBatch::step(&next, &device), &mut cache),
+                )?;
+                self.mix.feed(&next)?;
+                for (r, row) in rows.iter_mut().enumerate() {
+                    if active[r] {
+                        row.value = self.mix.value(r);
+                    }
+                }
+                if rows
+                    .iter()
+                    .enumerate()
+                    .all(|(r, row)| done[r / k].is_some() || row.finish.is_some())
+                {
+                    break;
+                }
+            }
+            // Accept the best block of each prompt; every candidate continues from it.
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            for p in 0..n_prompts {
+                if done[p].is_some() {
+                    continue;
+                }
+                let cands = p * k..(p + 1) * k;
+                let best_v = cands
+                    .clone()
+                    .map(|r| rows[r].value)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let tied: Vec<usize> = cands.clone().filter(|&r| rows[r].value == best_v).collect();
+                let winner = match self.tie_break {
+                    TieBreak::First => tied[0],
+                    TieBreak::Random => tied[tie_rng.random_range(0..tied.len())],
+                };
+                if rows[winner].finish.is_some() {
+                    done[p] = Some(winner);
+                    continue;
+                }
+                for r in cands {
+                    order[r] = winner;
+                    if r != winner {
+                        let w = &rows[winner];
+                        let (tokens, policy, base, value) =
+                            (w.tokens.clone(), w.policy.clone(), w.base.clone(), w.value);
+                        let row = &mut rows[r];
+                        row.tokens = tokens;
+                        row.policy = policy;
+                        row.base = base;
+                        row.value = value;
+                        row.finish = None;
+                    }
+                }
+            }
+            if done.iter().all(Option::is_some) {
+                break;
+            }
+            if order.iter().enumerate().any(|(r, &o)| r != o) {
+                let idx: Tensor<1, Int> = Tensor::from_data(
+                    TensorData::new(
+                        order.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                        [order.len()],
+                    ),
+                    &device,
+                );
+                cache = cache.select(idx);
+                logp = order
+                    .iter()
+                    .flat_map(|&r| logp[r * vocab..(r + 1) * vocab].to_vec())
+                    .collect();
+                self.mix.select(&order);
+            }
+        }
+        done.iter()
+            .enumerate()
+            .map(|(p, w)| {
+                let row = &rows[w.expect("every prompt is done")];
+                let mut s = generator.finish_sample(
+                    &prompts[p],
+                    first + p,
+                    &ids[p],
+                    row.tokens.clone(),
+                    row.policy.clone(),
+                    row.base.clone(),
+                    row.finish.unwrap_or(Finish::Length),
+                    &[],
+                )?;
+                s.reward = None;
+                Ok(s)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,45 @@
+//! Worst-of-N (InfAlign, ALGORITHMS.md B.1): draw N samples, return the one with the lowest
+//! reward (the first on ties). It models best-of-N jailbreaking: an adversary samples N times
+//! and keeps the worst response, so an aligned model's worst-of-N response should still win.
+
+use infalign_core::Seed;
+use infalign_rewards::Reward;
+
+use crate::best_of_n::{check_n, pick_best};
+use crate::candidates::scored_candidates;
+use crate::generate::{GenerationConfig, Generator};
+use crate::{DecodingError, Sample};
+
+/// Worst of `n` by `reward`.
+pub struct WorstOfN<'r> {
+    /// Samples per prompt.
+    pub n: usize,
+    /// The reward that ranks them.
+    pub reward: &'r dyn Reward,
+}
+
+impl std::fmt::Debug for WorstOfN<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WorstOfN(n = {}, reward = {})",
+            self.n,
+            self.reward.name()
+        )
+    }
+}
+
+impl WorstOfN<'_> {
+    /// One sample per prompt, with its reward.
+    pub fn decode(
+        &self,
+        generator: &Generator<'_>,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+        seed: Seed,
+    ) -> Result<Vec<Sample>, DecodingError> {
+        check_n(self.n)?;
+        let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
+        Ok(groups.into_iter().map(|g| pick_best(g, -1.0)).collect())
+    }
+}

@@ -1,0 +1,325 @@
+//! Decoding strategies against independent answers: the λ = 0 and K = 1 identities token for
+//! token, tokenwise CD's next-token distribution against p·exp(λV)/Z (chi-square), and the
+//! calibrated rank of best-of-N and worst-of-N samples against N/(N+1) and 1/(N+1).
+
+use infalign_core::{DeviceSpec, Seed};
+use infalign_decoding::{
+    BestOfN, BlockwiseCd, GenerationConfig, Generator, ScorerMix, TieBreak, TokenwiseCd, WorstOfN,
+};
+use infalign_models::weights::{RandomInit, read_f32};
+use infalign_models::{
+    CausalLm, Gpt2Config, LoadedModel, ModelConfig, PrefixScorer, ScorerLayout, TokenBatch,
+    Tokenizer,
+};
+use infalign_rewards::{Calibrator, Reward, RewardError, RewardInput};
+
+const VOCAB: usize = 300;
+
+fn tokenizer(dir: &std::path::Path) -> Tokenizer {
+    let text = dir.join("t.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat and the dog ran far away ".repeat(30),
+    )
+    .unwrap();
+    Tokenizer::train_byte_level_bpe(&[text], VOCAB, 2, &[]).unwrap()
+}
+
+fn model(scale: f32, seed: u64) -> CausalLm {
+    let config = ModelConfig::Gpt2(Gpt2Config::new(VOCAB, 64, 32, 2, 4));
+    let device = DeviceSpec::Cpu.device().unwrap();
+    CausalLm::init(
+        &config,
+        &mut RandomInit::with_scale(Seed(seed).stream("init"), scale),
+        &device,
+    )
+    .unwrap()
+}
+
+fn scorer(base: &CausalLm, layout: ScorerLayout, seed: u64) -> PrefixScorer {
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let mut head = RandomInit::with_scale(Seed(seed).stream("head"), 20.0);
+    PrefixScorer::init(base.clone(), layout, &mut head, &device).unwrap()
+}
+
+fn loaded(scale: f32, dir: &std::path::Path) -> LoadedModel {
+    LoadedModel::assemble(model(scale, 1), tokenizer(dir), dir)
+}
+
+fn prompts() -> Vec<String> {
+    vec!["the cat".into(), "a dog ran".into(), "on the".into()]
+}
+
+#[test]
+fn tokenwise_cd_at_lambda_zero_is_base_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(8.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let cfg = GenerationConfig {
+        max_new_tokens: 12,
+        n: 3,
+        ..Default::default()
+    };
+    let base = g.generate(&prompts(), &cfg, Seed(5)).unwrap();
+    let s = scorer(&lm.model, ScorerLayout::VocabWide, 2);
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+    let mut cd = TokenwiseCd::new(0.0, None, mix).unwrap();
+    let steered = cd.decode(&g, &prompts(), &cfg, Seed(5)).unwrap();
+    assert_eq!(base.len(), 9);
+    for (a, b) in base.iter().zip(&steered) {
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(a.policy_logprobs, b.policy_logprobs);
+    }
+    // λ > 0 changes the samples.
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device).unwrap();
+    let mut cd = TokenwiseCd::new(3.0, None, mix).unwrap();
+    let other = cd.decode(&g, &prompts(), &cfg, Seed(5)).unwrap();
+    assert!(base.iter().zip(&other).any(|(a, b)| a.tokens != b.tokens));
+}
+
+#[test]
+fn blockwise_cd_with_one_candidate_is_base_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(8.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let cfg = GenerationConfig {
+        max_new_tokens: 14,
+        n: 1,
+        ..Default::default()
+    };
+    let base = g.generate(&prompts(), &cfg, Seed(9)).unwrap();
+    for layout in [ScorerLayout::VocabWide, ScorerLayout::Scalar] {
+        let s = scorer(&lm.model, layout, 3);
+        let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+        let mut cd = BlockwiseCd::new(1, 4, TieBreak::First, mix).unwrap();
+        let got = cd.decode(&g, &prompts(), &cfg, Seed(9)).unwrap();
+        for (a, b) in base.iter().zip(&got) {
+            assert_eq!(a.tokens, b.tokens, "{layout:?}");
+            assert_eq!(a.finish, b.finish, "{layout:?}");
+        }
+    }
+}
+
+#[test]
+fn blockwise_cd_raises_the_scorer_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(3.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let s = scorer(&lm.model, ScorerLayout::Scalar, 4);
+    let cfg = GenerationConfig {
+        max_new_tokens: 8,
+        ..Default::default()
+    };
+    let ps: Vec<String> = (0..12).map(|i| format!("the cat {i}")).collect();
+    // The final scalar value of each sample, recomputed independently.
+    let value_of = |ids: &[u32], toks: &[u32]| -> f32 {
+        let mut all = ids.to_vec();
+        all.extend(toks);
+        let b = TokenBatch::left_padded(&[all], lm.pad_id, &device).unwrap();
+        read_f32(s.forward_last(&b, &mut s.new_cache())).unwrap()[0]
+    };
+    let mean = |k: usize| -> f32 {
+        let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+        let mut cd = BlockwiseCd::new(k, 8, TieBreak::First, mix).unwrap();
+        let out = cd.decode(&g, &ps, &cfg, Seed(1)).unwrap();
+        out.iter()
+            .map(|x| value_of(&x.prompt_ids, &x.tokens))
+            .sum::<f32>()
+            / out.len() as f32
+    };
+    let (one, eight) = (mean(1), mean(8));
+    assert!(
+        eight > one,
+        "best of 8 blocks {eight} should beat one block {one}"
+    );
+}
+
+#[test]
+fn tokenwise_cd_samples_p_exp_lambda_v() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(4.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let s = scorer(&lm.model, ScorerLayout::VocabWide, 6);
+    let lambda = 1.5f64;
+    let prompt = "the dog".to_string();
+    // Independent expectation: base log-probs and scorer values from fresh forward passes.
+    let ids = lm.tokenizer.encode(&prompt).unwrap();
+    let b = TokenBatch::left_padded(std::slice::from_ref(&ids), lm.pad_id, &device).unwrap();
+    let logp = read_f32(lm.model.next_token_logprobs(&b, &mut lm.model.new_cache())).unwrap();
+    let v = read_f32(s.forward_last(&b, &mut s.new_cache())).unwrap();
+    let w: Vec<f64> = logp
+        .iter()
+        .zip(&v)
+        .map(|(&l, &x)| (f64::from(l) + lambda * f64::from(x)).exp())
+        .collect();
+    let z: f64 = w.iter().sum();
+    let p: Vec<f64> = w.iter().map(|x| x / z).collect();
+    // The CD distribution must differ from the base one for the test to mean anything.
+    let tv: f64 = p
+        .iter()
+        .zip(&logp)
+        .map(|(a, &l)| (a - f64::from(l).exp()).abs())
+        .sum::<f64>()
+        / 2.0;
+    assert!(tv > 0.1, "scorer too weak: total variation {tv}");
+
+    let n = 6000;
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device).unwrap();
+    let mut cd = TokenwiseCd::new(lambda as f32, None, mix).unwrap();
+    let cfg = GenerationConfig {
+        max_new_tokens: 1,
+        n,
+        ..Default::default()
+    };
+    let out = cd.decode(&g, &[prompt], &cfg, Seed(11)).unwrap();
+    let mut counts = vec![0usize; VOCAB];
+    for s in &out {
+        counts[s.tokens[0] as usize] += 1;
+    }
+    // Chi-square over the tokens expected at least 5 times, the rest pooled.
+    let mut order: Vec<usize> = (0..VOCAB).collect();
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    let (mut chi2, mut df) = (0.0, 0usize);
+    let (mut rest_e, mut rest_o) = (0.0, 0.0);
+    for &t in &order {
+        let e = p[t] * n as f64;
+        if e >= 5.0 {
+            chi2 += (counts[t] as f64 - e).powi(2) / e;
+            df += 1;
+        } else {
+            rest_e += e;
+            rest_o += counts[t] as f64;
+        }
+    }
+    if rest_e > 0.0 {
+        chi2 += (rest_o - rest_e).powi(2) / rest_e;
+        df += 1;
+    }
+    df -= 1;
+    // 0.999 quantile of chi-square with df degrees of freedom (Wilson-Hilferty).
+    let zq = 3.09;
+    let k = df as f64;
+    let crit = k * (1.0 - 2.0 / (9.0 * k) + zq * (2.0 / (9.0 * k)).sqrt()).powi(3);
+    eprintln!("tokenwise CD: chi2 {chi2:.1} with {df} df (critical {crit:.1}), TV to base {tv:.3}");
+    assert!(df >= 3, "too few bins: {df}");
+    assert!(chi2 < crit, "chi2 {chi2:.1} >= {crit:.1} with {df} df");
+}
+
+/// A reward in generic position: a hash of the completion text, uniform on [0, 1).
+struct HashReward;
+
+impl Reward for HashReward {
+    fn name(&self) -> String {
+        "hash".into()
+    }
+    fn score(&self, input: &RewardInput<'_>) -> Result<f64, RewardError> {
+        let h = input
+            .completion
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        Ok((h >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+#[test]
+fn best_and_worst_of_n_have_the_calibrated_ranks_of_theory() {
+    let dir = tempfile::tempdir().unwrap();
+    // The usual small init: a near-uniform model, so samples are distinct (no reward ties).
+    let lm = loaded(1.0, dir.path());
+    let g = Generator::new(&lm, DeviceSpec::Cpu.device().unwrap());
+    let n = 4;
+    let prompts: Vec<String> = (0..60).map(|i| format!("the cat {i}")).collect();
+    let cfg = GenerationConfig {
+        max_new_tokens: 4,
+        prompt_batch: 20,
+        ..Default::default()
+    };
+    let reward = HashReward;
+    // K fresh base samples per prompt, with another seed, calibrate the chosen samples.
+    let k = 160;
+    let reference = g
+        .generate(
+            &prompts,
+            &GenerationConfig {
+                n: k,
+                ..cfg.clone()
+            },
+            Seed(1000),
+        )
+        .unwrap();
+    let mut cal = Calibrator::default();
+    for (p, chunk) in prompts.iter().zip(reference.chunks(k)) {
+        let r = chunk
+            .iter()
+            .map(|s| {
+                reward
+                    .score(&RewardInput {
+                        prompt: p,
+                        completion: &s.completion,
+                        tokens: 0,
+                    })
+                    .unwrap()
+            })
+            .collect();
+        cal.insert(p, r).unwrap();
+    }
+    let mean_rank = |samples: Vec<infalign_decoding::Sample>| -> (f64, f64) {
+        let c: Vec<f64> = samples
+            .iter()
+            .map(|s| cal.calibrate(&s.prompt, s.reward.unwrap()).unwrap())
+            .collect();
+        let m = c.iter().sum::<f64>() / c.len() as f64;
+        let var = c.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (c.len() - 1) as f64;
+        (m, (var / c.len() as f64).sqrt())
+    };
+    let best = BestOfN { n, reward: &reward }
+        .decode(&g, &prompts, &cfg, Seed(7))
+        .unwrap();
+    let (m, se) = mean_rank(best);
+    eprintln!("best-of-{n}: mean calibrated rank {m:.3} ± {se:.3}");
+    let want = n as f64 / (n as f64 + 1.0);
+    assert!(
+        (m - want).abs() < 3.5 * se + 0.01,
+        "best-of-{n}: mean rank {m:.3} ± {se:.3}, want {want}"
+    );
+    let worst = WorstOfN { n, reward: &reward }
+        .decode(&g, &prompts, &cfg, Seed(8))
+        .unwrap();
+    let (m, se) = mean_rank(worst);
+    eprintln!("worst-of-{n}: mean calibrated rank {m:.3} ± {se:.3}");
+    let want = 1.0 / (n as f64 + 1.0);
+    assert!(
+        (m - want).abs() < 3.5 * se + 0.01,
+        "worst-of-{n}: mean rank {m:.3} ± {se:.3}, want {want}"
+    );
+}
+
+#[test]
+fn scorer_mix_is_the_weighted_sum_and_weights_change_at_decode_time() {
+    let m = model(2.0, 1);
+    let (a, b) = (
+        scorer(&m, ScorerLayout::VocabWide, 1),
+        scorer(&m, ScorerLayout::VocabWide, 2),
+    );
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let ids = vec![vec![5u32, 6, 7]];
+    let mut mix = ScorerMix::new(vec![(0.5, &a), (-2.0, &b)], VOCAB, device.clone()).unwrap();
+    mix.prefill(&ids, 1, 0).unwrap();
+    let batch = TokenBatch::left_padded(&ids, 0, &device).unwrap();
+    let va = read_f32(a.forward_last(&batch, &mut a.new_cache())).unwrap();
+    let vb = read_f32(b.forward_last(&batch, &mut b.new_cache())).unwrap();
+    let got = mix.next_values(0);
+    for z in 0..VOCAB {
+        assert!((got[z] - (0.5 * va[z] - 2.0 * vb[z])).abs() < 1e-4);
+    }
+    mix.set_weights(&[1.0, 0.0]).unwrap();
+    assert!((mix.next_values(0)[7] - va[7]).abs() < 1e-6);
+    assert!(mix.set_weights(&[1.0]).is_err());
+}

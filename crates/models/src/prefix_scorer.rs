@@ -1,0 +1,225 @@
+//! The prefix scorer of Controlled Decoding (Mudgal et al. 2024, §3; ALGORITHMS.md A.4): a
+//! language-model backbone (initialised from the base model) with a value head.
+//!
+//! Two layouts behind one type:
+//! - [`ScorerLayout::VocabWide`]: the head maps the hidden state after a prefix to a vector over
+//!   the vocabulary, `head(h_t)[z] ≈ V([x, y^t, z])`: one forward pass gives the value of every
+//!   next token (what tokenwise CD and the CD-Q target need). The value of a prefix ending in
+//!   token `y_t` is read at the previous position: `V([x, y^t]) = head(h_{t-1})[y_t]`.
+//! - [`ScorerLayout::Scalar`]: the head maps `h_t` to `V([x, y^t])` directly; scoring all next
+//!   tokens then costs one pass per candidate.
+//!
+//! Invariants: the head starts at zero, so a fresh scorer values everything at 0 and tokenwise
+//! CD with it reproduces the base model; a scorer directory is a model directory (the backbone,
+//! loadable by transformers) plus `value_head.safetensors` and `scorer.json`.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::KvCache;
+use crate::checkpoint::{LoadedModel, save_model_dir};
+use crate::lm::{CausalLm, TokenBatch};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{Exporter, HfLayout, Init, SafetensorsSource, WeightSource, linear};
+use crate::{ModelError, Result};
+
+/// File of the value head inside a scorer directory.
+pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
+/// File describing the scorer inside a scorer directory.
+pub const SCORER_FILE: &str = "scorer.json";
+
+/// How the value head is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorerLayout {
+    /// `V(prefix + z)` for every next token z in one pass (CD-Q's layout).
+    #[default]
+    VocabWide,
+    /// `V(prefix)` only.
+    Scalar,
+}
+
+/// What `scorer.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScorerInfo {
+    /// The head's layout.
+    pub layout: ScorerLayout,
+    /// What the scorer was trained for (free text: method, reward, transform).
+    #[serde(default)]
+    pub trained_for: String,
+}
+
+/// A backbone plus a value head.
+#[derive(Module, Debug)]
+pub struct PrefixScorer {
+    backbone: CausalLm,
+    head: Linear,
+    #[module(skip)]
+    layout: ScorerLayout,
+}
+
+/// Zeros for a fresh head.
+struct ZeroHead;
+
+impl WeightSource for ZeroHead {
+    fn take(&mut self, _name: &str, shape: &[usize], _init: Init) -> Result<Vec<f32>> {
+        Ok(vec![0.0; shape.iter().product()])
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+impl PrefixScorer {
+    /// A scorer whose backbone is a copy of `base` and whose head is zero.
+    pub fn from_base(base: CausalLm, layout: ScorerLayout, device: &Device) -> Result<Self> {
+        Self::init(base, layout, &mut ZeroHead, device)
+    }
+
+    /// A scorer over `backbone` whose head (`value_head.weight`, `value_head.bias`) comes from
+    /// `head` (for example a seeded `RandomInit` in tests).
+    pub fn init(
+        base: CausalLm,
+        layout: ScorerLayout,
+        head: &mut dyn WeightSource,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = base.config();
+        let out = match layout {
+            ScorerLayout::VocabWide => config.vocab_size(),
+            ScorerLayout::Scalar => 1,
+        };
+        let head = linear(
+            head,
+            "value_head",
+            [config.d_model(), out],
+            true,
+            HfLayout::Linear,
+            0.02,
+            device,
+        )?;
+        Ok(Self {
+            backbone: base,
+            head,
+            layout,
+        })
+    }
+
+    /// The head's layout.
+    pub fn layout(&self) -> ScorerLayout {
+        self.layout
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &CausalLm {
+        &self.backbone
+    }
+
+    /// An empty cache for the backbone.
+    pub fn new_cache(&self) -> KvCache {
+        self.backbone.new_cache()
+    }
+
+    /// Head outputs at every new position: `[B, L, vocab]` (vocab-wide) or `[B, L, 1]`.
+    pub fn forward(&self, batch: &TokenBatch, cache: &mut KvCache) -> Tensor<3> {
+        let hidden = self.backbone.forward_hidden(batch, cache);
+        self.head.forward(hidden)
+    }
+
+    /// Head output after the last new position, `[B, vocab]` or `[B, 1]`.
+    pub fn forward_last(&self, batch: &TokenBatch, cache: &mut KvCache) -> Tensor<2> {
+        let out = self.forward(batch, cache);
+        let [b, l, v] = out.dims();
+        out.narrow(1, l - 1, 1).reshape([b, v])
+    }
+
+    /// `V([x, y^t])` for every prefix ending at each new position from the second one on:
+    /// `[B, L - 1]`, entry t being the value of the prefix through `tokens[:, t + 1]`. With the
+    /// vocab-wide layout this reads `head(h_t)[y_{t+1}]`; with the scalar layout `head(h_{t+1})`.
+    pub fn prefix_values(&self, batch: &TokenBatch, cache: &mut KvCache) -> Tensor<2> {
+        let out = self.forward(batch, cache);
+        let [b, l, _] = out.dims();
+        match self.layout {
+            ScorerLayout::VocabWide => {
+                let next: Tensor<3, Int> =
+                    batch.tokens.clone().narrow(1, 1, l - 1).unsqueeze_dim(2);
+                out.narrow(1, 0, l - 1).gather(2, next).reshape([b, l - 1])
+            }
+            ScorerLayout::Scalar => out.narrow(1, 1, l - 1).reshape([b, l - 1]),
+        }
+    }
+
+    /// Writes the scorer directory: backbone model directory, value head, `scorer.json`.
+    pub fn save(
+        &self,
+        dir: impl AsRef<Path>,
+        tokenizer: &Tokenizer,
+        trained_for: &str,
+    ) -> Result<()> {
+        let dir = dir.as_ref();
+        save_model_dir(dir, &self.backbone, tokenizer)?;
+        let mut out = Exporter::default();
+        out.linear("value_head", &self.head, HfLayout::Linear)?;
+        out.write_safetensors(dir.join(VALUE_HEAD_FILE))?;
+        let info = ScorerInfo {
+            layout: self.layout,
+            trained_for: trained_for.into(),
+        };
+        Ok(infalign_core::io::write_json_atomic(
+            dir.join(SCORER_FILE),
+            &info,
+        )?)
+    }
+
+    /// Loads a scorer directory; returns the scorer, its tokenizer and its description.
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<(Self, Tokenizer, ScorerInfo)> {
+        let dir = dir.as_ref();
+        let info_path = dir.join(SCORER_FILE);
+        let text = infalign_core::io::read_to_string(&info_path)?;
+        let info: ScorerInfo = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: info_path.clone(),
+            message: e.to_string(),
+        })?;
+        let lm = LoadedModel::load(dir, device)?;
+        let config = lm.model.config();
+        let out = match info.layout {
+            ScorerLayout::VocabWide => config.vocab_size(),
+            ScorerLayout::Scalar => 1,
+        };
+        let mut src = SafetensorsSource::open(&[dir.join(VALUE_HEAD_FILE)])?;
+        let head = linear(
+            &mut src,
+            "value_head",
+            [config.d_model(), out],
+            true,
+            HfLayout::Linear,
+            0.0,
+            device,
+        )?;
+        let scorer = Self {
+            backbone: lm.model,
+            head,
+            layout: info.layout,
+        };
+        Ok((scorer, lm.tokenizer, info))
+    }
+}
+
+/// Values the scorer assigns, read back to the host.
+pub fn values_to_host(values: Tensor<2>) -> Result<Vec<f32>> {
+    crate::weights::read_f32(values)
+}
+
+/// A one-row batch of `ids` (helper for scoring single sequences).
+pub fn single_row(ids: &[u32], device: &Device) -> TokenBatch {
+    let v: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+    TokenBatch {
+        tokens: Tensor::from_data(TensorData::new(v, [1, ids.len()]), device),
+        mask: Tensor::ones([1, ids.len()], device),
+        pad_left: vec![0],
+    }
+}
