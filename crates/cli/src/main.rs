@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Sample completions of prompts.
     Generate(commands::generate::Args),
+    /// Decode with a strategy: sampling, best/worst/soft best-of-N, tokenwise or blockwise CD.
+    Decode(commands::decode::Args),
     /// Per-token log-probs of a text under a model, as one JSON object.
     Logprobs(commands::logprobs::Args),
     /// Tokenizer utilities.
@@ -55,6 +57,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Generate(a) => commands::generate::run(a, &device()?),
+        Command::Decode(a) => commands::decode::run(a, &device()?),
         Command::Logprobs(a) => commands::logprobs::run(a, &device()?),
         Command::Tokenizer(c) => commands::tokenizer::run(c),
         Command::Init(a) => commands::init::run(a, &device()?),

@@ -227,3 +227,152 @@ fn bad_input_gives_clear_errors() {
     let e = err(&["generate", "--model", m, "--prompts", bad.to_str().unwrap()]);
     assert!(e.contains("bad.jsonl:2") && e.contains("prompt"), "{e}");
 }
+
+#[test]
+fn decode_strategies_write_scored_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    // A prefix scorer directory from the base model (zero head), as train-scorer would write.
+    let device = infalign_core::DeviceSpec::Cpu.device().unwrap();
+    let lm = infalign_models::LoadedModel::load(&model, &device).unwrap();
+    let scorer = infalign_models::PrefixScorer::from_base(
+        lm.model.clone(),
+        infalign_models::ScorerLayout::VocabWide,
+        &device,
+    )
+    .unwrap();
+    let sdir = dir.path().join("scorer");
+    scorer.save(&sdir, &lm.tokenizer, "test").unwrap();
+    let s = sdir.to_str().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let o = out.to_str().unwrap();
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec![
+            "decode",
+            "--model",
+            m,
+            "--prompt",
+            "the cat",
+            "--prompt",
+            "a dog",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            o,
+        ];
+        all.extend(args);
+        ok(&all);
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let bon = rows(&[
+        "--strategy",
+        "bon",
+        "--n",
+        "4",
+        "--reward",
+        "length(t_max=6)",
+    ]);
+    assert_eq!(bon.len(), 2, "one sample per prompt");
+    assert!(bon.iter().all(|r| r["reward"].as_f64().unwrap() <= 0.0));
+    let won = rows(&[
+        "--strategy",
+        "won",
+        "--n",
+        "4",
+        "--reward",
+        "length(t_max=6)",
+    ]);
+    for (b, w) in bon.iter().zip(&won) {
+        assert!(b["reward"].as_f64() >= w["reward"].as_f64());
+    }
+    assert_eq!(
+        rows(&[
+            "--strategy",
+            "soft-bon",
+            "--n",
+            "3",
+            "--reward",
+            "sentiment"
+        ])
+        .len(),
+        2
+    );
+    assert_eq!(
+        rows(&[
+            "--strategy",
+            "cd-token",
+            "--scorer",
+            s,
+            "--n",
+            "2",
+            "--lambda",
+            "2"
+        ])
+        .len(),
+        4
+    );
+    let block = rows(&[
+        "--strategy",
+        "cd-block",
+        "--scorer",
+        s,
+        "--scorer",
+        s,
+        "--weight",
+        "1",
+        "--weight",
+        "-0.5",
+        "--k",
+        "3",
+        "--m",
+        "2",
+        "--reward",
+        "sentiment",
+    ]);
+    assert_eq!(block.len(), 2);
+    assert!(block[0]["reward"].is_number());
+    // Missing pieces name the flag.
+    let e = err(&[
+        "decode",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--strategy",
+        "bon",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("--reward"), "{e}");
+    let e = err(&[
+        "decode",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--strategy",
+        "cd-block",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("--scorer"), "{e}");
+    let e = err(&[
+        "decode",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--strategy",
+        "bon",
+        "--reward",
+        "lenght",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("lenght"), "{e}");
+}

@@ -193,8 +193,8 @@ impl<'a> BlockwiseCd<'a> {
             }
             // Accept the best block of each prompt; every candidate continues from it.
             let mut order: Vec<usize> = (0..rows.len()).collect();
-            for p in 0..n_prompts {
-                if done[p].is_some() {
+            for (p, slot) in done.iter_mut().enumerate() {
+                if slot.is_some() {
                     continue;
                 }
                 let cands = p * k..(p + 1) * k;
@@ -208,7 +208,7 @@ impl<'a> BlockwiseCd<'a> {
                     TieBreak::Random => tied[tie_rng.random_range(0..tied.len())],
                 };
                 if rows[winner].finish.is_some() {
-                    done[p] = Some(winner);
+                    *slot = Some(winner);
                     continue;
                 }
                 for r in cands {

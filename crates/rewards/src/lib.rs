@@ -22,9 +22,11 @@ mod calibration;
 mod error;
 mod reward;
 pub mod rewards;
+mod spec;
 pub mod transforms;
 
 pub use calibration::{Calibrator, calibrated_from_cdf};
 pub use error::RewardError;
 pub use reward::{Reward, RewardInput};
+pub use spec::reward_from_spec;
 pub use transforms::{RewardTransform, Transform};

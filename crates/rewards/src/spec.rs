@@ -1,0 +1,154 @@
+//! Rewards named on a command line or in a config: `length`, `length(t_max=64)`,
+//! `sentiment`, and weighted sums such as `sentiment - 0.05*length(t_max=64)`.
+//!
+//! Grammar: `term (('+' | '-') term)*`, `term = [number '*'] name ['(' key '=' value, ... ')']`.
+
+use crate::rewards::{LengthReward, LexiconSentiment, WeightedSum};
+use crate::{Reward, RewardError};
+
+fn bad(spec: &str, message: String) -> RewardError {
+    RewardError::InvalidParameter {
+        field: "reward",
+        message: format!("`{spec}`: {message}"),
+    }
+}
+
+fn single(
+    spec: &str,
+    name: &str,
+    args: &[(String, String)],
+) -> Result<Box<dyn Reward>, RewardError> {
+    let arg = |key: &str| args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    if let Some((k, _)) = args.iter().find(|(k, _)| {
+        !matches!(
+            (name, k.as_str()),
+            ("length", "t_max") | ("sentiment", "lexicon")
+        )
+    }) {
+        return Err(bad(spec, format!("`{name}` takes no argument `{k}`")));
+    }
+    match name {
+        "length" => {
+            let t_max = match arg("t_max") {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| bad(spec, format!("t_max `{v}` is not a whole number")))?,
+                None => 1024,
+            };
+            Ok(Box::new(LengthReward::new(t_max)?))
+        }
+        "sentiment" => Ok(Box::new(match arg("lexicon") {
+            Some(path) => LexiconSentiment::from_file(path)?,
+            None => LexiconSentiment::vader(),
+        })),
+        other => Err(bad(
+            spec,
+            format!("unknown reward `{other}`: expected length or sentiment"),
+        )),
+    }
+}
+
+/// Builds the reward a spec names.
+pub fn reward_from_spec(spec: &str) -> Result<Box<dyn Reward>, RewardError> {
+    let mut terms: Vec<(f64, String)> = Vec::new();
+    let mut sign = 1.0;
+    let mut cur = String::new();
+    let mut depth = 0;
+    for c in spec.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                cur.push(c);
+            }
+            ')' => {
+                depth -= 1;
+                cur.push(c);
+            }
+            '+' | '-'
+                if depth == 0
+                    && !cur.trim().is_empty()
+                    && !cur.trim_end().ends_with(['*', 'e', 'E']) =>
+            {
+                terms.push((sign, std::mem::take(&mut cur)));
+                sign = if c == '-' { -1.0 } else { 1.0 };
+            }
+            '-' if depth == 0 && cur.trim().is_empty() => sign = -sign,
+            _ => cur.push(c),
+        }
+    }
+    terms.push((sign, cur));
+    let mut parts: Vec<(f64, Box<dyn Reward>)> = Vec::new();
+    for (sign, term) in terms {
+        let term = term.trim();
+        if term.is_empty() {
+            return Err(bad(spec, "empty term".into()));
+        }
+        let (weight, rest) = match term.split_once('*') {
+            Some((w, r)) => (
+                w.trim()
+                    .parse::<f64>()
+                    .map_err(|_| bad(spec, format!("weight `{w}` is not a number")))?,
+                r.trim(),
+            ),
+            None => (1.0, term),
+        };
+        let (name, args) = match rest.split_once('(') {
+            Some((n, a)) => {
+                let a = a
+                    .strip_suffix(')')
+                    .ok_or_else(|| bad(spec, "missing `)`".into()))?;
+                let args = a
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|kv| {
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                            .ok_or_else(|| bad(spec, format!("argument `{kv}` is not key=value")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (n.trim(), args)
+            }
+            None => (rest, Vec::new()),
+        };
+        parts.push((sign * weight, single(spec, name, &args)?));
+    }
+    if parts.len() == 1 && parts[0].0 == 1.0 {
+        return Ok(parts.pop().expect("one part").1);
+    }
+    Ok(Box::new(WeightedSum::new(parts)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RewardInput;
+
+    #[test]
+    fn parses_names_arguments_and_sums() {
+        let i = RewardInput {
+            prompt: "",
+            completion: "I love it",
+            tokens: 8,
+        };
+        let len = reward_from_spec("length(t_max=16)").unwrap();
+        assert!((len.score(&i).unwrap() - 0.5f64.ln()).abs() < 1e-12);
+        let sent = reward_from_spec("sentiment").unwrap().score(&i).unwrap();
+        let mix = reward_from_spec("2*sentiment - 0.5*length(t_max=16)").unwrap();
+        assert!((mix.score(&i).unwrap() - (2.0 * sent - 0.5 * 0.5f64.ln())).abs() < 1e-12);
+        let neg = reward_from_spec("-length(t_max=16)").unwrap();
+        assert!((neg.score(&i).unwrap() + 0.5f64.ln()).abs() < 1e-12);
+        for bad in [
+            "lenght",
+            "length(tmax=3)",
+            "x*length",
+            "length(t_max=3",
+            "sentiment +",
+        ] {
+            let e = reward_from_spec(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("reward"), "{bad}: {e}");
+        }
+    }
+}
