@@ -35,6 +35,12 @@ enum Command {
     Tokenizer(commands::tokenizer::Command),
     /// Create a randomly initialised model directory from a config.json and a tokenizer.
     Init(commands::init::Args),
+    /// K base samples per prompt with their rewards (reference rollouts).
+    Rollouts(commands::rollouts::Args),
+    /// Add calibrated (and transformed) rewards to samples against reference rollouts.
+    Calibrate(commands::calibrate::Args),
+    /// Train a CD prefix scorer (CD-FUDGE or CD-Q) from scored rollouts.
+    TrainScorer(commands::train_scorer::Args),
     /// Pretrain (or fine-tune) a language model on free text.
     Pretrain(commands::pretrain::Args),
     /// Decoding and training throughput (use `cargo xtask bench` for a release build).
@@ -61,6 +67,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logprobs(a) => commands::logprobs::run(a, &device()?),
         Command::Tokenizer(c) => commands::tokenizer::run(c),
         Command::Init(a) => commands::init::run(a, &device()?),
+        Command::Rollouts(a) => commands::rollouts::run(a, &device()?),
+        Command::Calibrate(a) => commands::calibrate::run(a),
+        Command::TrainScorer(a) => commands::train_scorer::run(a, &device()?),
         Command::Pretrain(a) => commands::pretrain::run(a, &device()?),
         Command::Bench(a) => commands::bench::run(a, &device()?),
     }

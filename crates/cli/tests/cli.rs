@@ -376,3 +376,142 @@ fn decode_strategies_write_scored_samples() {
     ]);
     assert!(e.contains("lenght"), "{e}");
 }
+
+#[test]
+fn rollouts_calibrate_and_train_a_scorer() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    ok(&[
+        "rollouts",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--prompt",
+        "a dog",
+        "--k",
+        "8",
+        "--reward",
+        "length(t_max=10)",
+        "--max-new-tokens",
+        "10",
+        "--out",
+        &p("ref.jsonl"),
+    ]);
+    let refs = std::fs::read_to_string(p("ref.jsonl")).unwrap();
+    assert_eq!(refs.lines().count(), 16);
+    // Calibrating the reference against itself (leave-one-out) puts every value in [0, 1] and
+    // averages one half per prompt.
+    ok(&[
+        "calibrate",
+        "--reference",
+        &p("ref.jsonl"),
+        "--transform",
+        "exp",
+        "--t",
+        "2",
+        "--out",
+        &p("cal.jsonl"),
+    ]);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(p("cal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let c: Vec<f64> = rows
+        .iter()
+        .map(|r| r["calibrated"].as_f64().unwrap())
+        .collect();
+    assert!(c.iter().all(|&x| (0.0..=1.0).contains(&x)));
+    let mean = c.iter().sum::<f64>() / c.len() as f64;
+    assert!(
+        (mean - 0.5).abs() < 1e-9,
+        "leave-one-out ranks average 1/2, got {mean}"
+    );
+    for r in &rows {
+        let t = r["transformed"].as_f64().unwrap();
+        assert!((t - (2.0 * r["calibrated"].as_f64().unwrap()).exp()).abs() < 1e-12);
+    }
+    // A scorer trained on the calibrated reward decodes.
+    ok(&[
+        "train-scorer",
+        "--model",
+        m,
+        "--rollouts",
+        &p("ref.jsonl"),
+        "--method",
+        "q",
+        "--calibrate",
+        "--set",
+        "steps=5",
+        "--set",
+        "batch_size=4",
+        "--out",
+        &p("scorer"),
+    ]);
+    assert!(dir.path().join("scorer/value_head.safetensors").exists());
+    ok(&[
+        "decode",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--strategy",
+        "cd-token",
+        "--scorer",
+        &p("scorer"),
+        "--max-new-tokens",
+        "5",
+        "--out",
+        &p("cd.jsonl"),
+    ]);
+
+    // Bad input: a prompt without rollouts, a missing reward, a malformed line; nothing written.
+    std::fs::write(
+        p("s1.jsonl"),
+        "{\"prompt\": \"unseen\", \"completion\": \"x\", \"reward\": 1.0}\n",
+    )
+    .unwrap();
+    let e = err(&[
+        "calibrate",
+        "--reference",
+        &p("ref.jsonl"),
+        "--samples",
+        &p("s1.jsonl"),
+        "--out",
+        &p("o.jsonl"),
+    ]);
+    assert!(e.contains("unseen") && e.contains("rollouts"), "{e}");
+    std::fs::write(p("s2.jsonl"), "{\"prompt\": \"the cat\", \"completion\": \"x\", \"reward\": 0.1}\n{\"prompt\": \"the cat\", \"completion\": \"x\", \"reward\": null}\n").unwrap();
+    let e = err(&[
+        "calibrate",
+        "--reference",
+        &p("ref.jsonl"),
+        "--samples",
+        &p("s2.jsonl"),
+        "--out",
+        &p("o.jsonl"),
+    ]);
+    assert!(e.contains("s2.jsonl:2") && e.contains("reward"), "{e}");
+    std::fs::write(
+        p("s3.jsonl"),
+        "{\"prompt\": \"the cat\", \"completion\": \"x\", \"reward\": 0.1}\n{oops\n",
+    )
+    .unwrap();
+    let e = err(&[
+        "calibrate",
+        "--reference",
+        &p("ref.jsonl"),
+        "--samples",
+        &p("s3.jsonl"),
+        "--out",
+        &p("o.jsonl"),
+    ]);
+    assert!(e.contains("s3.jsonl:2"), "{e}");
+    assert!(
+        !dir.path().join("o.jsonl").exists(),
+        "nothing written on error"
+    );
+}

@@ -1,9 +1,13 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod calibrate;
 pub mod decode;
 pub mod generate;
 pub mod init;
 pub mod logprobs;
 pub mod pretrain;
+pub mod rollouts;
+pub mod samples;
 pub mod tokenizer;
+pub mod train_scorer;

@@ -1,0 +1,70 @@
+//! `infalign calibrate`: adds the calibrated reward Ĉ (and optionally Φ(Ĉ)) to every sample,
+//! against the reference rollouts of its prompt (InfAlign, ALGORITHMS.md B.3).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use infalign_rewards::{Calibrator, RewardTransform, Transform};
+
+use super::samples::{read_samples, rewards_by_prompt, write_samples};
+
+/// Flags of `infalign calibrate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Reference rollouts: K base samples per prompt with `reward` (from `infalign rollouts`).
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// Samples to calibrate (default: the reference rollouts themselves, leave-one-out).
+    #[arg(long)]
+    pub samples: Option<PathBuf>,
+    /// Map Ĉ to (K Ĉ + ½)/(K + 1) so that log Ĉ is finite.
+    #[arg(long)]
+    pub smoothing: bool,
+    /// Also write `transformed` = Φ(Ĉ): identity, log, exp, negexp or power.
+    #[arg(long)]
+    pub transform: Option<String>,
+    /// Parameter of the transform (t for exp/negexp, k for power, eps for log).
+    #[arg(long)]
+    pub t: Option<f64>,
+    /// Output JSONL (the samples with `calibrated` and `transformed` added).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let reference = read_samples(&a.reference, true)?;
+    let mut cal = Calibrator::default();
+    cal.smoothing = a.smoothing;
+    for (prompt, rewards) in rewards_by_prompt(&reference) {
+        cal.insert(&prompt, rewards)?;
+    }
+    let transform = a
+        .transform
+        .as_deref()
+        .map(|n| Transform::from_name(n, a.t))
+        .transpose()?;
+    let leave_one_out = a.samples.is_none();
+    let mut rows = match &a.samples {
+        Some(p) => read_samples(p, true)?,
+        None => reference,
+    };
+    for r in &mut rows {
+        let reward = r.reward().expect("checked on read");
+        let c = if leave_one_out {
+            cal.calibrate_leave_one_out(r.prompt(), reward)?
+        } else {
+            cal.calibrate(r.prompt(), reward)?
+        };
+        r.value["calibrated"] = c.into();
+        if let Some(t) = &transform {
+            r.value["transformed"] = t.apply(c).into();
+        }
+    }
+    write_samples(&a.out, &rows)?;
+    eprintln!(
+        "wrote {} calibrated samples to {}",
+        rows.len(),
+        a.out.display()
+    );
+    Ok(())
+}

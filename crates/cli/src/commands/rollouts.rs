@@ -1,0 +1,77 @@
+//! `infalign rollouts`: K base-policy samples per prompt, each scored by a reward: the
+//! reference set for calibration and the data for prefix-scorer training.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use infalign_core::{Device, Seed};
+use infalign_decoding::{GenerationConfig, Generator, SamplingConfig};
+use infalign_rewards::{RewardInput, reward_from_spec};
+
+use super::generate::collect_prompts;
+
+/// Flags of `infalign rollouts`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model directory; default: the shipped one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A prompt (repeatable).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// JSONL file of `{"prompt": ...}` rows.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 16)]
+    pub k: usize,
+    /// Reward spec (e.g. `sentiment`, `length(t_max=64)`).
+    #[arg(long)]
+    pub reward: String,
+    /// New tokens per sample at most.
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// Prompts prefilled together.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output JSONL.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args, device: &Device) -> Result<()> {
+    let prompts = collect_prompts(&a.prompt, a.prompts.as_ref())?;
+    let reward = reward_from_spec(&a.reward)?;
+    let lm = crate::load_model(a.model, device)?;
+    let cfg = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        n: a.k,
+        sampling: SamplingConfig::default(),
+        stop: Vec::new(),
+        prompt_batch: a.batch,
+    };
+    let samples = Generator::new(&lm, device.clone()).generate(&prompts, &cfg, Seed(a.seed))?;
+    let mut rows = Vec::with_capacity(samples.len());
+    for s in &samples {
+        let r = reward.score(&RewardInput {
+            prompt: &s.prompt,
+            completion: &s.completion,
+            tokens: s.tokens.len(),
+        })?;
+        rows.push(serde_json::json!({
+            "prompt": s.prompt, "completion": s.completion, "reward": r, "tokens": s.tokens,
+            "finish": s.finish, "logprob": s.policy_logprob(),
+        }));
+    }
+    infalign_core::io::write_jsonl_atomic(&a.out, &rows)?;
+    eprintln!(
+        "wrote {} rollouts ({} per prompt) to {}",
+        rows.len(),
+        a.k,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! CD-Q (Mudgal et al. 2024, eq. 5; ALGORITHMS.md A.3.2): the Bellman identity of the base
+//! policy's value as a regression target under stop-gradient,
+//! `v_t = Σ_z π_ref(z | [x, y^t]) · V_θ([x, y^t, z])` for a non-terminal prefix and
+//! `v_t = r([x, y^t])` at the end, with `ℓ_Q = ½ Σ_t (V_θ([x, y^t]) − stopgrad(v_t))²`.
+//!
+//! The vocabulary-wide head gives every `V_θ([x, y^t, z])` in the same forward pass that
+//! predicts `V_θ([x, y^t])`, so a step costs one scorer pass and one frozen base pass. The data
+//! may be off-policy; the base model is consulted for `π_ref`. With a target network (not the
+//! paper's default) the bootstrap values come from it instead.
+
+use burn::tensor::{Device, Tensor};
+use infalign_models::{CausalLm, PrefixScorer, ScorerLayout, weights::read_f32};
+
+use crate::RlError;
+use crate::scorer_train::{ScorerBatch, probs_on};
+
+/// Mean over completion prefixes of `½ (V − stopgrad(v))²`.
+pub(crate) fn loss(
+    scorer: &PrefixScorer,
+    target: Option<&PrefixScorer>,
+    base: &CausalLm,
+    b: &ScorerBatch,
+    device: &Device,
+) -> Result<Tensor<1>, RlError> {
+    if scorer.layout() != ScorerLayout::VocabWide {
+        return Err(RlError::InvalidParameter {
+            field: "layout",
+            message: "CD-Q needs the vocabulary-wide head (V of every next token)".into(),
+        });
+    }
+    let out = scorer.forward(&b.batch, &mut scorer.new_cache()); // [B, L, V]
+    let [bs, l, v] = out.dims();
+    let next = b
+        .batch
+        .tokens
+        .clone()
+        .narrow(1, 1, l - 1)
+        .unsqueeze_dim::<3>(2);
+    let pred = out
+        .clone()
+        .narrow(1, 0, l - 1)
+        .gather(2, next)
+        .reshape([bs, l - 1]);
+    // π_ref at every position, from the frozen base model on the plain device.
+    let plain = on_plain_device(&b.batch, device)?;
+    let logp = read_f32(base.forward(&plain, &mut base.new_cache()))?;
+    let p_ref = probs_on(logp, [bs, l, v], &out.device());
+    let boot_src = match target {
+        Some(t) => {
+            let tb = on_plain_device(&b.batch, device)?;
+            let vals = read_f32(t.forward(&tb, &mut t.new_cache()))?;
+            Tensor::from_data(
+                burn::tensor::TensorData::new(vals, [bs, l, v]),
+                &out.device(),
+            )
+        }
+        None => out.detach(),
+    };
+    let boot = (p_ref * boot_src)
+        .sum_dim(2)
+        .narrow(1, 1, l - 1)
+        .reshape([bs, l - 1]);
+    let term = b.terminal.clone();
+    let target_v = (term.clone() * b.reward.clone() + (term.neg() + 1.0) * boot).detach();
+    let err = pred - target_v;
+    Ok((err.square() * b.weight.clone()).sum() * 0.5 / b.weight.clone().sum().clamp_min(1.0))
+}
+
+/// The same tokens and mask on a plain (non-autodiff) device, for the frozen networks.
+fn on_plain_device(
+    b: &infalign_models::TokenBatch,
+    device: &Device,
+) -> Result<infalign_models::TokenBatch, RlError> {
+    let ids = infalign_models::weights::read_i64(b.tokens.clone())?;
+    let mask = read_f32(b.mask.clone())?;
+    let [bs, l] = b.tokens.dims();
+    Ok(infalign_models::TokenBatch {
+        tokens: Tensor::from_data(burn::tensor::TensorData::new(ids, [bs, l]), device),
+        mask: Tensor::from_data(burn::tensor::TensorData::new(mask, [bs, l]), device),
+        pad_left: b.pad_left.clone(),
+    })
+}

@@ -1,0 +1,21 @@
+//! # infalign-rl
+//!
+//! Training against rewards. Prefix scorers for controlled decoding (ALGORITHMS.md A.3):
+//! [`ScorerMethod::Fudge`] (every prefix of a base rollout regresses onto the final reward,
+//! eq. 4) and [`ScorerMethod::Q`] (a Bellman target under stop-gradient, eq. 5), both in
+//! [`train_scorer`].
+//!
+//! ```no_run
+//! # // Needs a base model and rollouts; see crates/rl/tests for a runnable example.
+//! use infalign_rl::{ScorerMethod, ScorerTrainConfig};
+//! let cfg = ScorerTrainConfig { method: ScorerMethod::Q, steps: 200, ..Default::default() };
+//! assert_eq!(cfg.target_sync_every, 0); // the paper's default: no target network
+//! ```
+
+mod cd_fudge;
+mod cd_q;
+mod error;
+mod scorer_train;
+
+pub use error::RlError;
+pub use scorer_train::{ScorerMethod, ScorerRollout, ScorerTrainConfig, train_scorer};
