@@ -43,6 +43,8 @@ enum Command {
     TrainScorer(commands::train_scorer::Args),
     /// Pretrain (or fine-tune) a language model on free text.
     Pretrain(commands::pretrain::Args),
+    /// Calibrated-space analytic tool: KL and win rates of a transform, no model needed.
+    Analytic(commands::analytic::Args),
     /// Decoding and training throughput (use `cargo xtask bench` for a release build).
     Bench(commands::bench::Args),
 }
@@ -71,6 +73,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(a) => commands::calibrate::run(a),
         Command::TrainScorer(a) => commands::train_scorer::run(a, &device()?),
         Command::Pretrain(a) => commands::pretrain::run(a, &device()?),
+        Command::Analytic(a) => commands::analytic::run(a),
         Command::Bench(a) => commands::bench::run(a, &device()?),
     }
 }

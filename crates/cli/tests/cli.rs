@@ -515,3 +515,43 @@ fn rollouts_calibrate_and_train_a_scorer() {
         "nothing written on error"
     );
 }
+
+#[test]
+fn analytic_prints_closed_forms() {
+    let json =
+        |args: &[&str]| -> serde_json::Value { serde_json::from_str(ok(args).trim()).unwrap() };
+    // Identity at λ = 10: win rate 0.9, KL 1.3031 (ALGORITHMS.md B.5).
+    let v = json(&["analytic", "--transform", "identity", "--lambda", "10"]);
+    assert!((v["win_rate"].as_f64().unwrap() - 0.9).abs() < 1e-4);
+    assert!((v["kl"].as_f64().unwrap() - 1.3031).abs() < 1e-4);
+    // Solving for a KL returns that KL.
+    let v = json(&[
+        "analytic",
+        "--procedure",
+        "bon",
+        "--n",
+        "4",
+        "--transform",
+        "exp",
+        "--t",
+        "4",
+        "--kl",
+        "0.5",
+    ]);
+    assert!((v["kl"].as_f64().unwrap() - 0.5).abs() < 1e-6);
+    assert!(v["win_rate"].as_f64().unwrap() > v["standard_win_rate"].as_f64().unwrap());
+    let v = json(&[
+        "analytic",
+        "--procedure",
+        "bon",
+        "--n",
+        "4",
+        "--transform",
+        "optimal",
+        "--lambda",
+        "3",
+    ]);
+    assert!(v["win_rate"].as_f64().unwrap() > 0.5);
+    let e = err(&["analytic", "--transform", "optimal", "--kl", "1"]);
+    assert!(e.contains("--lambda"), "{e}");
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod analytic;
 pub mod bench;
 pub mod calibrate;
 pub mod decode;

@@ -1,0 +1,24 @@
+//! # infalign-eval
+//!
+//! Honest evaluation: win rates against the base model, standard or under an inference-time
+//! procedure applied to both sides, with bootstrap intervals ([`win_rate`],
+//! [`inference_win_rate`]); KL estimators and bounds ([`kl`]); and the calibrated-space
+//! analytic tool of InfAlign ([`analytic`], ALGORITHMS.md B.5), which predicts KL and win rates
+//! of any transform without a model.
+//!
+//! ```
+//! use infalign_eval::analytic::{Procedure, evaluate};
+//! use infalign_rewards::Transform;
+//!
+//! // The identity transform at λ = 3: standard win rate 0.7191, KL 0.3069 (ALGORITHMS.md B.5).
+//! let r = evaluate(&Transform::from_name("identity", None).unwrap(), 3.0, Procedure::Standard);
+//! assert!((r.win_rate - 0.7191).abs() < 1e-3 && (r.kl - 0.3069).abs() < 1e-3);
+//! ```
+
+pub mod analytic;
+mod error;
+pub mod kl;
+mod win_rate;
+
+pub use error::EvalError;
+pub use win_rate::{Interval, Ties, inference_win_rate, win_rate};
