@@ -41,6 +41,8 @@ enum Command {
     Calibrate(commands::calibrate::Args),
     /// Train a CD prefix scorer (CD-FUDGE or CD-Q) from scored rollouts.
     TrainScorer(commands::train_scorer::Args),
+    /// KL-regularised RL with a calibrated, transformed reward (InfAlign-CTRL) or the raw one.
+    Align(commands::align::Args),
     /// Pretrain (or fine-tune) a language model on free text.
     Pretrain(commands::pretrain::Args),
     /// Calibrated-space analytic tool: KL and win rates of a transform, no model needed.
@@ -72,6 +74,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rollouts(a) => commands::rollouts::run(a, &device()?),
         Command::Calibrate(a) => commands::calibrate::run(a),
         Command::TrainScorer(a) => commands::train_scorer::run(a, &device()?),
+        Command::Align(a) => commands::align::run(a, &device()?),
         Command::Pretrain(a) => commands::pretrain::run(a, &device()?),
         Command::Analytic(a) => commands::analytic::run(a),
         Command::Bench(a) => commands::bench::run(a, &device()?),

@@ -24,6 +24,7 @@ pub fn scored_candidates(
             prompt: &s.prompt,
             completion: &s.completion,
             tokens: s.tokens.len(),
+            ids: &s.tokens,
         })
         .collect();
     let rewards = reward.score_batch(&inputs)?;

@@ -264,6 +264,7 @@ fn best_and_worst_of_n_have_the_calibrated_ranks_of_theory() {
                         prompt: p,
                         completion: &s.completion,
                         tokens: 0,
+                        ids: &[],
                     })
                     .unwrap()
             })

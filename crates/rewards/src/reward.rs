@@ -14,6 +14,8 @@ pub struct RewardInput<'a> {
     pub completion: &'a str,
     /// Number of completion tokens (EOS included when the sample ended with it).
     pub tokens: usize,
+    /// The completion's token ids, when the caller has them (empty otherwise).
+    pub ids: &'a [u32],
 }
 
 /// A sequence-level reward `r(x, y)`.

@@ -129,6 +129,7 @@ mod tests {
             prompt: "",
             completion: "I love it",
             tokens: 8,
+            ids: &[],
         };
         let len = reward_from_spec("length(t_max=16)").unwrap();
         assert!((len.score(&i).unwrap() - 0.5f64.ln()).abs() < 1e-12);

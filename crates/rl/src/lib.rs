@@ -3,7 +3,8 @@
 //! Training against rewards. Prefix scorers for controlled decoding (ALGORITHMS.md A.3):
 //! [`ScorerMethod::Fudge`] (every prefix of a base rollout regresses onto the final reward,
 //! eq. 4) and [`ScorerMethod::Q`] (a Bellman target under stop-gradient, eq. 5), both in
-//! [`train_scorer`].
+//! [`train_scorer`]. KL-regularised policy optimisation with calibrated, transformed rewards
+//! (InfAlign-CTRL, B.4): [`train_policy`] with the RLOO objective ([`rloo`]).
 //!
 //! ```no_run
 //! # // Needs a base model and rollouts; see crates/rl/tests for a runnable example.
@@ -15,7 +16,10 @@
 mod cd_fudge;
 mod cd_q;
 mod error;
+mod policy_train;
+pub mod rloo;
 mod scorer_train;
 
 pub use error::RlError;
+pub use policy_train::{KlMode, PolicyTrainConfig, RewardPipeline, StepMetrics, train_policy};
 pub use scorer_train::{ScorerMethod, ScorerRollout, ScorerTrainConfig, train_scorer};

@@ -200,6 +200,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 prompt: &s.prompt,
                 completion: &s.completion,
                 tokens: s.tokens.len(),
+                ids: &s.tokens,
             })?);
         }
     }

@@ -60,6 +60,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             prompt: &s.prompt,
             completion: &s.completion,
             tokens: s.tokens.len(),
+            ids: &s.tokens,
         })?;
         rows.push(serde_json::json!({
             "prompt": s.prompt, "completion": s.completion, "reward": r, "tokens": s.tokens,

@@ -68,6 +68,7 @@ mod tests {
             prompt: "",
             completion: "",
             tokens: 5,
+            ids: &[],
         };
         let want = 2.0 * (0.5f64).ln() - 0.5 * (0.05f64).ln();
         assert!((s.score(&i).unwrap() - want).abs() < 1e-12);

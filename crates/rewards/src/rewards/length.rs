@@ -55,6 +55,7 @@ mod tests {
                 prompt: "",
                 completion: "",
                 tokens: t,
+                ids: &[],
             })
             .unwrap()
         };

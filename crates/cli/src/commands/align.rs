@@ -1,0 +1,124 @@
+//! `infalign align`: KL-regularised RL of the base model (InfAlign-CTRL, Algorithm 1): the
+//! reward is calibrated against reference rollouts and transformed (`--transform`), or used raw
+//! (`--raw`, the standard RLHF baseline). Writes the aligned model to `OUT/final`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use infalign_core::Device;
+use infalign_models::{LoadedModel, save_model_dir};
+use infalign_rewards::{Calibrator, Transform, reward_from_spec};
+use infalign_rl::{PolicyTrainConfig, RewardPipeline, train_policy};
+
+use super::generate::collect_prompts;
+use super::samples::{read_samples, rewards_by_prompt};
+
+/// Flags of `infalign align`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Base model directory; default: the shipped one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training prompts (JSONL `{"prompt"}`), or --prompt.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// A training prompt (repeatable).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// Reward spec (e.g. `sentiment`).
+    #[arg(long)]
+    pub reward: String,
+    /// Reference rollouts of the base model (from `infalign rollouts`) for calibration.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Use the raw reward (no calibration): the standard RLHF baseline.
+    #[arg(long)]
+    pub raw: bool,
+    /// Transform of the calibrated reward: identity, log, exp, negexp, power.
+    #[arg(long, default_value = "identity")]
+    pub transform: String,
+    /// Parameter of the transform (t of exp/negexp).
+    #[arg(long)]
+    pub t: Option<f64>,
+    /// KL weight β.
+    #[arg(long, default_value_t = 0.05)]
+    pub beta: f64,
+    /// Policy-optimisation algorithm (rloo).
+    #[arg(long, default_value = "rloo")]
+    pub algo: String,
+    /// Override a key of PolicyTrainConfig, e.g. `--set steps=200` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args, device: &Device) -> Result<()> {
+    if a.algo != "rloo" {
+        bail!(
+            "--algo `{}`: this build implements rloo (PPO is not available yet)",
+            a.algo
+        );
+    }
+    let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.set)?;
+    cfg.beta = a.beta;
+    cfg.out_dir = a.out.clone();
+    let prompts = collect_prompts(&a.prompt, a.prompts.as_ref())?;
+    let reward = reward_from_spec(&a.reward)?;
+    let calibrator = if a.raw {
+        None
+    } else {
+        let Some(path) = &a.reference else {
+            bail!(
+                "calibration needs --reference ROLLOUTS.jsonl (from `infalign rollouts`), or pass --raw"
+            );
+        };
+        let mut cal = Calibrator::default();
+        for (prompt, rewards) in rewards_by_prompt(&read_samples(path, true)?) {
+            cal.insert(&prompt, rewards)?;
+        }
+        if let Some(p) = prompts.iter().find(|p| cal.reference(p).is_none()) {
+            bail!(
+                "{}: no reference rollouts for training prompt {p:?}",
+                path.display()
+            );
+        }
+        Some(cal)
+    };
+    let transform = if a.raw {
+        None
+    } else {
+        Some(Transform::from_name(&a.transform, a.t)?)
+    };
+    let lm = crate::load_model(a.model, device)?;
+    let ad = device.clone().autodiff();
+    let policy =
+        LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
+    let pipeline = RewardPipeline {
+        reward: reward.as_ref(),
+        calibrator: calibrator.as_ref(),
+        transform,
+    };
+    let bar = indicatif::ProgressBar::new(cfg.steps);
+    let trained = train_policy(
+        &cfg,
+        &lm,
+        policy.model,
+        &prompts,
+        &pipeline,
+        device,
+        |step, m| {
+            bar.set_position(step);
+            bar.set_message(format!("kl {:.3} score {:.3}", m.kl, m.scores));
+        },
+    )?;
+    bar.finish();
+    save_model_dir(a.out.join("final"), &trained, &lm.tokenizer)?;
+    infalign_core::io::write_json_atomic(a.out.join("align_config.json"), &cfg)?;
+    eprintln!(
+        "wrote the aligned model to {}",
+        a.out.join("final").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! KL-regularised RL on a one-step bandit over a 6-token vocabulary, against closed forms.
+//!
+//! With the KL in the reward (k1), RLOO follows the gradient of `E_π R − β KL(π ‖ π_ref)`, whose
+//! maximiser is `π* = π_ref · exp(R/β) / Z`. With k3 in the loss, the expected gradient is that
+//! of the *forward* KL, `E_π R − β KL(π_ref ‖ π)` (`E_π ∇k3 = −Σ π_ref ∇log π`), whose maximiser
+//! is `π(y) = β π_ref(y) / (μ − R(y))` with μ > max R normalising it. Each mode must reach its
+//! own optimum.
+
+use infalign_core::{DeviceSpec, Seed};
+use infalign_models::weights::{RandomInit, read_f32};
+use infalign_models::{CausalLm, Gpt2Config, LoadedModel, ModelConfig, TokenBatch, Tokenizer};
+use infalign_rewards::{Reward, RewardError, RewardInput};
+use infalign_rl::{KlMode, PolicyTrainConfig, RewardPipeline, train_policy};
+
+const REWARD: [f64; 6] = [0.0, 1.0, 0.5, 2.0, -1.0, 0.3];
+
+/// R(y) for the single generated token.
+struct Table;
+
+impl Reward for Table {
+    fn name(&self) -> String {
+        "table".into()
+    }
+    fn score(&self, input: &RewardInput<'_>) -> Result<f64, RewardError> {
+        Ok(REWARD[input.ids[0] as usize])
+    }
+}
+
+/// A word-level tokenizer over six words, so that ids are the bandit's arms.
+fn tokenizer(dir: &std::path::Path) -> Tokenizer {
+    let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "unk_token": "a",
+        "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}}}"#;
+    let p = dir.join("tokenizer.json");
+    std::fs::write(&p, json).unwrap();
+    Tokenizer::from_file(&p).unwrap()
+}
+
+fn probs(m: &CausalLm) -> Vec<f64> {
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let b = TokenBatch::left_padded(&[vec![0]], 0, &device).unwrap();
+    read_f32(m.next_token_logprobs(&b, &mut m.new_cache()))
+        .unwrap()
+        .iter()
+        .map(|&l| f64::from(l).exp())
+        .collect()
+}
+
+/// The maximiser of `E_π R − β KL(π_ref ‖ π)`.
+fn forward_kl_optimum(p_ref: &[f64], beta: f64) -> Vec<f64> {
+    let max_r = REWARD.iter().copied().fold(f64::MIN, f64::max);
+    let mass = |mu: f64| -> f64 {
+        p_ref
+            .iter()
+            .zip(REWARD)
+            .map(|(p, r)| beta * p / (mu - r))
+            .sum()
+    };
+    let (mut lo, mut hi) = (max_r + 1e-12, max_r + 1e3);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mass(mid) > 1.0 { lo = mid } else { hi = mid }
+    }
+    let mu = 0.5 * (lo + hi);
+    p_ref
+        .iter()
+        .zip(REWARD)
+        .map(|(p, r)| beta * p / (mu - r))
+        .collect()
+}
+
+fn kl(p: &[f64], q: &[f64]) -> f64 {
+    p.iter().zip(q).map(|(a, b)| a * (a / b).ln()).sum()
+}
+
+#[test]
+fn rloo_reaches_the_kl_regularised_optimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let config = ModelConfig::Gpt2(Gpt2Config::new(6, 4, 16, 1, 2));
+    let init = |d: &burn::tensor::Device| {
+        CausalLm::init(
+            &config,
+            &mut RandomInit::with_scale(Seed(3).stream("init"), 20.0),
+            d,
+        )
+        .unwrap()
+    };
+    let lm = LoadedModel::assemble(init(&device), tokenizer(dir.path()), dir.path());
+    assert!(lm.eos_ids.is_empty());
+    let p_ref = probs(&lm.model);
+    let beta = 0.5;
+    let w: Vec<f64> = p_ref
+        .iter()
+        .zip(REWARD)
+        .map(|(p, r)| p * (r / beta).exp())
+        .collect();
+    let z: f64 = w.iter().sum();
+    let p_star: Vec<f64> = w.iter().map(|x| x / z).collect();
+    let start = kl(&p_ref, &p_star);
+    assert!(
+        start > 0.3,
+        "the optimum must be far from the reference: {start}"
+    );
+    let p_fwd = forward_kl_optimum(&p_ref, beta);
+    assert!((p_fwd.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    for (mode, target) in [(KlMode::RewardK1, &p_star), (KlMode::LossK3, &p_fwd)] {
+        let cfg = PolicyTrainConfig {
+            steps: 250,
+            prompts_per_step: 4,
+            k: 8,
+            max_new_tokens: 1,
+            lr: 2e-2,
+            beta,
+            kl_mode: mode,
+            ..Default::default()
+        };
+        let pipeline = RewardPipeline {
+            reward: &Table,
+            calibrator: None,
+            transform: None,
+        };
+        let trained = train_policy(
+            &cfg,
+            &lm,
+            init(&device.clone().autodiff()),
+            &["a".into()],
+            &pipeline,
+            &device,
+            |_, _| {},
+        )
+        .unwrap();
+        let p = probs(&trained);
+        let gap = kl(&p, target);
+        eprintln!(
+            "{mode:?}: KL(π ‖ optimum) = {gap:.4} (reference was {:.3} away); π = {p:.3?}, optimum = {target:.3?}",
+            kl(&p_ref, target)
+        );
+        assert!(gap < 0.02, "{mode:?}: KL to the optimum {gap}");
+    }
+}
