@@ -12,7 +12,7 @@ use crate::RlError;
 
 /// Leave-one-out advantages of `scores`, grouped in consecutive runs of `k`.
 pub fn advantages(scores: &[f64], k: usize) -> Result<Vec<f64>, RlError> {
-    if k < 2 || scores.len() % k != 0 {
+    if k < 2 || !scores.len().is_multiple_of(k) {
         return Err(RlError::InvalidParameter {
             field: "k",
             message: format!(
