@@ -43,6 +43,10 @@ enum Command {
     TrainScorer(commands::train_scorer::Args),
     /// KL-regularised RL with a calibrated, transformed reward (InfAlign-CTRL) or the raw one.
     Align(commands::align::Args),
+    /// Synthetic preferences labelled by a gold reward with Bradley-Terry noise.
+    Preferences(commands::preferences::Args),
+    /// Train a Bradley-Terry reward model on preference pairs.
+    TrainRm(commands::train_rm::Args),
     /// Pretrain (or fine-tune) a language model on free text.
     Pretrain(commands::pretrain::Args),
     /// Calibrated-space analytic tool: KL and win rates of a transform, no model needed.
@@ -75,6 +79,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(a) => commands::calibrate::run(a),
         Command::TrainScorer(a) => commands::train_scorer::run(a, &device()?),
         Command::Align(a) => commands::align::run(a, &device()?),
+        Command::Preferences(a) => commands::preferences::run(a),
+        Command::TrainRm(a) => commands::train_rm::run(a, &device()?),
         Command::Pretrain(a) => commands::pretrain::run(a, &device()?),
         Command::Analytic(a) => commands::analytic::run(a),
         Command::Bench(a) => commands::bench::run(a, &device()?),

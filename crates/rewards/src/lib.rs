@@ -1,7 +1,9 @@
 //! # infalign-rewards
 //!
 //! Rewards and what InfAlign does to them before RL: the [`Reward`] trait and built-in rewards
-//! (CD's length reward, lexicon sentiment, weighted sums), calibration against base-policy
+//! (CD's length reward, lexicon sentiment, weighted sums), learned reward models trained with
+//! the Bradley-Terry loss ([`RewardModel`], [`bradley_terry`]) on real or synthetic
+//! ([`preferences`]) preference pairs, calibration against base-policy
 //! samples ([`Calibrator`], ALGORITHMS.md B.3), and the transforms Φ that adapt a calibrated
 //! reward to an inference-time procedure ([`Transform`], B.4).
 //!
@@ -18,9 +20,12 @@
 //! assert!((phi.apply(0.6) - (1.2f64).exp()).abs() < 1e-12);
 //! ```
 
+pub mod bradley_terry;
 mod calibration;
 mod error;
+pub mod preferences;
 mod reward;
+mod reward_model;
 pub mod rewards;
 mod spec;
 pub mod transforms;
@@ -28,5 +33,6 @@ pub mod transforms;
 pub use calibration::{Calibrator, calibrated_from_cdf};
 pub use error::RewardError;
 pub use reward::{Reward, RewardInput};
+pub use reward_model::RewardModel;
 pub use spec::reward_from_spec;
 pub use transforms::{RewardTransform, Transform};

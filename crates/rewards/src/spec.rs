@@ -1,5 +1,5 @@
 //! Rewards named on a command line or in a config: `length`, `length(t_max=64)`,
-//! `sentiment`, and weighted sums such as `sentiment - 0.05*length(t_max=64)`.
+//! `sentiment`, `rm(path=DIR)` (a trained reward model), and weighted sums such as `sentiment - 0.05*length(t_max=64)`.
 //!
 //! Grammar: `term (('+' | '-') term)*`, `term = [number '*'] name ['(' key '=' value, ... ')']`.
 

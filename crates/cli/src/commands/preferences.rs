@@ -1,0 +1,72 @@
+//! `infalign preferences`: synthetic preference pairs labelled by a gold reward with
+//! Bradley-Terry noise, from samples with two or more completions per prompt.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use infalign_core::Seed;
+use infalign_rewards::preferences::label_pairs;
+use infalign_rewards::{RewardInput, reward_from_spec};
+
+use super::samples::read_samples;
+
+/// Flags of `infalign preferences`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Samples JSONL (for example from `infalign rollouts`); consecutive completions of the
+    /// same prompt are paired.
+    #[arg(long)]
+    pub samples: PathBuf,
+    /// The gold reward spec.
+    #[arg(long)]
+    pub reward: String,
+    /// Bradley-Terry temperature of the labels (0: noiseless).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Seed of the labels.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output JSONL (`prompt`, `chosen`, `rejected`).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let gold = reward_from_spec(&a.reward)?;
+    let rows = read_samples(&a.samples, false)?;
+    let mut pairs = Vec::new();
+    for w in rows.chunks(2) {
+        if let [x, y] = w
+            && x.prompt() == y.prompt()
+        {
+            let score = |c: &str| {
+                gold.score(&RewardInput {
+                    prompt: x.prompt(),
+                    completion: c,
+                    tokens: c.split_whitespace().count(),
+                    ids: &[],
+                })
+            };
+            pairs.push((
+                x.prompt().to_string(),
+                x.completion().to_string(),
+                score(x.completion())?,
+                y.completion().to_string(),
+                score(y.completion())?,
+            ));
+        }
+    }
+    anyhow::ensure!(
+        !pairs.is_empty(),
+        "{}: no two consecutive samples share a prompt",
+        a.samples.display()
+    );
+    let prefs = label_pairs(&pairs, a.temperature, Seed(a.seed))?;
+    infalign_core::io::write_jsonl_atomic(&a.out, &prefs)?;
+    eprintln!(
+        "wrote {} preference pairs to {}",
+        prefs.len(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! A learned reward model: a language-model backbone with a scalar head read at the last token
+//! of `prompt + completion` (the prefix scorer's scalar layout), trained with the Bradley-Terry
+//! pairwise loss (`bradley_terry.rs`). Used for the Anthropic HH and TL;DR reward models of both
+//! papers; here for the proxy reward model of the reward-hacking setup.
+//!
+//! Invariant: a reward-model directory is a scorer directory (`scorer.json` says `scalar`), so
+//! the same files load as a [`RewardModel`] or as a blockwise-CD scorer.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use infalign_models::{PrefixScorer, ScorerLayout, TokenBatch, Tokenizer, weights::read_f32};
+
+use crate::RewardError;
+use crate::reward::{Reward, RewardInput, finite};
+
+/// A Bradley-Terry reward model.
+#[derive(Debug)]
+pub struct RewardModel {
+    net: PrefixScorer,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    device: Device,
+}
+
+impl RewardModel {
+    /// Wraps a scalar-head network.
+    pub fn new(
+        net: PrefixScorer,
+        tokenizer: Tokenizer,
+        device: Device,
+    ) -> Result<Self, RewardError> {
+        if net.layout() != ScorerLayout::Scalar {
+            return Err(RewardError::InvalidParameter {
+                field: "reward model",
+                message: "a reward model needs the scalar head layout".into(),
+            });
+        }
+        let pad_id = tokenizer.pad_id().unwrap_or(0);
+        Ok(Self {
+            net,
+            tokenizer,
+            pad_id,
+            device,
+        })
+    }
+
+    /// Loads a reward-model directory.
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self, RewardError> {
+        let (net, tokenizer, _) = PrefixScorer::load(dir.as_ref(), device).map_err(model_err)?;
+        Self::new(net, tokenizer, device.clone())
+    }
+
+    /// Token ids of prompt and completion, concatenated.
+    pub fn encode(&self, prompt: &str, completion: &str) -> Result<Vec<u32>, RewardError> {
+        let mut ids = self.tokenizer.encode(prompt).map_err(model_err)?;
+        ids.extend(self.tokenizer.encode(completion).map_err(model_err)?);
+        if ids.is_empty() {
+            ids.push(self.pad_id);
+        }
+        Ok(ids)
+    }
+
+    /// Scores of already-encoded sequences.
+    pub fn score_ids(&self, rows: &[Vec<u32>]) -> Result<Vec<f64>, RewardError> {
+        let batch = TokenBatch::left_padded(rows, self.pad_id, &self.device).map_err(model_err)?;
+        let out = read_f32(self.net.forward_last(&batch, &mut self.net.new_cache()))
+            .map_err(model_err)?;
+        out.into_iter()
+            .map(|x| finite("reward model", f64::from(x)))
+            .collect()
+    }
+
+    /// The network (for training).
+    pub fn net(&self) -> &PrefixScorer {
+        &self.net
+    }
+}
+
+pub(crate) fn model_err(e: infalign_models::ModelError) -> RewardError {
+    RewardError::InvalidParameter {
+        field: "reward model",
+        message: e.to_string(),
+    }
+}
+
+impl Reward for RewardModel {
+    fn name(&self) -> String {
+        "reward_model".into()
+    }
+
+    fn score(&self, input: &RewardInput<'_>) -> Result<f64, RewardError> {
+        Ok(self.score_batch(std::slice::from_ref(input))?[0])
+    }
+
+    fn score_batch(&self, inputs: &[RewardInput<'_>]) -> Result<Vec<f64>, RewardError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(32) {
+            let rows = chunk
+                .iter()
+                .map(|i| self.encode(i.prompt, i.completion))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.extend(self.score_ids(&rows)?);
+        }
+        Ok(out)
+    }
+}
