@@ -49,6 +49,8 @@ enum Command {
     TrainRm(commands::train_rm::Args),
     /// Pretrain (or fine-tune) a language model on free text.
     Pretrain(commands::pretrain::Args),
+    /// Evaluate a policy against the base: win rates (standard, best-of-N, worst-of-N) and KL.
+    Eval(commands::eval::Args),
     /// Calibrated-space analytic tool: KL and win rates of a transform, no model needed.
     Analytic(commands::analytic::Args),
     /// Decoding and training throughput (use `cargo xtask bench` for a release build).
@@ -82,6 +84,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Preferences(a) => commands::preferences::run(a),
         Command::TrainRm(a) => commands::train_rm::run(a, &device()?),
         Command::Pretrain(a) => commands::pretrain::run(a, &device()?),
+        Command::Eval(a) => commands::eval::run(a, &device()?),
         Command::Analytic(a) => commands::analytic::run(a),
         Command::Bench(a) => commands::bench::run(a, &device()?),
     }

@@ -5,6 +5,7 @@ pub mod analytic;
 pub mod bench;
 pub mod calibrate;
 pub mod decode;
+pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod logprobs;
