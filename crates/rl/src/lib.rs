@@ -17,9 +17,12 @@ mod cd_fudge;
 mod cd_q;
 mod error;
 mod policy_train;
+mod ppo;
 pub mod rloo;
 mod scorer_train;
 
 pub use error::RlError;
-pub use policy_train::{KlMode, PolicyTrainConfig, RewardPipeline, StepMetrics, train_policy};
+pub use policy_train::{
+    Algo, KlMode, PolicyTrainConfig, PpoConfig, RewardPipeline, StepMetrics, train_policy,
+};
 pub use scorer_train::{ScorerMethod, ScorerRollout, ScorerTrainConfig, train_scorer};

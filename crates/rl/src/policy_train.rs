@@ -20,7 +20,7 @@ use infalign_core::{MetricsWriter, Seed};
 use infalign_decoding::{GenerationConfig, Generator};
 use infalign_models::optim::scale_and_clip;
 use infalign_models::weights::read_f32;
-use infalign_models::{CausalLm, LoadedModel, TokenBatch};
+use infalign_models::{CausalLm, LoadedModel, PrefixScorer, ScorerLayout, TokenBatch};
 use infalign_rewards::{Calibrator, Reward, RewardInput, RewardTransform, Transform};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -40,10 +40,56 @@ pub enum KlMode {
     LossK3,
 }
 
+/// The policy-gradient algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algo {
+    /// REINFORCE leave-one-out over k samples per prompt.
+    #[default]
+    Rloo,
+    /// PPO with a learned value head, GAE and clipped ratios.
+    Ppo,
+}
+
+/// PPO's own hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoConfig {
+    /// Optimisation epochs over each batch of rollouts.
+    pub epochs: usize,
+    /// Ratio clip ε.
+    pub clip: f64,
+    /// Value clip around the old values.
+    pub value_clip: f64,
+    /// GAE λ.
+    pub gae_lambda: f64,
+    /// Discount γ.
+    pub gamma: f64,
+    /// Learning rate of the value head's network.
+    pub value_lr: f64,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 2,
+            clip: 0.2,
+            value_clip: 0.2,
+            gae_lambda: 0.95,
+            gamma: 1.0,
+            value_lr: 1e-4,
+        }
+    }
+}
+
 /// Hyperparameters of policy optimisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyTrainConfig {
+    /// RLOO or PPO.
+    pub algo: Algo,
+    /// PPO's settings (ignored by RLOO).
+    pub ppo: PpoConfig,
     /// Optimizer steps.
     pub steps: u64,
     /// Prompts per step.
@@ -73,6 +119,8 @@ pub struct PolicyTrainConfig {
 impl Default for PolicyTrainConfig {
     fn default() -> Self {
         Self {
+            algo: Algo::Rloo,
+            ppo: PpoConfig::default(),
             steps: 100,
             prompts_per_step: 8,
             k: 4,
@@ -135,6 +183,10 @@ pub struct StepMetrics {
     pub beta: f64,
     /// Loss value.
     pub loss: f64,
+    /// PPO: fraction of tokens whose ratio was clipped.
+    pub clipfrac: f64,
+    /// PPO: value loss.
+    pub value_loss: f64,
 }
 
 /// Trains `policy` (on an autodiff device) with RLOO against `reference` (plain device).
@@ -162,6 +214,15 @@ pub fn train_policy(
     }
     let ad = device.clone().autodiff();
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut value_optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut value_net = match cfg.algo {
+        Algo::Ppo => Some(PrefixScorer::from_base(
+            policy.clone(),
+            ScorerLayout::Scalar,
+            &ad,
+        )?),
+        Algo::Rloo => None,
+    };
     let mut metrics = if cfg.out_dir.as_os_str().is_empty() {
         None
     } else {
@@ -198,6 +259,7 @@ pub fn train_policy(
             ..Default::default()
         };
         let mut scores = Vec::with_capacity(samples.len());
+        let mut shaped_scores = Vec::with_capacity(samples.len());
         for (s, rlp) in samples.iter().zip(&ref_lp) {
             let input = RewardInput {
                 prompt: &s.prompt,
@@ -214,6 +276,7 @@ pub fn train_policy(
                 KlMode::LossK3 => shaped,
             };
             scores.push(score);
+            shaped_scores.push(shaped);
             let n = samples.len() as f64;
             m.kl += kl / n;
             m.scores += shaped / n;
@@ -223,53 +286,62 @@ pub fn train_policy(
             m.eos_rate += f64::from(u8::from(s.finish == infalign_decoding::Finish::Eos)) / n;
         }
         m.rlhf_reward = m.scores - beta * m.kl;
-        let adv = crate::rloo::advantages(&scores, cfg.k)?;
-        // 3. Gradient of −mean A_i log π(y_i) (+ β k3 in the loss mode).
+        // 3. The token table: which columns are completion tokens, old and reference log-probs.
         let batch = TokenBatch::left_padded(&rows, lm.pad_id, &ad)?;
         let [b, l] = batch.tokens.dims();
-        let mut weight = vec![0f32; b * (l - 1)];
-        let mut adv_w = vec![0f32; b * (l - 1)];
+        let cols = l - 1;
+        let mut weight = vec![0f32; b * cols];
+        let mut old_lp = vec![0f32; b * cols];
+        let mut ref_cols = vec![0f32; b * cols];
+        let mut spans = Vec::with_capacity(b);
         for (i, s) in samples.iter().enumerate() {
-            let first = batch.pad_left[i] + s.prompt_ids.len(); // first completion token
-            for tok in first..l {
-                weight[i * (l - 1) + tok - 1] = 1.0;
-                adv_w[i * (l - 1) + tok - 1] = adv[i] as f32;
+            let pad = batch.pad_left[i];
+            let first = pad + s.prompt_ids.len() - 1; // column predicting the first completion token
+            for (j, c) in (first..cols).enumerate() {
+                weight[i * cols + c] = 1.0;
+                old_lp[i * cols + c] = s.policy_logprobs[j];
             }
+            for (e, &x) in ref_lp[i].iter().enumerate() {
+                ref_cols[i * cols + pad + e] = x;
+            }
+            spans.push((first, cols));
         }
-        let weight_t = Tensor::<2>::from_data(TensorData::new(weight, [b, l - 1]), &ad);
-        let adv_t = Tensor::<2>::from_data(TensorData::new(adv_w, [b, l - 1]), &ad);
-        let logp = policy.forward(&batch, &mut policy.new_cache());
-        let next = batch
-            .tokens
-            .clone()
-            .narrow(1, 1, l - 1)
-            .unsqueeze_dim::<3>(2);
-        let tok_lp = logp.narrow(1, 0, l - 1).gather(2, next).reshape([b, l - 1]);
-        let mut loss = (tok_lp.clone() * adv_t * weight_t.clone()).sum().neg() / b as f64;
-        if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
-            let ref_flat: Vec<f32> = ref_lp
-                .iter()
-                .zip(&batch.pad_left)
-                .flat_map(|(r, &pad)| {
-                    let mut row = vec![0f32; pad];
-                    row.extend(r);
-                    row
-                })
-                .collect();
-            let ref_t = Tensor::<2>::from_data(TensorData::new(ref_flat, [b, l - 1]), &ad);
-            let log_ratio = ref_t - tok_lp; // log π_ref − log π
-            let k3 = log_ratio.clone().exp() - 1.0 - log_ratio;
-            loss = loss + (k3 * weight_t.clone()).sum() * beta / weight_t.sum().clamp_min(1.0);
-        }
-        m.loss = f64::from(read_f32(loss.clone())?[0]);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
-        scale_and_clip(
-            &policy,
-            &mut grads,
-            1.0,
-            (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
-        );
-        policy = optim.step(cfg.lr, policy, grads);
+        let table = TokenTable {
+            batch,
+            cols,
+            weight,
+            old_lp,
+            ref_cols,
+            spans,
+        };
+        let (new_policy, loss) = match cfg.algo {
+            Algo::Rloo => {
+                let adv = crate::rloo::advantages(&scores, cfg.k)?;
+                let adv_tok: Vec<f64> = (0..b * cols).map(|x| adv[x / cols]).collect();
+                let (p, loss) =
+                    policy_gradient_step(policy, &mut optim, &table, &adv_tok, cfg, beta)?;
+                (p, loss)
+            }
+            Algo::Ppo => {
+                let vnet = value_net.take().expect("PPO has a value network");
+                let (p, v, ppo_m) = crate::ppo::update(
+                    policy,
+                    vnet,
+                    &mut optim,
+                    &mut value_optim,
+                    &table,
+                    &shaped_scores,
+                    cfg,
+                    beta,
+                )?;
+                value_net = Some(v);
+                m.clipfrac = ppo_m.clipfrac;
+                m.value_loss = ppo_m.value_loss;
+                (p, ppo_m.loss)
+            }
+        };
+        policy = new_policy;
+        m.loss = loss;
         if cfg.target_kl > 0.0 {
             // Ziegler et al.'s proportional controller, clipped to ±20% per step.
             let err = ((m.kl - cfg.target_kl) / cfg.target_kl).clamp(-0.2, 0.2);
@@ -294,4 +366,85 @@ pub fn train_policy(
         on_step(step, &m);
     }
     Ok(policy.valid())
+}
+
+/// The completion tokens of a batch of rollouts, column-aligned with the model's predictions
+/// (column c predicts token c + 1).
+pub(crate) struct TokenTable {
+    /// Prompt + completion ids, left-padded, on the autodiff device.
+    pub batch: TokenBatch,
+    /// Number of prediction columns, `L - 1`.
+    pub cols: usize,
+    /// 1 on completion columns.
+    pub weight: Vec<f32>,
+    /// Log-probs of the sampled tokens under the sampling policy.
+    pub old_lp: Vec<f32>,
+    /// Log-probs of the sampled tokens under the reference.
+    pub ref_cols: Vec<f32>,
+    /// Per row, the completion's columns `first..end`.
+    pub spans: Vec<(usize, usize)>,
+}
+
+impl TokenTable {
+    pub(crate) fn tensor(&self, values: &[f32]) -> Tensor<2> {
+        let b = self.spans.len();
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [b, self.cols]),
+            &self.batch.tokens.device(),
+        )
+    }
+
+    /// Log-probs of the sampled tokens under `policy`, with gradient, `[B, L - 1]`.
+    pub(crate) fn token_logprobs(&self, policy: &CausalLm) -> Tensor<2> {
+        let b = self.spans.len();
+        let l = self.cols + 1;
+        let logp = policy.forward(&self.batch, &mut policy.new_cache());
+        let next = self
+            .batch
+            .tokens
+            .clone()
+            .narrow(1, 1, l - 1)
+            .unsqueeze_dim::<3>(2);
+        logp.narrow(1, 0, l - 1).gather(2, next).reshape([b, l - 1])
+    }
+
+    /// `β · mean k3` over completion tokens (the KL-in-the-loss term), given the policy's token
+    /// log-probs.
+    pub(crate) fn k3_penalty(&self, tok_lp: Tensor<2>, beta: f64) -> Tensor<1> {
+        let weight = self.tensor(&self.weight);
+        let log_ratio = self.tensor(&self.ref_cols) - tok_lp;
+        let k3 = log_ratio.clone().exp() - 1.0 - log_ratio;
+        (k3 * weight.clone()).sum() * beta / weight.sum().clamp_min(1.0)
+    }
+}
+
+/// One REINFORCE step `−Σ A_t log π(y_t) / B` (+ β k3), with per-token advantages.
+fn policy_gradient_step(
+    policy: CausalLm,
+    optim: &mut burn::optim::ModuleOptimizer,
+    table: &TokenTable,
+    adv_tok: &[f64],
+    cfg: &PolicyTrainConfig,
+    beta: f64,
+) -> Result<(CausalLm, f64), RlError> {
+    let b = table.spans.len();
+    let adv: Vec<f32> = adv_tok
+        .iter()
+        .zip(&table.weight)
+        .map(|(a, w)| (*a as f32) * w)
+        .collect();
+    let tok_lp = table.token_logprobs(&policy);
+    let mut loss = (tok_lp.clone() * table.tensor(&adv)).sum().neg() / b as f64;
+    if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
+        loss = loss + table.k3_penalty(tok_lp, beta);
+    }
+    let value = f64::from(read_f32(loss.clone())?[0]);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
+    scale_and_clip(
+        &policy,
+        &mut grads,
+        1.0,
+        (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
+    );
+    Ok((optim.step(cfg.lr, policy, grads), value))
 }

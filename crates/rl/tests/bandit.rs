@@ -10,7 +10,7 @@ use infalign_core::{DeviceSpec, Seed};
 use infalign_models::weights::{RandomInit, read_f32};
 use infalign_models::{CausalLm, Gpt2Config, LoadedModel, ModelConfig, TokenBatch, Tokenizer};
 use infalign_rewards::{Reward, RewardError, RewardInput};
-use infalign_rl::{KlMode, PolicyTrainConfig, RewardPipeline, train_policy};
+use infalign_rl::{Algo, KlMode, PolicyTrainConfig, PpoConfig, RewardPipeline, train_policy};
 
 const REWARD: [f64; 6] = [0.0, 1.0, 0.5, 2.0, -1.0, 0.3];
 
@@ -75,7 +75,7 @@ fn kl(p: &[f64], q: &[f64]) -> f64 {
 }
 
 #[test]
-fn rloo_reaches_the_kl_regularised_optimum() {
+fn rloo_and_ppo_reach_the_kl_regularised_optimum() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceSpec::Cpu.device().unwrap();
     let config = ModelConfig::Gpt2(Gpt2Config::new(6, 4, 16, 1, 2));
@@ -105,8 +105,17 @@ fn rloo_reaches_the_kl_regularised_optimum() {
     );
     let p_fwd = forward_kl_optimum(&p_ref, beta);
     assert!((p_fwd.iter().sum::<f64>() - 1.0).abs() < 1e-9);
-    for (mode, target) in [(KlMode::RewardK1, &p_star), (KlMode::LossK3, &p_fwd)] {
+    for (algo, mode, target) in [
+        (Algo::Rloo, KlMode::RewardK1, &p_star),
+        (Algo::Rloo, KlMode::LossK3, &p_fwd),
+        (Algo::Ppo, KlMode::RewardK1, &p_star),
+    ] {
         let cfg = PolicyTrainConfig {
+            algo,
+            ppo: PpoConfig {
+                value_lr: 1e-2,
+                ..Default::default()
+            },
             steps: 250,
             prompts_per_step: 4,
             k: 8,
@@ -134,9 +143,9 @@ fn rloo_reaches_the_kl_regularised_optimum() {
         let p = probs(&trained);
         let gap = kl(&p, target);
         eprintln!(
-            "{mode:?}: KL(π ‖ optimum) = {gap:.4} (reference was {:.3} away); π = {p:.3?}, optimum = {target:.3?}",
+            "{algo:?} {mode:?}: KL(π ‖ optimum) = {gap:.4} (reference was {:.3} away); π = {p:.3?}, optimum = {target:.3?}",
             kl(&p_ref, target)
         );
-        assert!(gap < 0.02, "{mode:?}: KL to the optimum {gap}");
+        assert!(gap < 0.02, "{algo:?} {mode:?}: KL to the optimum {gap}");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use infalign_core::Device;
 use infalign_models::{LoadedModel, save_model_dir};
 use infalign_rewards::{Calibrator, Transform, reward_from_spec};
-use infalign_rl::{PolicyTrainConfig, RewardPipeline, train_policy};
+use infalign_rl::{Algo, PolicyTrainConfig, RewardPipeline, train_policy};
 
 use super::generate::collect_prompts;
 use super::samples::{read_samples, rewards_by_prompt};
@@ -43,7 +43,7 @@ pub struct Args {
     /// KL weight β.
     #[arg(long, default_value_t = 0.05)]
     pub beta: f64,
-    /// Policy-optimisation algorithm (rloo).
+    /// Policy-optimisation algorithm: rloo or ppo.
     #[arg(long, default_value = "rloo")]
     pub algo: String,
     /// Override a key of PolicyTrainConfig, e.g. `--set steps=200` (repeatable).
@@ -55,13 +55,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    if a.algo != "rloo" {
-        bail!(
-            "--algo `{}`: this build implements rloo (PPO is not available yet)",
-            a.algo
-        );
-    }
     let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.set)?;
+    cfg.algo = match a.algo.as_str() {
+        "rloo" => Algo::Rloo,
+        "ppo" => Algo::Ppo,
+        other => bail!("--algo `{other}`: expected rloo or ppo"),
+    };
     cfg.beta = a.beta;
     cfg.out_dir = a.out.clone();
     let prompts = collect_prompts(&a.prompt, a.prompts.as_ref())?;

@@ -1,0 +1,187 @@
+//! PPO (Schulman et al. 2017) for language models as in Ziegler et al. 2019 and TRL: a value
+//! network (the base backbone with a scalar head), per-token rewards `−β (log π_old − log π_ref)`
+//! with the sequence's (calibrated, transformed) score added on its terminal token, GAE
+//! advantages (whitened), and `epochs` passes of the clipped surrogate
+//! `max(−A ρ, −A clip(ρ, 1 ± ε))` plus the clipped value loss.
+//!
+//! Invariant: rewards and advantages exist only on completion tokens (never on prompt or
+//! padding); the terminal token of each completion carries its score.
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+use infalign_models::optim::scale_and_clip;
+use infalign_models::weights::read_f32;
+use infalign_models::{CausalLm, PrefixScorer};
+
+use crate::RlError;
+use crate::policy_train::{KlMode, PolicyTrainConfig, TokenTable};
+
+/// What one PPO update reports.
+pub(crate) struct PpoMetrics {
+    pub loss: f64,
+    pub clipfrac: f64,
+    pub value_loss: f64,
+}
+
+/// Values of the state before each predicted token, `[B, L - 1]`.
+fn values(net: &PrefixScorer, table: &TokenTable) -> Tensor<2> {
+    let out = net.forward(&table.batch, &mut net.new_cache());
+    let [b, l, _] = out.dims();
+    out.narrow(1, 0, l - 1).reshape([b, l - 1])
+}
+
+/// GAE over each row's completion columns; returns (advantages, returns), both `B × cols`.
+fn gae(
+    table: &TokenTable,
+    rewards: &[f64],
+    old_v: &[f32],
+    gamma: f64,
+    lambda: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let cols = table.cols;
+    let mut adv = vec![0.0; rewards.len()];
+    let mut ret = vec![0.0; rewards.len()];
+    for (i, &(first, end)) in table.spans.iter().enumerate() {
+        let mut next_v = 0.0;
+        let mut acc = 0.0;
+        for c in (first..end).rev() {
+            let k = i * cols + c;
+            let v = f64::from(old_v[k]);
+            let delta = rewards[k] + gamma * next_v - v;
+            acc = delta + gamma * lambda * acc;
+            adv[k] = acc;
+            ret[k] = acc + v;
+            next_v = v;
+        }
+    }
+    (adv, ret)
+}
+
+/// One PPO update on a batch of rollouts.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn update(
+    mut policy: CausalLm,
+    mut value_net: PrefixScorer,
+    optim: &mut ModuleOptimizer,
+    value_optim: &mut ModuleOptimizer,
+    table: &TokenTable,
+    scores: &[f64],
+    cfg: &PolicyTrainConfig,
+    beta: f64,
+) -> Result<(CausalLm, PrefixScorer, PpoMetrics), RlError> {
+    let p = &cfg.ppo;
+    let cols = table.cols;
+    let n = table.weight.len();
+    // Per-token rewards.
+    let mut rewards = vec![0.0; n];
+    for (i, &(first, end)) in table.spans.iter().enumerate() {
+        for c in first..end {
+            let k = i * cols + c;
+            if cfg.kl_mode == KlMode::RewardK1 {
+                rewards[k] = -beta * f64::from(table.old_lp[k] - table.ref_cols[k]);
+            }
+        }
+        if end > first {
+            rewards[i * cols + end - 1] += scores[i];
+        }
+    }
+    let old_v = read_f32(values(&value_net.valid(), &TokenTableOn::plain(table)))?;
+    let (mut adv, ret) = gae(table, &rewards, &old_v, p.gamma, p.gae_lambda);
+    // Whiten the advantages over completion tokens.
+    let count = table.weight.iter().filter(|&&w| w > 0.0).count().max(1) as f64;
+    let mean = adv
+        .iter()
+        .zip(&table.weight)
+        .map(|(a, &w)| a * f64::from(w))
+        .sum::<f64>()
+        / count;
+    let var = adv
+        .iter()
+        .zip(&table.weight)
+        .map(|(a, &w)| f64::from(w) * (a - mean).powi(2))
+        .sum::<f64>()
+        / count;
+    let sd = var.sqrt().max(1e-8);
+    for (a, &w) in adv.iter_mut().zip(&table.weight) {
+        *a = if w > 0.0 { (*a - mean) / sd } else { 0.0 };
+    }
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    let weight = table.tensor(&table.weight);
+    let adv_t = table.tensor(&to32(&adv));
+    let ret_t = table.tensor(&to32(&ret));
+    let old_lp_t = table.tensor(&table.old_lp);
+    let old_v_t = table.tensor(&old_v);
+    let denom = count;
+    let mut metrics = PpoMetrics {
+        loss: 0.0,
+        clipfrac: 0.0,
+        value_loss: 0.0,
+    };
+    for _ in 0..p.epochs.max(1) {
+        let tok_lp = table.token_logprobs(&policy);
+        let ratio = (tok_lp.clone() - old_lp_t.clone()).exp();
+        let unclipped = adv_t.clone() * ratio.clone();
+        let clipped = adv_t.clone() * ratio.clone().clamp(1.0 - p.clip, 1.0 + p.clip);
+        let surrogate = unclipped.clone().min_pair(clipped.clone());
+        let mut loss = (surrogate * weight.clone()).sum().neg() / denom;
+        if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
+            loss = loss + table.k3_penalty(tok_lp, beta);
+        }
+        let ratio_host = read_f32(ratio)?;
+        metrics.clipfrac = ratio_host
+            .iter()
+            .zip(&table.weight)
+            .filter(|(r, w)| **w > 0.0 && (f64::from(**r) - 1.0).abs() > p.clip)
+            .count() as f64
+            / denom;
+        metrics.loss = f64::from(read_f32(loss.clone())?[0]);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
+        scale_and_clip(
+            &policy,
+            &mut grads,
+            1.0,
+            (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
+        );
+        policy = optim.step(cfg.lr, policy, grads);
+
+        let v = values(&value_net, table);
+        let v_clipped =
+            old_v_t.clone() + (v.clone() - old_v_t.clone()).clamp(-p.value_clip, p.value_clip);
+        let l1 = (v - ret_t.clone()).square();
+        let l2 = (v_clipped - ret_t.clone()).square();
+        let vloss = (l1.max_pair(l2) * weight.clone()).sum() * 0.5 / denom;
+        metrics.value_loss = f64::from(read_f32(vloss.clone())?[0]);
+        let mut vgrads = GradientsParams::from_grads(vloss.backward(), &value_net);
+        scale_and_clip(
+            &value_net,
+            &mut vgrads,
+            1.0,
+            (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
+        );
+        value_net = value_optim.step(p.value_lr, value_net, vgrads);
+    }
+    Ok((policy, value_net, metrics))
+}
+
+/// The table's batch on the plain device (for the no-gradient value pass).
+struct TokenTableOn;
+
+impl TokenTableOn {
+    fn plain(table: &TokenTable) -> TokenTable {
+        let device = table.batch.tokens.device().without_autodiff();
+        let batch = infalign_models::TokenBatch {
+            tokens: table.batch.tokens.clone().to_device(&device),
+            mask: table.batch.mask.clone().to_device(&device),
+            pad_left: table.batch.pad_left.clone(),
+        };
+        TokenTable {
+            batch,
+            cols: table.cols,
+            weight: Vec::new(),
+            old_lp: Vec::new(),
+            ref_cols: Vec::new(),
+            spans: table.spans.clone(),
+        }
+    }
+}
