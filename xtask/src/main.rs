@@ -7,6 +7,7 @@
 //! - `cargo xtask ci`: what `.ci/run` runs.
 
 mod assets;
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,7 @@ fn main() -> Result<()> {
         Some("test-backends") => test_backends(&rest),
         Some("bench") => bench(&rest),
         Some("assets") => build_assets(&rest),
+        Some("demo") => demo::run(&root()),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -28,14 +30,15 @@ fn main() -> Result<()> {
                  ci              format check, clippy, tests, docs (what .ci/run runs)\n  \
                  test-backends   backend-swapping tests: ndarray, and wgpu [--wgpu], cuda [--cuda]\n  \
                  bench           decoding and training throughput into target/bench/\n  \
-                 assets          corpus, prompts, tokenizer and base model in assets/ [--corpus-only]"
+                 assets          corpus, prompts, tokenizer and base model in assets/ [--corpus-only]\n  \
+                 demo            the main job on the shipped model; writes runs/demo/report.md"
             );
             bail!("no command given")
         }
     }
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
