@@ -33,7 +33,10 @@ fn decoder_row(name: &str, samples: &Path, base: &Path) -> Result<String> {
             .lines()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l)?;
-                Ok((v["prompt"].as_str().unwrap_or_default().to_string(), v["reward"].as_f64().unwrap_or(0.0)))
+                Ok((
+                    v["prompt"].as_str().unwrap_or_default().to_string(),
+                    v["reward"].as_f64().unwrap_or(0.0),
+                ))
             })
             .collect()
     };
@@ -43,11 +46,20 @@ fn decoder_row(name: &str, samples: &Path, base: &Path) -> Result<String> {
     let mut total = 0.0f64;
     for (p, r) in &s {
         for (_, rb) in b.iter().filter(|(q, _)| q == p) {
-            wins += if r > rb { 1.0 } else if r == rb { 0.5 } else { 0.0 };
+            wins += if r > rb {
+                1.0
+            } else if r == rb {
+                0.5
+            } else {
+                0.0
+            };
             total += 1.0;
         }
     }
-    Ok(format!("| {name} | {mean:.3} | {:.3} | - | - |", wins / total.max(1.0)))
+    Ok(format!(
+        "| {name} | {mean:.3} | {:.3} | - | - |",
+        wins / total.max(1.0)
+    ))
 }
 
 pub fn run(root: &Path) -> Result<()> {
@@ -64,22 +76,104 @@ pub fn run(root: &Path) -> Result<()> {
     std::fs::write(out.join("prompts.jsonl"), prompts)?;
     let prompts = p("prompts.jsonl");
     eprintln!("[demo] 1/6 reference rollouts (8 per prompt) scored by `{REWARD}`");
-    infalign(&["rollouts", "--prompts", &prompts, "--k", "8", "--reward", REWARD, "--max-new-tokens", "32", "--out", &p("reference.jsonl")])?;
+    infalign(&[
+        "rollouts",
+        "--prompts",
+        &prompts,
+        "--k",
+        "8",
+        "--reward",
+        REWARD,
+        "--max-new-tokens",
+        "32",
+        "--out",
+        &p("reference.jsonl"),
+    ])?;
     eprintln!("[demo] 2/6 CTRL: calibrated reward, exp transform (t = 4), RLOO");
     let steps = "steps=30";
-    infalign(&["align", "--prompts", &prompts, "--reward", REWARD, "--reference", &p("reference.jsonl"),
-        "--transform", "exp", "--t", "4", "--beta", "0.05", "--set", steps, "--set", "lr=1e-4",
-        "--set", "max_new_tokens=32", "--set", "k=4", "--set", "prompts_per_step=6", "--out", &p("ctrl-exp")])?;
+    infalign(&[
+        "align",
+        "--prompts",
+        &prompts,
+        "--reward",
+        REWARD,
+        "--reference",
+        &p("reference.jsonl"),
+        "--transform",
+        "exp",
+        "--t",
+        "4",
+        "--beta",
+        "0.05",
+        "--set",
+        steps,
+        "--set",
+        "lr=1e-4",
+        "--set",
+        "max_new_tokens=32",
+        "--set",
+        "k=4",
+        "--set",
+        "prompts_per_step=6",
+        "--out",
+        &p("ctrl-exp"),
+    ])?;
     eprintln!("[demo] 3/6 standard RLHF: raw reward, RLOO");
-    infalign(&["align", "--prompts", &prompts, "--reward", REWARD, "--raw", "--beta", "0.05", "--set", steps,
-        "--set", "lr=1e-4", "--set", "max_new_tokens=32", "--set", "k=4", "--set", "prompts_per_step=6", "--out", &p("rlhf-raw")])?;
+    infalign(&[
+        "align",
+        "--prompts",
+        &prompts,
+        "--reward",
+        REWARD,
+        "--raw",
+        "--beta",
+        "0.05",
+        "--set",
+        steps,
+        "--set",
+        "lr=1e-4",
+        "--set",
+        "max_new_tokens=32",
+        "--set",
+        "k=4",
+        "--set",
+        "prompts_per_step=6",
+        "--out",
+        &p("rlhf-raw"),
+    ])?;
     eprintln!("[demo] 4/6 CD-Q prefix scorer on the calibrated reward");
-    infalign(&["train-scorer", "--rollouts", &p("reference.jsonl"), "--method", "q", "--calibrate",
-        "--set", "steps=60", "--set", "batch_size=8", "--set", "lr=3e-4", "--out", &p("scorer-cdq")])?;
+    infalign(&[
+        "train-scorer",
+        "--rollouts",
+        &p("reference.jsonl"),
+        "--method",
+        "q",
+        "--calibrate",
+        "--set",
+        "steps=60",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "lr=3e-4",
+        "--out",
+        &p("scorer-cdq"),
+    ])?;
     eprintln!("[demo] 5/6 decoding: base, tokenwise CD, blockwise CD");
     let dec = |strategy: &str, extra: &[&str], name: &str| -> Result<()> {
-        let mut a = vec!["decode", "--strategy", strategy, "--prompts", &prompts, "--reward", REWARD,
-            "--max-new-tokens", "32", "--seed", "7", "--out"];
+        let mut a = vec![
+            "decode",
+            "--strategy",
+            strategy,
+            "--prompts",
+            &prompts,
+            "--reward",
+            REWARD,
+            "--max-new-tokens",
+            "32",
+            "--seed",
+            "7",
+            "--out",
+        ];
         let o = p(name);
         a.push(&o);
         a.extend(extra);
@@ -87,22 +181,68 @@ pub fn run(root: &Path) -> Result<()> {
     };
     let scorer = p("scorer-cdq");
     dec("sample", &["--n", "4"], "base.jsonl")?;
-    dec("cd-token", &["--scorer", &scorer, "--lambda", "4", "--n", "4"], "cd-token.jsonl")?;
-    dec("cd-block", &["--scorer", &scorer, "--k", "4", "--m", "8"], "cd-block.jsonl")?;
+    dec(
+        "cd-token",
+        &["--scorer", &scorer, "--lambda", "4", "--n", "4"],
+        "cd-token.jsonl",
+    )?;
+    dec(
+        "cd-block",
+        &["--scorer", &scorer, "--k", "4", "--m", "8"],
+        "cd-block.jsonl",
+    )?;
     dec("bon", &["--n", "4"], "bon4.jsonl")?;
     eprintln!("[demo] 6/6 evaluation against the base model");
-    let mut table = String::from("| method | mean reward | win rate vs base | best-of-4 win rate | KL (k3) |\n|---|---:|---:|---:|---:|\n");
-    for (name, dir) in [("CTRL (calibrated, exp t=4)", "ctrl-exp"), ("RLHF (raw reward)", "rlhf-raw")] {
+    let mut table = String::from(
+        "| method | mean reward | win rate vs base | best-of-4 win rate | KL (k3) |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (name, dir) in [
+        ("CTRL (calibrated, exp t=4)", "ctrl-exp"),
+        ("RLHF (raw reward)", "rlhf-raw"),
+    ] {
         let ev_dir = out.join(format!("{dir}/eval"));
-        infalign(&["eval", "--policy", &p(&format!("{dir}/final")), "--prompts", &prompts, "--reward", REWARD,
-            "--samples", "8", "--n", "4", "--max-new-tokens", "32", "--out", &ev_dir.display().to_string()])?;
+        infalign(&[
+            "eval",
+            "--policy",
+            &p(&format!("{dir}/final")),
+            "--prompts",
+            &prompts,
+            "--reward",
+            REWARD,
+            "--samples",
+            "8",
+            "--n",
+            "4",
+            "--max-new-tokens",
+            "32",
+            "--out",
+            &ev_dir.display().to_string(),
+        ])?;
         let ev = read_json(&ev_dir.join("eval.json"))?;
-        let wr = |i: usize| ev["win_rates"][i]["win_rate"]["mean"].as_f64().unwrap_or(f64::NAN);
-        writeln!(table, "| {name} | {:.3} | {:.3} | {:.3} | {:.3} |", ev["mean_reward_policy"].as_f64().unwrap_or(f64::NAN),
-            wr(0), wr(1), ev["kl"]["k3"]["mean"].as_f64().unwrap_or(f64::NAN))?;
+        let wr = |i: usize| {
+            ev["win_rates"][i]["win_rate"]["mean"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        };
+        writeln!(
+            table,
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            ev["mean_reward_policy"].as_f64().unwrap_or(f64::NAN),
+            wr(0),
+            wr(1),
+            ev["kl"]["k3"]["mean"].as_f64().unwrap_or(f64::NAN)
+        )?;
     }
-    for (name, file) in [("tokenwise CD-Q (λ = 4)", "cd-token.jsonl"), ("blockwise CD-Q (K = 4, M = 8)", "cd-block.jsonl"), ("best-of-4", "bon4.jsonl")] {
-        writeln!(table, "{}", decoder_row(name, &out.join(file), &out.join("base.jsonl"))?)?;
+    for (name, file) in [
+        ("tokenwise CD-Q (λ = 4)", "cd-token.jsonl"),
+        ("blockwise CD-Q (K = 4, M = 8)", "cd-block.jsonl"),
+        ("best-of-4", "bon4.jsonl"),
+    ] {
+        writeln!(
+            table,
+            "{}",
+            decoder_row(name, &out.join(file), &out.join("base.jsonl"))?
+        )?;
     }
     let report = format!(
         "# infalign demo\n\nBase model `assets/base-model`, reward `{REWARD}`, 24 prompts. Win rates \

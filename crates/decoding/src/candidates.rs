@@ -18,16 +18,7 @@ pub fn scored_candidates(
 ) -> Result<Vec<Vec<Sample>>, DecodingError> {
     let cfg = GenerationConfig { n, ..cfg.clone() };
     let mut samples = generator.generate(prompts, &cfg, seed)?;
-    let inputs: Vec<RewardInput<'_>> = samples
-        .iter()
-        .map(|s| RewardInput {
-            prompt: &s.prompt,
-            completion: &s.completion,
-            tokens: s.tokens.len(),
-            ids: &s.tokens,
-        })
-        .collect();
-    let rewards = reward.score_batch(&inputs)?;
+    let rewards = score_samples(&samples, reward)?;
     for (s, r) in samples.iter_mut().zip(rewards) {
         s.reward = Some(r);
     }
@@ -42,4 +33,18 @@ pub fn scored_candidates(
 /// The reward of a scored sample.
 pub(crate) fn reward_of(s: &Sample) -> f64 {
     s.reward.unwrap_or(f64::NEG_INFINITY)
+}
+
+/// The reward of every sample, scored in one batch.
+pub fn score_samples(samples: &[Sample], reward: &dyn Reward) -> Result<Vec<f64>, DecodingError> {
+    let inputs: Vec<RewardInput<'_>> = samples
+        .iter()
+        .map(|s| RewardInput {
+            prompt: &s.prompt,
+            completion: &s.completion,
+            tokens: s.tokens.len(),
+            ids: &s.tokens,
+        })
+        .collect();
+    Ok(reward.score_batch(&inputs)?)
 }

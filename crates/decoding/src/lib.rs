@@ -35,7 +35,7 @@ mod worst_of_n;
 
 pub use best_of_n::BestOfN;
 pub use blockwise_cd::{BlockwiseCd, TieBreak};
-pub use candidates::scored_candidates;
+pub use candidates::{score_samples, scored_candidates};
 pub use error::DecodingError;
 pub use generate::{GenerationConfig, Generator, Steer};
 pub use sample::{Finish, Sample};

@@ -89,6 +89,21 @@ pub fn scale_and_clip<M: Module>(
     norm
 }
 
+/// One optimizer step on `loss`: backward, clip the global gradient norm to `clip` (0 disables),
+/// update. Returns the updated module, the loss value and the gradient norm before clipping.
+pub fn descend<M: Module>(
+    module: M,
+    optim: &mut burn::optim::ModuleOptimizer,
+    loss: Tensor<1>,
+    lr: f64,
+    clip: f64,
+) -> crate::Result<(M, f64, f64)> {
+    let value = f64::from(crate::weights::read_f32(loss.clone())?[0]);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &module);
+    let norm = scale_and_clip(&module, &mut grads, 1.0, (clip > 0.0).then_some(clip));
+    Ok((optim.step(lr, module, grads), value, norm))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

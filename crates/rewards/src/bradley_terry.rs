@@ -6,12 +6,11 @@
 //! the same model on the CPU.
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::tensor::activation::softplus;
 use infalign_core::Seed;
-use infalign_models::optim::scale_and_clip;
-use infalign_models::weights::read_f32;
+use infalign_models::optim::descend;
 use infalign_models::{PrefixScorer, TokenBatch};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -101,15 +100,9 @@ pub fn train_bradley_terry(
             .reshape([2 * n]);
         let margin = r.clone().narrow(0, 0, n) - r.narrow(0, n, n);
         let loss = softplus(margin.neg(), 1.0).mean();
-        let value = f64::from(read_f32(loss.clone()).map_err(model_err)?[0]);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &net);
-        scale_and_clip(
-            &net,
-            &mut grads,
-            1.0,
-            (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
-        );
-        net = optim.step(cfg.lr, net, grads);
+        let (updated, value, _) =
+            descend(net, &mut optim, loss, cfg.lr, cfg.grad_clip).map_err(model_err)?;
+        net = updated;
         on_step(step, value);
     }
     Ok(net.valid())

@@ -14,12 +14,11 @@
 use std::path::PathBuf;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use infalign_core::{MetricsWriter, Seed};
 use infalign_decoding::{GenerationConfig, Generator};
-use infalign_models::optim::scale_and_clip;
-use infalign_models::weights::read_f32;
+use infalign_models::optim::descend;
 use infalign_models::{CausalLm, LoadedModel, PrefixScorer, ScorerLayout, TokenBatch};
 use infalign_rewards::{Calibrator, Reward, RewardInput, RewardTransform, Transform};
 use rand::Rng;
@@ -438,13 +437,6 @@ fn policy_gradient_step(
     if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
         loss = loss + table.k3_penalty(tok_lp, beta);
     }
-    let value = f64::from(read_f32(loss.clone())?[0]);
-    let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
-    scale_and_clip(
-        &policy,
-        &mut grads,
-        1.0,
-        (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
-    );
-    Ok((optim.step(cfg.lr, policy, grads), value))
+    let (policy, value, _) = descend(policy, optim, loss, cfg.lr, cfg.grad_clip)?;
+    Ok((policy, value))
 }

@@ -8,9 +8,9 @@
 //! padding); the terminal token of each completion carries its score.
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
-use infalign_models::optim::scale_and_clip;
+use infalign_models::optim::descend;
 use infalign_models::weights::read_f32;
 use infalign_models::{CausalLm, PrefixScorer};
 
@@ -135,15 +135,9 @@ pub(crate) fn update(
             .filter(|(r, w)| **w > 0.0 && (f64::from(**r) - 1.0).abs() > p.clip)
             .count() as f64
             / denom;
-        metrics.loss = f64::from(read_f32(loss.clone())?[0]);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
-        scale_and_clip(
-            &policy,
-            &mut grads,
-            1.0,
-            (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
-        );
-        policy = optim.step(cfg.lr, policy, grads);
+        let (updated, value, _) = descend(policy, optim, loss, cfg.lr, cfg.grad_clip)?;
+        policy = updated;
+        metrics.loss = value;
 
         let v = values(&value_net, table);
         let v_clipped =
@@ -151,15 +145,10 @@ pub(crate) fn update(
         let l1 = (v - ret_t.clone()).square();
         let l2 = (v_clipped - ret_t.clone()).square();
         let vloss = (l1.max_pair(l2) * weight.clone()).sum() * 0.5 / denom;
-        metrics.value_loss = f64::from(read_f32(vloss.clone())?[0]);
-        let mut vgrads = GradientsParams::from_grads(vloss.backward(), &value_net);
-        scale_and_clip(
-            &value_net,
-            &mut vgrads,
-            1.0,
-            (cfg.grad_clip > 0.0).then_some(cfg.grad_clip),
-        );
-        value_net = value_optim.step(p.value_lr, value_net, vgrads);
+        let (updated, value, _) =
+            descend(value_net, value_optim, vloss, p.value_lr, cfg.grad_clip)?;
+        value_net = updated;
+        metrics.value_loss = value;
     }
     Ok((policy, value_net, metrics))
 }

@@ -10,11 +10,10 @@
 //! reproducible on the CPU.
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use infalign_core::{MetricsWriter, Seed};
-use infalign_models::optim::scale_and_clip;
-use infalign_models::weights::read_f32;
+use infalign_models::optim::descend;
 use infalign_models::{CausalLm, PrefixScorer, TokenBatch};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -185,11 +184,9 @@ pub fn train_scorer(
             ScorerMethod::Fudge => crate::cd_fudge::loss(&scorer, &b),
             ScorerMethod::Q => crate::cd_q::loss(&scorer, target.as_ref(), base, &b, device)?,
         };
-        let loss_value = f64::from(read_f32(loss.clone())?[0]);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &scorer);
-        let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
-        let grad_norm = scale_and_clip(&scorer, &mut grads, 1.0, clip);
-        scorer = optim.step(cfg.lr, scorer, grads);
+        let (updated, loss_value, grad_norm) =
+            descend(scorer, &mut optim, loss, cfg.lr, cfg.grad_clip)?;
+        scorer = updated;
         if let Some(m) = metrics.as_deref_mut()
             && (step % cfg.log_every.max(1) == 0 || step == cfg.steps)
         {

@@ -10,7 +10,7 @@ use infalign_models::{LoadedModel, save_model_dir};
 use infalign_rewards::{Calibrator, Transform, reward_from_spec};
 use infalign_rl::{Algo, PolicyTrainConfig, RewardPipeline, train_policy};
 
-use super::generate::collect_prompts;
+use super::common::PromptArgs;
 use super::samples::{read_samples, rewards_by_prompt};
 
 /// Flags of `infalign align`.
@@ -19,12 +19,8 @@ pub struct Args {
     /// Base model directory; default: the shipped one.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Training prompts (JSONL `{"prompt"}`), or --prompt.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// A training prompt (repeatable).
-    #[arg(long)]
-    pub prompt: Vec<String>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
     /// Reward spec (e.g. `sentiment`).
     #[arg(long)]
     pub reward: String,
@@ -63,7 +59,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     };
     cfg.beta = a.beta;
     cfg.out_dir = a.out.clone();
-    let prompts = collect_prompts(&a.prompt, a.prompts.as_ref())?;
+    let prompts = a.prompts.collect()?;
     let reward = reward_from_spec(&a.reward)?;
     let calibrator = if a.raw {
         None

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use infalign_core::{Device, Seed};
 use infalign_decoding::{
-    BestOfN, BlockwiseCd, GenerationConfig, Generator, SamplingConfig, ScorerMix, SoftBestOfN,
-    TieBreak, TokenwiseCd, WorstOfN,
+    BestOfN, BlockwiseCd, GenerationConfig, Generator, ScorerMix, SoftBestOfN, TieBreak,
+    TokenwiseCd, WorstOfN,
 };
 use infalign_models::PrefixScorer;
 use infalign_rewards::{Reward, RewardInput, reward_from_spec};
 
-use super::generate::collect_prompts;
+use super::common::{PromptArgs, SamplingArgs};
 
 /// The strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,24 +42,10 @@ pub struct Args {
     /// Model directory; default: the shipped one.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A prompt (repeatable).
-    #[arg(long)]
-    pub prompt: Vec<String>,
-    /// JSONL file of `{"prompt": ...}` rows.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// Keep the k most likely tokens when sampling.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Nucleus sampling mass.
-    #[arg(long)]
-    pub top_p: Option<f32>,
-    /// New tokens per completion at most.
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Samples per prompt (sample, greedy, cd-token) or candidates (bon, won, soft-bon).
     #[arg(long, default_value_t = 1)]
     pub n: usize,
@@ -91,19 +77,13 @@ pub struct Args {
     /// Weight of each --scorer, in order (default 1 each; may be negative).
     #[arg(long, allow_negative_numbers = true)]
     pub weight: Vec<f32>,
-    /// Prompts prefilled together.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Seed of all randomness.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Output JSONL file.
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let prompts = collect_prompts(&a.prompt, a.prompts.as_ref())?;
+    let prompts = a.prompts.collect()?;
     let needs_reward = matches!(
         a.strategy,
         Strategy::Bon | Strategy::Won | Strategy::SoftBon
@@ -132,16 +112,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let lm = crate::load_model(a.model, device)?;
     let generator = Generator::new(&lm, device.clone());
     let cfg = GenerationConfig {
-        max_new_tokens: a.max_new_tokens,
+        max_new_tokens: a.sampling.max_new_tokens,
         n: a.n,
-        sampling: SamplingConfig {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            greedy: a.strategy == Strategy::Greedy,
-        },
+        sampling: a.sampling.sampling(a.strategy == Strategy::Greedy),
         stop: Vec::new(),
-        prompt_batch: a.batch,
+        prompt_batch: a.sampling.batch,
     };
     let scorers = a
         .scorer
@@ -164,7 +139,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             device.clone(),
         )
     };
-    let seed = Seed(a.seed);
+    let seed = Seed(a.sampling.seed);
     let mut samples = match a.strategy {
         Strategy::Sample | Strategy::Greedy => generator.generate(&prompts, &cfg, seed)?,
         Strategy::Bon => BestOfN {

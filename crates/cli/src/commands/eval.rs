@@ -8,14 +8,14 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use infalign_core::{Device, Seed};
-use infalign_decoding::{GenerationConfig, Generator, Sample};
+use infalign_decoding::{GenerationConfig, Generator, Sample, score_samples};
 use infalign_eval::analytic::Procedure;
 use infalign_eval::kl::kl_estimates;
 use infalign_eval::{Ties, inference_win_rate, win_rate};
 use infalign_models::LoadedModel;
-use infalign_rewards::{Reward, RewardInput, reward_from_spec};
+use infalign_rewards::{Reward, reward_from_spec};
 
-use super::generate::collect_prompts;
+use super::common::PromptArgs;
 
 /// Flags of `infalign eval`.
 #[derive(Debug, clap::Args)]
@@ -26,12 +26,8 @@ pub struct Args {
     /// The base model directory; default: the shipped one.
     #[arg(long)]
     pub base: Option<PathBuf>,
-    /// Evaluation prompts (JSONL), or --prompt.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// An evaluation prompt (repeatable).
-    #[arg(long)]
-    pub prompt: Vec<String>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
     /// Reward spec of the judge.
     #[arg(long)]
     pub reward: String,
@@ -59,21 +55,12 @@ pub struct Args {
 }
 
 fn rewards(samples: &[Sample], reward: &dyn Reward, k: usize) -> Result<Vec<Vec<f64>>> {
-    let inputs: Vec<RewardInput<'_>> = samples
-        .iter()
-        .map(|s| RewardInput {
-            prompt: &s.prompt,
-            completion: &s.completion,
-            tokens: s.tokens.len(),
-            ids: &s.tokens,
-        })
-        .collect();
-    let r = reward.score_batch(&inputs)?;
+    let r = score_samples(samples, reward)?;
     Ok(r.chunks(k).map(<[f64]>::to_vec).collect())
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let prompts = collect_prompts(&a.prompt, a.prompts.as_ref())?;
+    let prompts = a.prompts.collect()?;
     let reward = reward_from_spec(&a.reward)?;
     let base = crate::load_model(a.base, device)?;
     let policy = LoadedModel::load(&a.policy, device)?;

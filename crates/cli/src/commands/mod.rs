@@ -4,6 +4,7 @@ pub mod align;
 pub mod analytic;
 pub mod bench;
 pub mod calibrate;
+pub mod common;
 pub mod decode;
 pub mod eval;
 pub mod generate;

@@ -8,7 +8,7 @@ use infalign_core::{Device, Seed};
 use infalign_decoding::{GenerationConfig, Generator, SamplingConfig};
 use infalign_rewards::{RewardInput, reward_from_spec};
 
-use super::generate::collect_prompts;
+use super::common::PromptArgs;
 
 /// Flags of `infalign rollouts`.
 #[derive(Debug, clap::Args)]
@@ -16,12 +16,8 @@ pub struct Args {
     /// Model directory; default: the shipped one.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A prompt (repeatable).
-    #[arg(long)]
-    pub prompt: Vec<String>,
-    /// JSONL file of `{"prompt": ...}` rows.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
     /// Samples per prompt.
     #[arg(long, default_value_t = 16)]
     pub k: usize,
@@ -43,7 +39,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let prompts = collect_prompts(&a.prompt, a.prompts.as_ref())?;
+    let prompts = a.prompts.collect()?;
     let reward = reward_from_spec(&a.reward)?;
     let lm = crate::load_model(a.model, device)?;
     let cfg = GenerationConfig {

@@ -1,0 +1,73 @@
+//! Flags shared by the commands that sample: where prompts come from, and how tokens are drawn.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use infalign_decoding::SamplingConfig;
+use serde::Deserialize;
+
+/// `--prompt` (repeatable) and `--prompts FILE`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PromptArgs {
+    /// A prompt (repeatable).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// JSONL file of `{"prompt": ...}` rows.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct PromptRow {
+    prompt: String,
+}
+
+impl PromptArgs {
+    /// The prompts, inline ones first.
+    pub fn collect(&self) -> Result<Vec<String>> {
+        let mut prompts = self.prompt.clone();
+        if let Some(path) = &self.prompts {
+            let rows: Vec<PromptRow> = infalign_core::io::read_jsonl(path)?;
+            prompts.extend(rows.into_iter().map(|r| r.prompt));
+        }
+        if prompts.is_empty() {
+            bail!("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl");
+        }
+        Ok(prompts)
+    }
+}
+
+/// Next-token sampling and length flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling mass.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// New tokens per completion at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Prompts prefilled together.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Seed of all randomness.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The sampler these flags describe.
+    pub fn sampling(&self, greedy: bool) -> SamplingConfig {
+        SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            greedy,
+        }
+    }
+}
