@@ -90,7 +90,7 @@ pub fn run(root: &Path) -> Result<()> {
         &p("reference.jsonl"),
     ])?;
     eprintln!("[demo] 2/6 CTRL: calibrated reward, exp transform (t = 4), RLOO");
-    let steps = "steps=30";
+    let steps = "steps=60";
     infalign(&[
         "align",
         "--prompts",
@@ -150,9 +150,9 @@ pub fn run(root: &Path) -> Result<()> {
         "q",
         "--calibrate",
         "--set",
-        "steps=60",
+        "steps=300",
         "--set",
-        "batch_size=8",
+        "batch_size=16",
         "--set",
         "lr=3e-4",
         "--out",
@@ -210,7 +210,7 @@ pub fn run(root: &Path) -> Result<()> {
             "--reward",
             REWARD,
             "--samples",
-            "8",
+            "12",
             "--n",
             "4",
             "--max-new-tokens",

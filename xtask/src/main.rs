@@ -86,9 +86,20 @@ fn test_backends(rest: &[String]) -> Result<()> {
     ])
 }
 
+/// Runs `infalign bench` in the dev profile, whose dependencies (burn) are optimized at
+/// opt-level 3 like a release build; `--release` builds everything in release first.
 fn bench(rest: &[String]) -> Result<()> {
-    let mut args = vec!["run", "--release", "-p", "infalign", "--", "bench"];
-    args.extend(rest.iter().map(String::as_str));
+    let release = rest.iter().any(|a| a == "--release");
+    let mut args = vec!["run"];
+    if release {
+        args.push("--release");
+    }
+    args.extend(["-p", "infalign", "--", "bench"]);
+    args.extend(
+        rest.iter()
+            .filter(|a| *a != "--release")
+            .map(String::as_str),
+    );
     cargo(&args)
 }
 

@@ -86,7 +86,9 @@ impl DeviceSpec {
         }
         Ok(match self {
             Self::Cpu => Device::flex(),
+            // burn deprecates ndarray in favour of flex; kept for users who ask for it.
             #[cfg(feature = "ndarray")]
+            #[allow(deprecated)]
             Self::Ndarray => Device::ndarray(),
             #[cfg(feature = "wgpu")]
             Self::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),

@@ -107,6 +107,76 @@ fn train(
     Ok((steps * batch * len) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Throughput of the decoding strategies on one model, as ratios to base sampling measured in
+/// the same run: base sampling, best-of-4 and best-of-16 (shared prefill), tokenwise CD and
+/// blockwise CD (K = 4, M = 8) with a scorer the size of the base model.
+fn strategies(
+    config: &ModelConfig,
+    device: &Device,
+    new_tokens: usize,
+) -> Result<Vec<(String, f64, f64)>> {
+    use infalign_decoding::{
+        BestOfN, BlockwiseCd, GenerationConfig, Generator, ScorerMix, TieBreak, TokenwiseCd,
+    };
+    use infalign_models::{LoadedModel, PrefixScorer, ScorerLayout};
+    let tokenizer =
+        infalign_models::Tokenizer::from_file(crate::shipped_model_dir().join("tokenizer.json"))?;
+    let model = CausalLm::random(config, Seed(0), device)?;
+    let mut lm = LoadedModel::assemble(model, tokenizer, std::path::Path::new("."));
+    lm.eos_ids.clear(); // every sample runs to the token budget
+    let g = Generator::new(&lm, device.clone());
+    let scorer = PrefixScorer::from_base(lm.model.clone(), ScorerLayout::VocabWide, device)?;
+    let prompts: Vec<String> = (0..4).map(|i| format!("The dog {i} was")).collect();
+    let cfg = GenerationConfig {
+        max_new_tokens: new_tokens,
+        ..Default::default()
+    };
+    let reward = infalign_rewards::reward_from_spec("length")?;
+    let vocab = config.vocab_size();
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let base = time(&mut || {
+        g.generate(&prompts, &cfg, Seed(1))?;
+        Ok(())
+    })?;
+    let mut rows = vec![("base sampling".to_string(), base, 1.0)];
+    for n in [4, 16] {
+        let t = time(&mut || {
+            BestOfN {
+                n,
+                reward: reward.as_ref(),
+            }
+            .decode(&g, &prompts, &cfg, Seed(1))?;
+            Ok(())
+        })?;
+        rows.push((
+            format!("best-of-{n} (time per prompt vs one sample)"),
+            t,
+            t / base,
+        ));
+    }
+    let t = time(&mut || {
+        let mix = ScorerMix::new(vec![(1.0, &scorer)], vocab, device.clone())?;
+        TokenwiseCd::new(1.0, None, mix)?.decode(&g, &prompts, &cfg, Seed(1))?;
+        Ok(())
+    })?;
+    rows.push(("tokenwise CD (time per token vs base)".into(), t, t / base));
+    let t = time(&mut || {
+        let mix = ScorerMix::new(vec![(1.0, &scorer)], vocab, device.clone())?;
+        BlockwiseCd::new(4, 8, TieBreak::First, mix)?.decode(&g, &prompts, &cfg, Seed(1))?;
+        Ok(())
+    })?;
+    rows.push((
+        "blockwise CD K=4 M=8 (time per token vs base)".into(),
+        t,
+        t / base,
+    ));
+    Ok(rows)
+}
+
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let mut shapes = vec![("tiny (4x256, vocab 4096)", gpt2(4096, 512, 256, 4, 4))];
     if !a.quick {
@@ -156,7 +226,20 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             r.tokens_per_s
         );
     }
-    let report = serde_json::json!({ "device": format!("{device:?}"), "rows": rows });
+    let strat = strategies(&shapes[0].1, device, a.new_tokens.min(64))?;
+    println!(
+        "\n| strategy ({}, 4 prompts, {} new tokens) | seconds | ratio to base sampling |\n|---|---:|---:|",
+        shapes[0].0,
+        a.new_tokens.min(64)
+    );
+    for (name, secs, ratio) in &strat {
+        println!("| {name} | {secs:.2} | {ratio:.2} |");
+    }
+    let strat_json: Vec<_> = strat
+        .iter()
+        .map(|(n, s, r)| serde_json::json!({"strategy": n, "seconds": s, "ratio_to_base": r}))
+        .collect();
+    let report = serde_json::json!({ "device": format!("{device:?}"), "rows": rows, "strategies": strat_json });
     infalign_core::io::write_json_atomic(&a.out, &report)?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
