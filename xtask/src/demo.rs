@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the main job end to end on the shipped base model, sized for a 2-core
 //! CPU. It calibrates a sentiment reward against base rollouts; aligns with CTRL (calibrated
-//! reward, exp transform, aimed at best-of-4) and with standard RLHF (raw reward); trains a CD-Q
+//! reward, exp transform, aimed at best-of-4; β = 1, since exp(4u) spans 1 to 55) and with
+//! standard RLHF (raw reward in (-1, 1); β = 0.05); trains a CD-Q
 //! prefix scorer; decodes with tokenwise and blockwise CD; evaluates every policy against the
 //! base (standard and best-of-4 win rates, KL); and writes `runs/demo/report.md` with a summary
 //! table, which it also prints.
@@ -89,7 +90,7 @@ pub fn run(root: &Path) -> Result<()> {
         "--out",
         &p("reference.jsonl"),
     ])?;
-    eprintln!("[demo] 2/6 CTRL: calibrated reward, exp transform (t = 4), RLOO");
+    eprintln!("[demo] 2/6 CTRL: calibrated reward, exp transform (t = 4), β = 1, RLOO");
     let steps = "steps=60";
     infalign(&[
         "align",
@@ -104,7 +105,7 @@ pub fn run(root: &Path) -> Result<()> {
         "--t",
         "4",
         "--beta",
-        "0.05",
+        "1.0",
         "--set",
         steps,
         "--set",
