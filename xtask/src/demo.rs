@@ -90,58 +90,39 @@ pub fn run(root: &Path) -> Result<()> {
         "--out",
         &p("reference.jsonl"),
     ])?;
+    // Both alignments share everything but how the reward is shaped and β.
+    let align = |shaping: &[&str], beta: &str, out_dir: &str| -> Result<()> {
+        let out = p(out_dir);
+        let mut a = vec![
+            "align",
+            "--prompts",
+            &prompts,
+            "--reward",
+            REWARD,
+            "--beta",
+            beta,
+        ];
+        a.extend(shaping);
+        a.extend([
+            "--set",
+            "steps=60",
+            "--set",
+            "lr=1e-4",
+            "--set",
+            "max_new_tokens=32",
+        ]);
+        a.extend(["--set", "k=4", "--set", "prompts_per_step=6", "--out", &out]);
+        infalign(&a)
+    };
     eprintln!("[demo] 2/6 CTRL: calibrated reward, exp transform (t = 4), β = 1, RLOO");
-    let steps = "steps=60";
-    infalign(&[
-        "align",
-        "--prompts",
-        &prompts,
-        "--reward",
-        REWARD,
-        "--reference",
-        &p("reference.jsonl"),
-        "--transform",
-        "exp",
-        "--t",
-        "4",
-        "--beta",
+    let reference = p("reference.jsonl");
+    align(
+        &["--reference", &reference, "--transform", "exp", "--t", "4"],
         "1.0",
-        "--set",
-        steps,
-        "--set",
-        "lr=1e-4",
-        "--set",
-        "max_new_tokens=32",
-        "--set",
-        "k=4",
-        "--set",
-        "prompts_per_step=6",
-        "--out",
-        &p("ctrl-exp"),
-    ])?;
-    eprintln!("[demo] 3/6 standard RLHF: raw reward, RLOO");
-    infalign(&[
-        "align",
-        "--prompts",
-        &prompts,
-        "--reward",
-        REWARD,
-        "--raw",
-        "--beta",
-        "0.05",
-        "--set",
-        steps,
-        "--set",
-        "lr=1e-4",
-        "--set",
-        "max_new_tokens=32",
-        "--set",
-        "k=4",
-        "--set",
-        "prompts_per_step=6",
-        "--out",
-        &p("rlhf-raw"),
-    ])?;
+        "ctrl-exp",
+    )?;
+    eprintln!("[demo] 3/6 standard RLHF: raw reward, β = 0.05, RLOO");
+    align(&["--raw"], "0.05", "rlhf-raw")?;
     eprintln!("[demo] 4/6 CD-Q prefix scorer on the calibrated reward");
     infalign(&[
         "train-scorer",
