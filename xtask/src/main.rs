@@ -23,6 +23,7 @@ fn main() -> Result<()> {
         Some("bench") => bench(&rest),
         Some("assets") => build_assets(&rest),
         Some("demo") => demo::run(&root()),
+        Some("cuda-llvm") => cuda_llvm(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -31,7 +32,8 @@ fn main() -> Result<()> {
                  test-backends   backend-swapping tests: ndarray, and wgpu [--wgpu], cuda [--cuda]\n  \
                  bench           decoding and training throughput into target/bench/\n  \
                  assets          corpus, prompts, tokenizer and base model in assets/ [--corpus-only]\n  \
-                 demo            the main job on the shipped model; writes runs/demo/report.md"
+                 demo            the main job on the shipped model; writes runs/demo/report.md\n  \
+                 cuda-llvm       point burn's CUDA build at Debian's LLVM 22 (no download)"
             );
             bail!("no command given")
         }
@@ -169,5 +171,45 @@ fn build_assets(rest: &[String]) -> Result<()> {
         "--out",
         "assets/base-model/samples.jsonl",
     ])?;
+    Ok(())
+}
+
+/// burn 0.22.1's CUDA backend builds cubecl-llvm, whose build script downloads an LLVM 23.1
+/// bundle into `~/.local/share/tracel/tracel-llvm-23.1.0-4` unless that directory already holds
+/// an LLVM install marked by `.tracel-llvm-installed`. This fills it with links to Debian's
+/// LLVM 22 (`apt-get install llvm-22-dev libpolly-22-dev libz3-dev libzstd-dev`), so
+/// `--features cuda` builds offline. The bundler turns llvm-config's `/usr/lib/.../libz3.so`
+/// into `-llibz3`, so a `liblibz3.so` link is added beside LLVM's libraries.
+fn cuda_llvm() -> Result<()> {
+    let llvm = Path::new("/usr/lib/llvm-22");
+    for needed in ["bin/llvm-config", "lib/libPolly.a"] {
+        if !llvm.join(needed).exists() {
+            bail!(
+                "{} is missing: apt-get install llvm-22-dev libpolly-22-dev",
+                llvm.join(needed).display()
+            );
+        }
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let dir = Path::new(&home).join(".local/share/tracel/tracel-llvm-23.1.0-4");
+    std::fs::create_dir_all(&dir)?;
+    for sub in ["bin", "include", "lib", "share"] {
+        let link = dir.join(sub);
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link).or_else(|_| std::fs::remove_dir_all(&link))?;
+        }
+        std::os::unix::fs::symlink(llvm.join(sub), &link)?;
+    }
+    std::fs::write(dir.join(".tracel-llvm-installed"), b"")?;
+    let z3 = llvm.join("lib/liblibz3.so");
+    if z3.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink("/usr/lib/x86_64-linux-gnu/libz3.so", &z3)
+            .with_context(|| format!("linking {}", z3.display()))?;
+    }
+    eprintln!(
+        "{} now points at {}; build with --features cuda",
+        dir.display(),
+        llvm.display()
+    );
     Ok(())
 }
