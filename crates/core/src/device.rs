@@ -93,7 +93,19 @@ impl DeviceSpec {
             #[cfg(feature = "wgpu")]
             Self::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
             #[cfg(feature = "cuda")]
-            Self::Cuda(n) => Device::cuda(*n),
+            Self::Cuda(n) => {
+                // The CUDA backend loads the driver at run time and panics without it.
+                if std::env::var_os("INFALIGN_CUDA_NO_PROBE").is_none() && !cuda_driver_present() {
+                    return Err(CoreError::DeviceUnavailable {
+                        device: self.to_string(),
+                        reason: "no CUDA driver library (libcuda.so.1) was found in \
+                                 LD_LIBRARY_PATH, the ld.so cache or the usual directories; set \
+                                 INFALIGN_CUDA_NO_PROBE=1 to skip this check"
+                            .into(),
+                    });
+                }
+                Device::cuda(*n)
+            }
             #[allow(unreachable_patterns)]
             _ => unreachable!("is_built() checked the feature"),
         })
@@ -106,6 +118,36 @@ impl DeviceSpec {
             .filter(Self::is_built)
             .collect()
     }
+}
+
+/// Whether a CUDA driver library can be found where the dynamic loader would look.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn cuda_driver_present() -> bool {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    dirs.extend(
+        [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib",
+            "/usr/local/cuda/lib64",
+            "/usr/local/nvidia/lib64",
+            "/usr/lib/wsl/lib",
+        ]
+        .map(std::path::PathBuf::from),
+    );
+    cuda_driver_in(&dirs, std::fs::read("/etc/ld.so.cache").ok().as_deref())
+}
+
+/// Whether `libcuda.so.1` (or `libcuda.so`) is in one of `dirs` or named in the ld.so cache.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn cuda_driver_in(dirs: &[std::path::PathBuf], ld_cache: Option<&[u8]>) -> bool {
+    let names = ["libcuda.so.1", "libcuda.so"];
+    dirs.iter()
+        .any(|d| names.iter().any(|n| d.join(n).exists()))
+        || ld_cache.is_some_and(|c| c.windows(12).any(|w| w == b"libcuda.so.1"))
 }
 
 #[cfg(test)]
@@ -135,5 +177,16 @@ mod tests {
             }
         }
         assert!(DeviceSpec::Cpu.device().is_ok());
+    }
+
+    #[test]
+    fn cuda_probe_looks_in_the_given_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().to_path_buf()];
+        assert!(!cuda_driver_in(&dirs, Some(b"libc.so.6 libm.so.6")));
+        assert!(cuda_driver_in(&dirs, Some(b"..libcuda.so.1..")));
+        std::fs::write(dir.path().join("libcuda.so.1"), b"").unwrap();
+        assert!(cuda_driver_in(&dirs, None));
+        let _ = cuda_driver_present(); // never panics, whatever the machine has
     }
 }

@@ -22,6 +22,14 @@ pub enum CoreError {
         /// The Cargo feature that enables it.
         feature: &'static str,
     },
+    /// The backend is built but the machine cannot run it.
+    #[error("device `{device}` is unavailable: {reason}")]
+    DeviceUnavailable {
+        /// The device asked for.
+        device: String,
+        /// Why.
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
