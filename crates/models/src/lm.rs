@@ -143,11 +143,10 @@ impl CausalLm {
     /// Only the last position goes through the output head.
     pub fn next_token_logprobs(&self, batch: &TokenBatch, cache: &mut KvCache) -> Tensor<2> {
         let hidden = self.forward_hidden(batch, cache);
-        let [b, l, d] = hidden.dims();
-        let last = hidden.narrow(1, l - 1, 1);
-        let logits = self.logits(last).reshape([b, self.config().vocab_size()]);
-        let _ = d;
-        log_softmax(logits, 1)
+        let [b, l, _] = hidden.dims();
+        let logits = self.logits(hidden.narrow(1, l - 1, 1));
+        let [_, _, v] = logits.dims();
+        log_softmax(logits.reshape([b, v]), 1)
     }
 
     /// Checks that `len` positions fit the context and every id fits the vocabulary.
