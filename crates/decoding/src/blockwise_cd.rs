@@ -256,6 +256,7 @@ impl<'a> BlockwiseCd<'a> {
                     row.tokens.clone(),
                     row.policy.clone(),
                     row.base.clone(),
+                    Vec::new(),
                     row.finish.unwrap_or(Finish::Length),
                     &[],
                 )?;

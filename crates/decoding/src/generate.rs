@@ -14,7 +14,7 @@ use infalign_core::Seed;
 use infalign_models::{LoadedModel, TokenBatch, weights::read_f32};
 use serde::{Deserialize, Serialize};
 
-use crate::sampler::{SamplingConfig, sample_token};
+use crate::sampler::{SamplingConfig, kl_divergence, process_logprobs, sample_token};
 use crate::{DecodingError, Finish, Sample};
 
 /// What to generate.
@@ -72,6 +72,7 @@ struct Row {
     tokens: Vec<u32>,
     policy: Vec<f32>,
     base: Vec<f32>,
+    step_kl: Vec<f32>,
     finish: Option<Finish>,
     rng: rand_chacha::ChaCha8Rng,
 }
@@ -186,6 +187,7 @@ impl<'a> Generator<'a> {
                 tokens: Vec::new(),
                 policy: Vec::new(),
                 base: Vec::new(),
+                step_kl: Vec::new(),
                 finish: None,
                 rng: seed
                     .derive("sample", ((first_index + r / n) * n + r % n) as u64)
@@ -200,10 +202,30 @@ impl<'a> Generator<'a> {
                     continue;
                 }
                 let lp = &logp[r * vocab..(r + 1) * vocab];
-                let (tok, policy_lp) = match steer.as_deref() {
-                    Some(s) => sample_token(&s.adjust(r, lp), &cfg.sampling, &mut row.rng),
-                    None => sample_token(lp, &cfg.sampling, &mut row.rng),
+                // The distribution this token is drawn from, and its exact KL to the base.
+                let steered = steer.as_deref().map(|s| s.adjust(r, lp));
+                let dist = steered.as_deref().unwrap_or(lp);
+                let (tok, policy_lp, kl) = if cfg.sampling.greedy {
+                    let (tok, _) = sample_token(dist, &cfg.sampling, &mut row.rng);
+                    (tok, 0.0, -f64::from(lp[tok as usize]))
+                } else {
+                    let identity = cfg.sampling.is_identity();
+                    let processed;
+                    let policy = if identity {
+                        dist
+                    } else {
+                        processed = process_logprobs(dist, &cfg.sampling);
+                        &processed
+                    };
+                    let (tok, l) = sample_token(policy, &SamplingConfig::default(), &mut row.rng);
+                    let kl = if identity && steered.is_none() {
+                        0.0
+                    } else {
+                        kl_divergence(policy, lp)
+                    };
+                    (tok, l, kl)
                 };
+                row.step_kl.push(kl as f32);
                 row.tokens.push(tok);
                 row.policy.push(policy_lp);
                 row.base.push(lp[tok as usize]);
@@ -237,6 +259,7 @@ impl<'a> Generator<'a> {
                     row.tokens,
                     row.policy,
                     row.base,
+                    row.step_kl,
                     row.finish.unwrap_or(Finish::Length),
                     &cfg.stop,
                 )
@@ -254,6 +277,7 @@ impl<'a> Generator<'a> {
         tokens: Vec<u32>,
         policy_logprobs: Vec<f32>,
         base_logprobs: Vec<f32>,
+        step_kl: Vec<f32>,
         finish: Finish,
         stop: &[String],
     ) -> Result<Sample, DecodingError> {
@@ -276,6 +300,7 @@ impl<'a> Generator<'a> {
             finish,
             policy_logprobs,
             base_logprobs,
+            step_kl,
             reward: None,
         })
     }

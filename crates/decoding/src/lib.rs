@@ -39,7 +39,7 @@ pub use candidates::{score_samples, scored_candidates};
 pub use error::DecodingError;
 pub use generate::{GenerationConfig, Generator, Steer};
 pub use sample::{Finish, Sample};
-pub use sampler::{SamplingConfig, process_logprobs, sample_token};
+pub use sampler::{SamplingConfig, kl_divergence, process_logprobs, sample_token};
 pub use scorer_mix::ScorerMix;
 pub use soft_best_of_n::SoftBestOfN;
 pub use tokenwise_cd::TokenwiseCd;

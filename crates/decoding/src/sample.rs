@@ -35,6 +35,12 @@ pub struct Sample {
     pub policy_logprobs: Vec<f32>,
     /// Per-token log-probs under the unprocessed base model.
     pub base_logprobs: Vec<f32>,
+    /// Per step, the exact KL(π(· | prefix) ‖ π_ref(· | prefix)) between the distribution the
+    /// token was drawn from and the base model's (zero for plain sampling with temperature 1
+    /// and no top-k/top-p); empty when no tokenwise distribution drew the completion
+    /// (best-of-N, blockwise CD: use their bounds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_kl: Vec<f32>,
     /// The reward a strategy scored it with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward: Option<f64>,
@@ -44,6 +50,16 @@ impl Sample {
     /// Sum of policy log-probs: `log π(y | x)`.
     pub fn policy_logprob(&self) -> f64 {
         self.policy_logprobs.iter().map(|&x| f64::from(x)).sum()
+    }
+
+    /// The exact per-token KL summed along this path, `Σ_t KL(π(· | y<t) ‖ π_ref(· | y<t))`:
+    /// its mean over samples is an unbiased, low-variance estimate of the sequence KL
+    /// (ALGORITHMS.md A.6). `None` when the strategy records no per-step distributions.
+    pub fn path_kl(&self) -> Option<f64> {
+        if self.step_kl.len() != self.tokens.len() {
+            return None;
+        }
+        Some(self.step_kl.iter().map(|&x| f64::from(x)).sum())
     }
 
     /// Sum of base log-probs: `log π_ref(y | x)`.

@@ -124,6 +124,16 @@ pub fn sample_token(logp: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (
     (last_kept as u32, policy[last_kept])
 }
 
+/// Exact KL(p ‖ q) between two next-token distributions given as normalised log-probs; tokens
+/// that `p` excludes (`-inf`) contribute nothing.
+pub fn kl_divergence(logp: &[f32], logq: &[f32]) -> f64 {
+    logp.iter()
+        .zip(logq)
+        .filter(|(p, _)| p.is_finite())
+        .map(|(&p, &q)| f64::from(p).exp() * (f64::from(p) - f64::from(q)))
+        .sum()
+}
+
 /// Index of the largest value (lowest index on ties).
 pub(crate) fn argmax(v: &[f32]) -> usize {
     v.iter()
@@ -211,6 +221,16 @@ mod tests {
             })
             .sum();
         assert!(chi2 < 16.27, "chi2 = {chi2}, counts = {counts:?}");
+    }
+
+    #[test]
+    fn kl_divergence_of_two_bernoullis() {
+        let exact = 0.8 * 1.6f64.ln() + 0.2 * 0.4f64.ln();
+        let t = kl_divergence(&[0.8f32.ln(), 0.2f32.ln()], &[0.5f32.ln(), 0.5f32.ln()]);
+        assert!((t - exact).abs() < 1e-6);
+        // Tokens the first distribution excludes contribute nothing.
+        let t = kl_divergence(&[0.0, f32::NEG_INFINITY], &[0.5f32.ln(), 0.5f32.ln()]);
+        assert!((t - 2f64.ln()).abs() < 1e-6);
     }
 
     #[test]

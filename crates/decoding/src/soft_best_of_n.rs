@@ -68,7 +68,9 @@ impl SoftBestOfN<'_> {
                         break;
                     }
                 }
-                g.into_iter().nth(pick).expect("n >= 1")
+                let mut s = g.into_iter().nth(pick).expect("n >= 1");
+                s.step_kl.clear();
+                s
             })
             .collect())
     }

@@ -78,6 +78,65 @@ fn tokenwise_cd_at_lambda_zero_is_base_sampling() {
     assert!(base.iter().zip(&other).any(|(a, b)| a.tokens != b.tokens));
 }
 
+/// Mean and standard error of `path_kl − (log π − log π_ref)` over samples: both terms estimate
+/// the sequence KL without bias, the second from the sampled tokens' log-probs alone.
+fn path_kl_minus_k1(samples: &[infalign_decoding::Sample]) -> (f64, f64, f64) {
+    let d: Vec<f64> = samples
+        .iter()
+        .map(|s| s.path_kl().unwrap() - (s.policy_logprob() - s.base_logprob()))
+        .collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let kl = samples.iter().map(|s| s.path_kl().unwrap()).sum::<f64>() / n;
+    (mean, (var / n).sqrt(), kl)
+}
+
+#[test]
+fn exact_path_kl_agrees_with_the_sampled_log_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(8.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let cfg = GenerationConfig {
+        max_new_tokens: 6,
+        n: 100,
+        ..Default::default()
+    };
+    // Plain sampling: zero KL on every step.
+    let base = g.generate(&prompts(), &cfg, Seed(3)).unwrap();
+    assert!(base.iter().all(|s| s.path_kl() == Some(0.0)));
+    // Tokenwise CD and a sharpened sampler: exact per-step sums against k1.
+    let s = scorer(&lm.model, ScorerLayout::VocabWide, 2);
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+    let mut cd = TokenwiseCd::new(2.0, None, mix).unwrap();
+    let steered = cd.decode(&g, &prompts(), &cfg, Seed(3)).unwrap();
+    let cold = GenerationConfig {
+        sampling: infalign_decoding::SamplingConfig {
+            temperature: 0.6,
+            ..Default::default()
+        },
+        ..cfg.clone()
+    };
+    let sharp = g.generate(&prompts(), &cold, Seed(3)).unwrap();
+    for samples in [&steered, &sharp] {
+        let (diff, se, kl) = path_kl_minus_k1(samples);
+        assert!(kl > 0.05, "KL {kl} should be clearly positive");
+        assert!(
+            diff.abs() < 4.0 * se + 1e-4,
+            "path KL − k1 = {diff} ± {se} (KL {kl})"
+        );
+    }
+    // Selection procedures record no per-step distribution.
+    let bon = BestOfN {
+        n: 2,
+        reward: &HashReward,
+    }
+    .decode(&g, &prompts(), &cfg, Seed(3))
+    .unwrap();
+    assert!(bon.iter().all(|s| s.path_kl().is_none()));
+}
+
 #[test]
 fn blockwise_cd_with_one_candidate_is_base_sampling() {
     let dir = tempfile::tempdir().unwrap();

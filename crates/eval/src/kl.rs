@@ -3,8 +3,8 @@
 //! From samples `y ~ π` with sequence log-ratios `r = log π(y) − log π_ref(y)`:
 //! k1 = `r` (unbiased, can be negative per sample), k2 = `r²/2` (biased, low variance),
 //! k3 = `(e^{−r} − 1) + r` (unbiased, non-negative per sample; Schulman 2020). For tokenwise
-//! decoders the exact per-step KL summed along each sampled path is unbiased with lower
-//! variance. When π is a best-of-K or blockwise procedure its likelihood is intractable and a
+//! decoders the exact per-step KL summed along each sampled path (`Sample::path_kl` in
+//! infalign-decoding) is unbiased with lower variance. When π is a best-of-K or blockwise procedure its likelihood is intractable and a
 //! bound is reported instead.
 
 use serde::{Deserialize, Serialize};
@@ -76,15 +76,6 @@ pub fn kl_estimates(logp_policy: &[f64], logp_ref: &[f64]) -> Result<KlEstimates
     })
 }
 
-/// Exact KL between two next-token distributions given as log-probs.
-pub fn token_kl(logp: &[f32], logq: &[f32]) -> f64 {
-    logp.iter()
-        .zip(logq)
-        .filter(|(p, _)| p.is_finite())
-        .map(|(&p, &q)| f64::from(p).exp() * (f64::from(p) - f64::from(q)))
-        .sum()
-}
-
 /// The best-of-K bound `ln K − (K−1)/K` (Beirami et al. 2024).
 pub fn best_of_n_bound(k: u32) -> f64 {
     let k = f64::from(k.max(1));
@@ -139,8 +130,6 @@ mod tests {
         );
         assert!(e.k2.mean > 0.0);
         assert!(kl_estimates(&lp, &lq[..3]).is_err());
-        let t = token_kl(&[0.8f32.ln(), 0.2f32.ln()], &[0.5f32.ln(), 0.5f32.ln()]);
-        assert!((t - exact).abs() < 1e-6);
     }
 
     #[test]

@@ -190,6 +190,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 "finish": s.finish,
                 "logprob": s.policy_logprob(),
                 "base_logprob": s.base_logprob(),
+                "path_kl": s.path_kl(),
                 "strategy": format!("{:?}", a.strategy).to_lowercase(),
             })
         })
