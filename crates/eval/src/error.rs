@@ -11,4 +11,7 @@ pub enum EvalError {
         /// What was expected.
         message: String,
     },
+    /// Reading or writing a file failed.
+    #[error(transparent)]
+    Io(#[from] infalign_core::CoreError),
 }

@@ -4,7 +4,8 @@
 //! procedure applied to both sides, with bootstrap intervals ([`win_rate`],
 //! [`inference_win_rate`]); KL estimators and bounds ([`kl`]); and the calibrated-space
 //! analytic tool of InfAlign ([`analytic`], ALGORITHMS.md B.5), which predicts KL and win rates
-//! of any transform without a model.
+//! of any transform without a model; curves of win rate against KL ([`curve`]), plots
+//! ([`plot`], SVG and PNG) and run reports ([`report`], Markdown and self-contained HTML).
 //!
 //! ```
 //! use infalign_eval::analytic::{Procedure, evaluate};
@@ -16,8 +17,11 @@
 //! ```
 
 pub mod analytic;
+pub mod curve;
 mod error;
 pub mod kl;
+pub mod plot;
+pub mod report;
 mod win_rate;
 
 pub use error::EvalError;

@@ -1,0 +1,362 @@
+//! Points on the win-rate/KL plane and the plots made of them (ALGORITHMS.md A.6, B.1): every
+//! evaluated configuration (a decoder at one λ, K or N; a policy aligned at one β) becomes a
+//! [`CurvePoint`]; points of the same method form a curve, drawn next to theoretical references.
+//!
+//! References: best-of-N against one base sample has KL ≤ `ln N − (N−1)/N` and win rate
+//! `N/(N+1)` for a continuous reward (Beirami et al. 2024; the CD paper's Fig. 2 curve), and the
+//! calibrated-space analytic tool ([`crate::analytic`]) predicts any transform's curve under any
+//! procedure.
+//!
+//! Invariants: a point's KL says how it was obtained ([`KlKind`]): an exact per-token sum, a
+//! Monte Carlo estimate, or an upper bound (best-of-N, blockwise CD), and plots say so in the
+//! legend; win rates carry their bootstrap intervals.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analytic::{Procedure, evaluate};
+use crate::plot::{LinePlot, Series};
+use crate::{EvalError, Interval, Ties, inference_win_rate, win_rate};
+
+/// How a KL value was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlKind {
+    /// Σ_t KL of the next-token distributions along sampled paths (tokenwise decoders).
+    ExactPerToken,
+    /// Sequence-level Monte Carlo, k1 estimator.
+    K1,
+    /// Sequence-level Monte Carlo, k3 estimator.
+    K3,
+    /// An upper bound (best-of-N, blockwise CD): the likelihood is intractable.
+    Bound,
+    /// Zero by construction (the base model itself).
+    Zero,
+}
+
+impl KlKind {
+    /// A short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ExactPerToken => "exact per-token",
+            Self::K1 => "k1 estimate",
+            Self::K3 => "k3 estimate",
+            Self::Bound => "bound",
+            Self::Zero => "zero",
+        }
+    }
+}
+
+/// A KL value with its provenance.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Kl {
+    /// Nats.
+    pub value: f64,
+    /// Standard error of a Monte Carlo value.
+    pub stderr: Option<f64>,
+    /// How it was obtained.
+    pub kind: KlKind,
+}
+
+/// A win rate under one inference-time procedure.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProcedureWinRate {
+    /// The procedure, applied to both sides.
+    #[serde(flatten)]
+    pub procedure: Procedure,
+    /// The win rate with its interval.
+    pub win_rate: Interval,
+}
+
+/// One evaluated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// The method; points of one method form one curve.
+    pub method: String,
+    /// The swept parameter, if any (`lambda`, `k`, `n`, `beta`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// Its value at this point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// KL(π ‖ π_ref).
+    pub kl: Kl,
+    /// Mean reward of the method's samples.
+    pub mean_reward: f64,
+    /// Mean reward of the base samples it was compared with.
+    pub base_mean_reward: f64,
+    /// Standard win rate against the base.
+    pub win_rate: Interval,
+    /// Win rates with an inference-time procedure applied to both sides.
+    #[serde(default)]
+    pub inference: Vec<ProcedureWinRate>,
+    /// Prompts evaluated.
+    pub prompts: usize,
+    /// Samples per prompt on the method's side.
+    pub samples_per_prompt: usize,
+}
+
+/// What [`CurvePoint::measure`] compares.
+#[derive(Debug, Clone, Copy)]
+pub struct Comparison<'a> {
+    /// Rewards of the method's samples, per prompt.
+    pub policy: &'a [Vec<f64>],
+    /// Rewards of base samples, per prompt (same prompts, same order).
+    pub base: &'a [Vec<f64>],
+    /// Inference-time procedures to evaluate besides the standard win rate; a procedure whose
+    /// N exceeds the samples per prompt is skipped.
+    pub procedures: &'a [Procedure],
+    /// How ties count.
+    pub ties: Ties,
+    /// Monte Carlo repetitions per prompt for the procedures.
+    pub reps: usize,
+    /// Seed of the bootstrap and the Monte Carlo draws.
+    pub seed: u64,
+}
+
+fn mean(v: &[Vec<f64>]) -> f64 {
+    let n: usize = v.iter().map(Vec::len).sum();
+    v.iter().flatten().sum::<f64>() / n.max(1) as f64
+}
+
+impl CurvePoint {
+    /// Measures one configuration's win rates and mean rewards from per-prompt rewards.
+    pub fn measure(
+        method: impl Into<String>,
+        param: Option<(&str, f64)>,
+        kl: Kl,
+        c: &Comparison<'_>,
+    ) -> Result<Self, EvalError> {
+        let per_prompt = c.policy.iter().map(Vec::len).min().unwrap_or(0);
+        let base_per_prompt = c.base.iter().map(Vec::len).min().unwrap_or(0);
+        let standard = win_rate(c.policy, c.base, c.ties, c.seed)?;
+        let mut inference = Vec::new();
+        for &procedure in c.procedures {
+            let n = match procedure {
+                Procedure::Standard => continue,
+                Procedure::BestOfN { n } | Procedure::WorstOfN { n } => n as usize,
+            };
+            if n > per_prompt || n > base_per_prompt {
+                tracing::warn!(
+                    n,
+                    per_prompt,
+                    base_per_prompt,
+                    "skipping a procedure that needs more samples per prompt"
+                );
+                continue;
+            }
+            let w = inference_win_rate(c.policy, c.base, procedure, c.ties, c.reps, c.seed)?;
+            inference.push(ProcedureWinRate {
+                procedure,
+                win_rate: w,
+            });
+        }
+        Ok(Self {
+            method: method.into(),
+            param: param.map(|(p, _)| p.to_string()),
+            value: param.map(|(_, v)| v),
+            kl,
+            mean_reward: mean(c.policy),
+            base_mean_reward: mean(c.base),
+            win_rate: standard,
+            inference,
+            prompts: c.policy.len(),
+            samples_per_prompt: per_prompt,
+        })
+    }
+
+    /// The win rate under `procedure`, if it was measured.
+    pub fn win_rate_under(&self, procedure: Procedure) -> Option<Interval> {
+        if procedure == Procedure::Standard {
+            return Some(self.win_rate);
+        }
+        self.inference
+            .iter()
+            .find(|w| w.procedure == procedure)
+            .map(|w| w.win_rate)
+    }
+}
+
+/// The best-of-N reference curve `(ln N − (N−1)/N, N/(N+1))` for N = 1, 2, ... while the KL
+/// stays below `max_kl` (at least N = 1..=4).
+pub fn best_of_n_reference(max_kl: f64) -> Series {
+    let mut pts = Vec::new();
+    for n in 1..=4096u32 {
+        let kl = crate::kl::best_of_n_bound(n);
+        if n > 4 && kl > max_kl {
+            break;
+        }
+        pts.push((kl, f64::from(n) / f64::from(n + 1)));
+    }
+    Series::reference("best-of-N (theory)", pts)
+}
+
+/// The analytic tool's curve for the identity transform (standard RLHF on a calibrated reward)
+/// under `procedure`, for KL in `[0, max_kl]`.
+pub fn identity_reference(procedure: Procedure, max_kl: f64) -> Series {
+    let phi = infalign_rewards::transforms::Identity;
+    let mut pts = Vec::new();
+    let mut lambda = 0.0;
+    while pts.len() < 200 {
+        let p = evaluate(&phi, lambda, procedure);
+        pts.push((p.kl, p.win_rate));
+        if p.kl > max_kl {
+            break;
+        }
+        lambda += 0.25;
+    }
+    Series::reference("identity Φ, calibrated (theory)", pts)
+}
+
+/// Human name of a procedure.
+pub fn procedure_name(procedure: Procedure) -> String {
+    match procedure {
+        Procedure::Standard => "standard".into(),
+        Procedure::BestOfN { n } => format!("best-of-{n}"),
+        Procedure::WorstOfN { n } => format!("worst-of-{n}"),
+    }
+}
+
+/// The methods in order of first appearance, each with its points sorted by KL.
+pub fn group_by_method(points: &[CurvePoint]) -> Vec<(String, Vec<&CurvePoint>)> {
+    let mut groups: Vec<(String, Vec<&CurvePoint>)> = Vec::new();
+    for p in points {
+        match groups.iter_mut().find(|(m, _)| *m == p.method) {
+            Some((_, v)) => v.push(p),
+            None => groups.push((p.method.clone(), vec![p])),
+        }
+    }
+    for (_, v) in &mut groups {
+        v.sort_by(|a, b| a.kl.value.total_cmp(&b.kl.value));
+    }
+    groups
+}
+
+fn legend(method: &str, points: &[&CurvePoint]) -> String {
+    if points.iter().any(|p| p.kl.kind == KlKind::Bound) {
+        format!("{method} (KL bound)")
+    } else {
+        method.to_string()
+    }
+}
+
+/// Win rate under `procedure` against KL, one curve per method, with error bars and the
+/// theoretical references. `None` when no point measured that procedure.
+pub fn win_rate_plot(points: &[CurvePoint], procedure: Procedure) -> Option<LinePlot> {
+    let name = procedure_name(procedure);
+    let mut plot = LinePlot::new(
+        format!("{name} win rate against the base"),
+        "KL(π ‖ π_ref), nats",
+        format!("{name} win rate"),
+    );
+    let mut max_kl: f64 = 0.0;
+    for (method, pts) in group_by_method(points) {
+        let measured: Vec<(f64, Interval)> = pts
+            .iter()
+            .filter_map(|p| p.win_rate_under(procedure).map(|w| (p.kl.value, w)))
+            .collect();
+        if measured.is_empty() {
+            continue;
+        }
+        max_kl = measured.iter().fold(max_kl, |m, (k, _)| m.max(*k));
+        let mut s = Series::line(
+            legend(&method, &pts),
+            measured.iter().map(|(k, w)| (*k, w.mean)).collect(),
+        );
+        s.errors = Some(measured.iter().map(|(_, w)| (w.low, w.high)).collect());
+        plot.series.push(s);
+    }
+    if plot.series.is_empty() {
+        return None;
+    }
+    let max_kl = (max_kl * 1.1).max(0.5);
+    if procedure == Procedure::Standard {
+        plot.series.insert(0, best_of_n_reference(max_kl));
+    }
+    plot.series.insert(0, identity_reference(procedure, max_kl));
+    Some(plot)
+}
+
+/// Mean reward against KL, one curve per method.
+pub fn reward_plot(points: &[CurvePoint]) -> Option<LinePlot> {
+    let mut plot = LinePlot::new("Reward against KL", "KL(π ‖ π_ref), nats", "mean reward");
+    for (method, pts) in group_by_method(points) {
+        plot.series.push(Series::line(
+            legend(&method, &pts),
+            pts.iter().map(|p| (p.kl.value, p.mean_reward)).collect(),
+        ));
+    }
+    (!plot.series.is_empty()).then_some(plot)
+}
+
+/// Every procedure measured by some point, standard first.
+pub fn procedures(points: &[CurvePoint]) -> Vec<Procedure> {
+    let mut out = vec![Procedure::Standard];
+    for p in points {
+        for w in &p.inference {
+            if !out.contains(&w.procedure) {
+                out.push(w.procedure);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_of_n_reference_has_the_closed_form() {
+        let s = best_of_n_reference(1.0);
+        assert_eq!(s.points[0], (0.0, 0.5));
+        let (kl, wr) = s.points[3];
+        assert!((kl - (4f64.ln() - 0.75)).abs() < 1e-12 && (wr - 0.8).abs() < 1e-12);
+        assert!(s.points.iter().rev().nth(1).unwrap().0 <= 1.0);
+    }
+
+    #[test]
+    fn identity_reference_matches_its_closed_form() {
+        // WR(λ) = 1/(1 − e^{−λ}) − 1/λ at λ = 2 (the ninth point).
+        let s = identity_reference(Procedure::Standard, 1.0);
+        let exact = 1.0 / (1.0 - (-2f64).exp()) - 0.5;
+        assert!((s.points[8].1 - exact).abs() < 1e-4, "{:?}", s.points[8]);
+        assert!(s.points[0].0.abs() < 1e-12 && (s.points[0].1 - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn measured_points_group_into_curves() {
+        // The policy always beats the base: win rate 1 under every procedure.
+        let policy = vec![vec![2.0, 3.0, 4.0]; 5];
+        let base = vec![vec![0.0, 1.0, 1.5]; 5];
+        let c = Comparison {
+            policy: &policy,
+            base: &base,
+            procedures: &[Procedure::BestOfN { n: 2 }, Procedure::WorstOfN { n: 8 }],
+            ties: Ties::Half,
+            reps: 16,
+            seed: 1,
+        };
+        let kl = Kl {
+            value: 0.3,
+            stderr: None,
+            kind: KlKind::Bound,
+        };
+        let a = CurvePoint::measure("bon", Some(("n", 2.0)), kl, &c).unwrap();
+        assert_eq!(a.win_rate.mean, 1.0);
+        // Worst-of-8 needs 8 samples per prompt: skipped, not invented.
+        assert_eq!(a.inference.len(), 1);
+        assert_eq!(a.mean_reward, 3.0);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<CurvePoint>(&json).unwrap(), a);
+        let mut b = a.clone();
+        b.kl.value = 0.1;
+        let pts = vec![a, b];
+        let groups = group_by_method(&pts);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].1[0].kl.value, 0.1);
+        let plot = win_rate_plot(&pts, Procedure::BestOfN { n: 2 }).unwrap();
+        assert!(plot.series.iter().any(|s| s.name == "bon (KL bound)"));
+        assert!(win_rate_plot(&pts, Procedure::WorstOfN { n: 8 }).is_none());
+        assert_eq!(procedures(&pts).len(), 2);
+    }
+}

@@ -1,0 +1,302 @@
+//! Run reports: a document of headings, paragraphs, tables and figures written as `report.md`
+//! (figures as PNG files beside it) and as a self-contained `report.html` (figures inlined as
+//! SVG, no external style sheet or script).
+//!
+//! Invariants: both files are written atomically into the run directory; text is escaped in
+//! HTML; the same report gives the same bytes.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::EvalError;
+use crate::curve::{CurvePoint, KlKind, procedure_name, procedures, reward_plot, win_rate_plot};
+use crate::plot::LinePlot;
+
+/// One block of a report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    /// A heading of level 2 or 3.
+    Heading(u8, String),
+    /// A paragraph of plain text (`code` spans are kept as such).
+    Paragraph(String),
+    /// A table: header cells, then rows.
+    Table(Vec<String>, Vec<Vec<String>>),
+    /// A plot, saved as `<stem>.svg` and `<stem>.png`.
+    Figure(LinePlot, String),
+}
+
+/// A report under construction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The title (level-1 heading).
+    pub title: String,
+    /// The blocks in order.
+    pub blocks: Vec<Block>,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Escapes text and turns `code` spans into `<code>` elements.
+fn inline_html(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in s.split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{}</code>", escape(part));
+        } else {
+            out.push_str(&escape(part));
+        }
+    }
+    out
+}
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+const STYLE: &str = "body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;\
+color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;\
+padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{\
+text-align:left}code{background:#f4f4f4;padding:1px 3px}figure{margin:1em 0}svg{max-width:100%;\
+height:auto}";
+
+impl Report {
+    /// An empty report.
+    pub fn new(title: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            blocks: Vec::new(),
+        }
+    }
+
+    /// Adds a heading (level 2).
+    pub fn heading(&mut self, text: impl Into<String>) -> &mut Self {
+        self.blocks.push(Block::Heading(2, text.into()));
+        self
+    }
+
+    /// Adds a paragraph.
+    pub fn paragraph(&mut self, text: impl Into<String>) -> &mut Self {
+        self.blocks.push(Block::Paragraph(text.into()));
+        self
+    }
+
+    /// Adds a table.
+    pub fn table(&mut self, header: &[&str], rows: Vec<Vec<String>>) -> &mut Self {
+        self.blocks.push(Block::Table(
+            header.iter().map(|s| (*s).to_string()).collect(),
+            rows,
+        ));
+        self
+    }
+
+    /// Adds a figure saved under `stem` (a file name without extension).
+    pub fn figure(&mut self, plot: LinePlot, stem: impl Into<String>) -> &mut Self {
+        self.blocks.push(Block::Figure(plot, stem.into()));
+        self
+    }
+
+    /// The Markdown text (figures as links to their PNG files).
+    pub fn to_markdown(&self) -> String {
+        let mut md = format!("# {}\n", self.title);
+        for b in &self.blocks {
+            md.push('\n');
+            match b {
+                Block::Heading(level, t) => {
+                    let _ = writeln!(md, "{} {t}", "#".repeat(usize::from(*level)));
+                }
+                Block::Paragraph(t) => {
+                    let _ = writeln!(md, "{t}");
+                }
+                Block::Table(header, rows) => {
+                    let cells = |r: &[String]| {
+                        r.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")
+                    };
+                    let _ = writeln!(md, "| {} |", cells(header));
+                    let rule: Vec<&str> = (0..header.len())
+                        .map(|i| if i == 0 { "---" } else { "---:" })
+                        .collect();
+                    let _ = writeln!(md, "|{}|", rule.join("|"));
+                    for r in rows {
+                        let _ = writeln!(md, "| {} |", cells(r));
+                    }
+                }
+                Block::Figure(plot, stem) => {
+                    let _ = writeln!(md, "![{}]({stem}.png)", plot.title);
+                }
+            }
+        }
+        md
+    }
+
+    /// The HTML document, given each figure's SVG in block order.
+    fn to_html(&self, svgs: &[String]) -> String {
+        let mut h = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n\
+             <style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n",
+            escape(&self.title),
+            inline_html(&self.title)
+        );
+        let mut svg = svgs.iter();
+        for b in &self.blocks {
+            match b {
+                Block::Heading(level, t) => {
+                    let _ = writeln!(h, "<h{level}>{}</h{level}>", inline_html(t));
+                }
+                Block::Paragraph(t) => {
+                    let _ = writeln!(h, "<p>{}</p>", inline_html(t));
+                }
+                Block::Table(header, rows) => {
+                    h.push_str("<table>\n<tr>");
+                    for c in header {
+                        let _ = write!(h, "<th>{}</th>", inline_html(c));
+                    }
+                    h.push_str("</tr>\n");
+                    for r in rows {
+                        h.push_str("<tr>");
+                        for c in r {
+                            let _ = write!(h, "<td>{}</td>", inline_html(c));
+                        }
+                        h.push_str("</tr>\n");
+                    }
+                    h.push_str("</table>\n");
+                }
+                Block::Figure(plot, _) => {
+                    let body = svg.next().map(String::as_str).unwrap_or_default();
+                    let _ = writeln!(
+                        h,
+                        "<figure>\n{body}\n<figcaption>{}</figcaption>\n</figure>",
+                        inline_html(&plot.title)
+                    );
+                }
+            }
+        }
+        h.push_str("</body>\n</html>\n");
+        h
+    }
+
+    /// Writes `report.md`, `report.html` and every figure (SVG and PNG) into `dir`; returns the
+    /// two report paths.
+    pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf), EvalError> {
+        std::fs::create_dir_all(dir).map_err(|e| infalign_core::CoreError::io(dir, e))?;
+        let mut svgs = Vec::new();
+        for b in &self.blocks {
+            if let Block::Figure(plot, stem) = b {
+                let (svg, _) = plot.write(dir, stem)?;
+                svgs.push(infalign_core::io::read_to_string(&svg)?);
+            }
+        }
+        let md = dir.join("report.md");
+        let html = dir.join("report.html");
+        infalign_core::io::write_atomic(&md, self.to_markdown().as_bytes())?;
+        infalign_core::io::write_atomic(&html, self.to_html(&svgs).as_bytes())?;
+        Ok((md, html))
+    }
+}
+
+fn fmt_interval(w: crate::Interval) -> String {
+    format!("{:.3} [{:.3}, {:.3}]", w.mean, w.low, w.high)
+}
+
+/// Formats a KL value with its provenance, e.g. `0.412 ± 0.020 (exact per-token)`.
+pub fn fmt_kl(kl: &crate::curve::Kl) -> String {
+    let v = match (kl.kind, kl.stderr) {
+        (KlKind::Bound, _) => format!("≤ {:.3}", kl.value),
+        (_, Some(se)) => format!("{:.3} ± {:.3}", kl.value, se),
+        (_, None) => format!("{:.3}", kl.value),
+    };
+    format!("{v} ({})", kl.kind.label())
+}
+
+/// Adds the standard sections for a set of curve points: a table of every point, then win rate
+/// against KL under each measured procedure and reward against KL.
+pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), EvalError> {
+    if points.is_empty() {
+        return Err(EvalError::Invalid {
+            field: "points",
+            message: "no evaluated points to report".into(),
+        });
+    }
+    let procs = procedures(points);
+    let mut header: Vec<String> = ["method", "setting", "KL", "mean reward"]
+        .map(String::from)
+        .to_vec();
+    header.extend(procs.iter().map(|p| format!("{} win rate", procedure_name(*p))));
+    let rows: Vec<Vec<String>> = points
+        .iter()
+        .map(|p| {
+            let mut row = vec![
+                p.method.clone(),
+                match (&p.param, p.value) {
+                    (Some(k), Some(v)) => format!("{k} = {v}"),
+                    _ => "-".into(),
+                },
+                fmt_kl(&p.kl),
+                format!("{:.4}", p.mean_reward),
+            ];
+            row.extend(procs.iter().map(|&pr| {
+                p.win_rate_under(pr)
+                    .map(fmt_interval)
+                    .unwrap_or_else(|| "-".into())
+            }));
+            row
+        })
+        .collect();
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    report.heading("Results").table(&header_refs, rows);
+    report.paragraph(
+        "Win rates count ties as one half unless the run says otherwise; intervals are 95% \
+         bootstrap intervals over prompts. KL marked `bound` is an upper bound (best-of-N: \
+         ln N − (N−1)/N; blockwise CD: that per block), so those points sit at most that far \
+         right. Grey curves are theory: best-of-N against one base sample, and the analytic \
+         tool's prediction for the identity transform of a calibrated reward.",
+    );
+    report.heading("Curves");
+    for pr in procs {
+        if let Some(plot) = win_rate_plot(points, pr) {
+            let stem = format!("win-rate-{}", procedure_name(pr));
+            report.figure(plot, stem);
+        }
+    }
+    if let Some(plot) = reward_plot(points) {
+        report.figure(plot, "reward");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::Series;
+
+    fn report() -> Report {
+        let mut r = Report::new("Run <1>");
+        r.heading("Numbers")
+            .paragraph("Reward `sentiment` & more")
+            .table(&["a", "b"], vec![vec!["x|y".into(), "1.0".into()]]);
+        let mut p = LinePlot::new("curve", "x", "y");
+        p.series.push(Series::line("s", vec![(0.0, 0.5), (1.0, 0.7)]));
+        r.figure(p, "curve");
+        r
+    }
+
+    #[test]
+    fn markdown_and_html_are_written_with_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (md, html) = report().write(dir.path()).unwrap();
+        let md = std::fs::read_to_string(md).unwrap();
+        assert!(md.starts_with("# Run <1>\n"));
+        assert!(md.contains("| x\\|y | 1.0 |"));
+        assert!(md.contains("![curve](curve.png)"));
+        assert!(dir.path().join("curve.png").exists());
+        let html = std::fs::read_to_string(html).unwrap();
+        assert!(html.contains("<h1>Run &lt;1&gt;</h1>"));
+        assert!(html.contains("<code>sentiment</code> &amp; more"));
+        // Self-contained: the figure is inline, nothing is fetched.
+        assert!(html.contains("<svg") && !html.contains("src="));
+    }
+}
