@@ -51,6 +51,10 @@ enum Command {
     Pretrain(commands::pretrain::Args),
     /// Evaluate a policy against the base: win rates (standard, best-of-N, worst-of-N) and KL.
     Eval(commands::eval::Args),
+    /// Decode at several values of one parameter and evaluate each against the base.
+    Sweep(commands::sweep::Args),
+    /// Gather every evaluated point under a run directory into report.md and report.html.
+    Report(commands::report::Args),
     /// Calibrated-space analytic tool: KL and win rates of a transform, no model needed.
     Analytic(commands::analytic::Args),
     /// Decoding and training throughput (use `cargo xtask bench` for a release build).
@@ -85,6 +89,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainRm(a) => commands::train_rm::run(a, &device()?),
         Command::Pretrain(a) => commands::pretrain::run(a, &device()?),
         Command::Eval(a) => commands::eval::run(a, &device()?),
+        Command::Sweep(a) => commands::sweep::run(a, &device()?),
+        Command::Report(a) => commands::report::run(a),
         Command::Analytic(a) => commands::analytic::run(a),
         Command::Bench(a) => commands::bench::run(a, &device()?),
     }

@@ -555,3 +555,170 @@ fn analytic_prints_closed_forms() {
     let e = err(&["analytic", "--transform", "optimal", "--kl", "1"]);
     assert!(e.contains("--lambda"), "{e}");
 }
+
+fn read_points(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sweep_eval_and_report_draw_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let run = dir.path().join("run");
+    let sweep = |out: &str, extra: &[&str]| {
+        let out = run.join(out);
+        let mut args = vec![
+            "sweep",
+            "--model",
+            m,
+            "--prompt",
+            "the cat",
+            "--prompt",
+            "a dog",
+            "--prompt",
+            "on the",
+            "--reward",
+            "length(t_max=8)",
+            "--max-new-tokens",
+            "8",
+            "--samples",
+            "4",
+            "--eval-n",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        ok(&args);
+        out
+    };
+    // Best-of-N: KL is the bound ln N − (N−1)/N.
+    let bon = sweep(
+        "bon",
+        &["--strategy", "bon", "--param", "n", "--values", "1,3"],
+    );
+    let points = read_points(&bon.join("points.jsonl"));
+    assert_eq!(points.len(), 2);
+    let bound = 3f64.ln() - 2.0 / 3.0;
+    assert!((points[1]["kl"]["value"].as_f64().unwrap() - bound).abs() < 1e-12);
+    assert_eq!(points[1]["kl"]["kind"], "bound");
+    assert_eq!(points[0]["kl"]["value"], 0.0);
+    // Length reward: best-of-3 is at least as long as the base on average.
+    assert!(
+        points[1]["mean_reward"].as_f64().unwrap()
+            >= points[1]["base_mean_reward"].as_f64().unwrap()
+    );
+    assert!(bon.join("n=3.jsonl").exists());
+    // Temperature: exact per-token KL, zero at T = 1 and positive at T = 0.5.
+    let temp = sweep(
+        "temperature",
+        &[
+            "--strategy",
+            "sample",
+            "--param",
+            "temperature",
+            "--values",
+            "1,0.5",
+        ],
+    );
+    let points = read_points(&temp.join("points.jsonl"));
+    assert_eq!(points[0]["kl"]["kind"], "zero");
+    assert_eq!(points[1]["kl"]["kind"], "exact_per_token");
+    assert!(points[1]["kl"]["value"].as_f64().unwrap() > 0.0);
+    let html = std::fs::read_to_string(temp.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("exact per-token"));
+    assert!(temp.join("win-rate-best-of-2.png").exists());
+    // A policy evaluated at a β, then one report over the whole run directory.
+    ok(&[
+        "eval",
+        "--policy",
+        m,
+        "--base",
+        m,
+        "--prompt",
+        "the cat",
+        "--prompt",
+        "a dog",
+        "--reward",
+        "length(t_max=8)",
+        "--samples",
+        "4",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--method",
+        "same model",
+        "--param",
+        "beta",
+        "--value",
+        "0.1",
+        "--out",
+        run.join("policy/eval").to_str().unwrap(),
+    ]);
+    ok(&["report", "--run", run.to_str().unwrap()]);
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for text in [
+        "| best-of-N | n = 3 |",
+        "| sampling | temperature = 0.5 |",
+        "| same model | beta = 0.1 |",
+    ] {
+        assert!(md.contains(text), "{text} missing from\n{md}");
+    }
+    assert!(run.join("win-rate-standard.svg").exists());
+    // Bad input names the flag.
+    let e = err(&[
+        "sweep",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--reward",
+        "length",
+        "--strategy",
+        "bon",
+        "--param",
+        "lambda",
+        "--values",
+        "1",
+        "--out",
+        run.join("bad").to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("--param Lambda does not apply to --strategy Bon"),
+        "{e}"
+    );
+    let e = err(&[
+        "sweep",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--reward",
+        "length",
+        "--strategy",
+        "bon",
+        "--param",
+        "n",
+        "--values",
+        "2",
+        "--samples",
+        "2",
+        "--eval-n",
+        "4",
+        "--out",
+        run.join("bad").to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("--eval-n 4 needs --samples of at least 4"),
+        "{e}"
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert!(err(&["report", "--run", empty.to_str().unwrap()]).contains("no points.jsonl"));
+}

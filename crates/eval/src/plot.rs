@@ -138,7 +138,10 @@ impl LinePlot {
             });
         }
         for s in &self.series {
-            let bad = s.points.iter().find(|(x, y)| !(x.is_finite() && y.is_finite()));
+            let bad = s
+                .points
+                .iter()
+                .find(|(x, y)| !(x.is_finite() && y.is_finite()));
             if let Some(p) = bad {
                 return Err(EvalError::Invalid {
                     field: "plot",
@@ -188,10 +191,7 @@ impl LinePlot {
         if x0 >= 0.0 {
             xa = 0.0;
         }
-        (
-            (xa, xb),
-            self.y_range.unwrap_or_else(|| pad(y0, y1)),
-        )
+        ((xa, xb), self.y_range.unwrap_or_else(|| pad(y0, y1)))
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), EvalError> {
@@ -213,9 +213,14 @@ impl LinePlot {
             .draw()
             .map_err(draw_error)?;
         let mut colour = COLOURS.iter().cycle();
+        // References in greys from dark to light, so that several stay apart.
+        let mut grey = [60u8, 150, 200].into_iter().cycle();
         for s in &self.series {
             let (c, width) = match s.style {
-                SeriesStyle::Reference => (RGBColor(120, 120, 120), 1),
+                SeriesStyle::Reference => {
+                    let g = grey.next().expect("cycled");
+                    (RGBColor(g, g, g), 2)
+                }
                 _ => (*colour.next().expect("cycled"), 2),
             };
             let pts = s.points.clone();
@@ -279,8 +284,7 @@ impl LinePlot {
             let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
             self.draw(&root)?;
         }
-        std::fs::rename(&tmp, &png_path)
-            .map_err(|e| infalign_core::CoreError::io(&png_path, e))?;
+        std::fs::rename(&tmp, &png_path).map_err(|e| infalign_core::CoreError::io(&png_path, e))?;
         Ok((svg_path, png_path))
     }
 }
@@ -311,7 +315,12 @@ mod tests {
         let a = plot().to_svg().unwrap();
         assert_eq!(a, plot().to_svg().unwrap());
         assert!(a.starts_with("<svg"));
-        for text in ["Win rate against KL", "tokenwise CD", "best-of-N (theory)", "KL"] {
+        for text in [
+            "Win rate against KL",
+            "tokenwise CD",
+            "best-of-N (theory)",
+            "KL",
+        ] {
             assert!(a.contains(text), "missing {text}");
         }
     }
@@ -331,7 +340,13 @@ mod tests {
     #[test]
     fn bad_plots_are_errors() {
         let empty = LinePlot::new("t", "x", "y");
-        assert!(empty.to_svg().unwrap_err().to_string().contains("no points"));
+        assert!(
+            empty
+                .to_svg()
+                .unwrap_err()
+                .to_string()
+                .contains("no points")
+        );
         let mut p = plot();
         p.series[1].points[0].1 = f64::NAN;
         assert!(p.to_svg().unwrap_err().to_string().contains("tokenwise CD"));

@@ -113,9 +113,8 @@ impl Report {
                     let _ = writeln!(md, "{t}");
                 }
                 Block::Table(header, rows) => {
-                    let cells = |r: &[String]| {
-                        r.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")
-                    };
+                    let cells =
+                        |r: &[String]| r.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ");
                     let _ = writeln!(md, "| {} |", cells(header));
                     let rule: Vec<&str> = (0..header.len())
                         .map(|i| if i == 0 { "---" } else { "---:" })
@@ -225,7 +224,11 @@ pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), Eval
     let mut header: Vec<String> = ["method", "setting", "KL", "mean reward"]
         .map(String::from)
         .to_vec();
-    header.extend(procs.iter().map(|p| format!("{} win rate", procedure_name(*p))));
+    header.extend(
+        procs
+            .iter()
+            .map(|p| format!("{} win rate", procedure_name(*p))),
+    );
     let rows: Vec<Vec<String>> = points
         .iter()
         .map(|p| {
@@ -279,7 +282,8 @@ mod tests {
             .paragraph("Reward `sentiment` & more")
             .table(&["a", "b"], vec![vec!["x|y".into(), "1.0".into()]]);
         let mut p = LinePlot::new("curve", "x", "y");
-        p.series.push(Series::line("s", vec![(0.0, 0.5), (1.0, 0.7)]));
+        p.series
+            .push(Series::line("s", vec![(0.0, 0.5), (1.0, 0.7)]));
         r.figure(p, "curve");
         r
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use infalign_core::{Device, Seed};
 use infalign_decoding::{
-    BestOfN, BlockwiseCd, GenerationConfig, Generator, ScorerMix, SoftBestOfN, TieBreak,
+    BestOfN, BlockwiseCd, GenerationConfig, Generator, Sample, ScorerMix, SoftBestOfN, TieBreak,
     TokenwiseCd, WorstOfN,
 };
 use infalign_models::PrefixScorer;
@@ -33,19 +33,12 @@ pub enum Strategy {
     CdBlock,
 }
 
-/// Flags of `infalign decode`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
+/// The strategy and its parameters (shared by `decode` and `sweep`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StrategyArgs {
     /// Decoding strategy.
     #[arg(long, value_enum, default_value = "sample")]
     pub strategy: Strategy,
-    /// Model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    #[command(flatten)]
-    pub prompts: PromptArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
     /// Samples per prompt (sample, greedy, cd-token) or candidates (bon, won, soft-bon).
     #[arg(long, default_value_t = 1)]
     pub n: usize,
@@ -77,124 +70,193 @@ pub struct Args {
     /// Weight of each --scorer, in order (default 1 each; may be negative).
     #[arg(long, allow_negative_numbers = true)]
     pub weight: Vec<f32>,
+}
+
+/// Flags of `infalign decode`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+    /// Model directory; default: the shipped one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Output JSONL file.
     #[arg(long)]
     pub out: PathBuf,
 }
 
+/// A strategy ready to decode: its reward and scorers loaded and checked.
+pub struct Decoder {
+    args: StrategyArgs,
+    reward: Option<Box<dyn Reward>>,
+    scorers: Vec<PrefixScorer>,
+}
+
+impl Decoder {
+    /// Loads what `args` names; a strategy missing its reward or scorer is an error naming the
+    /// flag.
+    pub fn new(args: StrategyArgs, device: &Device) -> Result<Self> {
+        let needs_reward = matches!(
+            args.strategy,
+            Strategy::Bon | Strategy::Won | Strategy::SoftBon
+        );
+        let needs_scorer = matches!(args.strategy, Strategy::CdToken | Strategy::CdBlock);
+        let reward: Option<Box<dyn Reward>> =
+            args.reward.as_deref().map(reward_from_spec).transpose()?;
+        if needs_reward && reward.is_none() {
+            bail!(
+                "--strategy {:?} needs --reward (for example --reward sentiment)",
+                args.strategy
+            );
+        }
+        if needs_scorer && args.scorer.is_empty() {
+            bail!(
+                "--strategy {:?} needs --scorer DIR (a prefix scorer from `infalign train-scorer`)",
+                args.strategy
+            );
+        }
+        if !args.weight.is_empty() && args.weight.len() != args.scorer.len() {
+            bail!(
+                "{} --weight values for {} --scorer directories",
+                args.weight.len(),
+                args.scorer.len()
+            );
+        }
+        let scorers = args
+            .scorer
+            .iter()
+            .map(|d| {
+                PrefixScorer::load(d, device)
+                    .map(|(s, _, _)| s)
+                    .with_context(|| format!("loading prefix scorer {}", d.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            args,
+            reward,
+            scorers,
+        })
+    }
+
+    /// The strategy's parameters (change them between calls to sweep).
+    pub fn args_mut(&mut self) -> &mut StrategyArgs {
+        &mut self.args
+    }
+
+    /// The strategy's parameters.
+    pub fn args(&self) -> &StrategyArgs {
+        &self.args
+    }
+
+    /// Whether one call yields `n` samples per prompt (the others yield one).
+    pub fn samples_per_call(&self) -> usize {
+        match self.args.strategy {
+            Strategy::Sample | Strategy::Greedy | Strategy::CdToken => self.args.n,
+            _ => 1,
+        }
+    }
+
+    /// Decodes every prompt; every sample gets the reward when there is one.
+    pub fn decode(
+        &self,
+        generator: &Generator<'_>,
+        prompts: &[String],
+        sampling: &SamplingArgs,
+        seed: Seed,
+    ) -> Result<Vec<Sample>> {
+        let a = &self.args;
+        let lm = generator.model();
+        let device = generator.device();
+        let cfg = GenerationConfig {
+            max_new_tokens: sampling.max_new_tokens,
+            n: self.samples_per_call(),
+            sampling: sampling.sampling(a.strategy == Strategy::Greedy),
+            stop: Vec::new(),
+            prompt_batch: sampling.batch,
+        };
+        let weights: Vec<f32> = if a.weight.is_empty() {
+            vec![1.0; self.scorers.len()]
+        } else {
+            a.weight.clone()
+        };
+        let mix = || {
+            ScorerMix::new(
+                weights.iter().copied().zip(self.scorers.iter()).collect(),
+                lm.model.config().vocab_size(),
+                device.clone(),
+            )
+        };
+        let reward = || self.reward.as_deref().expect("checked in Decoder::new");
+        let mut samples = match a.strategy {
+            Strategy::Sample | Strategy::Greedy => generator.generate(prompts, &cfg, seed)?,
+            Strategy::Bon => BestOfN {
+                n: a.n,
+                reward: reward(),
+            }
+            .decode(generator, prompts, &cfg, seed)?,
+            Strategy::Won => WorstOfN {
+                n: a.n,
+                reward: reward(),
+            }
+            .decode(generator, prompts, &cfg, seed)?,
+            Strategy::SoftBon => SoftBestOfN {
+                n: a.n,
+                tau: a.tau,
+                reward: reward(),
+            }
+            .decode(generator, prompts, &cfg, seed)?,
+            Strategy::CdToken => TokenwiseCd::new(a.lambda, a.cd_top_k, mix()?)?
+                .decode(generator, prompts, &cfg, seed)?,
+            Strategy::CdBlock => {
+                let tie = if a.random_ties {
+                    TieBreak::Random
+                } else {
+                    TieBreak::First
+                };
+                BlockwiseCd::new(a.k, a.m, tie, mix()?)?.decode(generator, prompts, &cfg, seed)?
+            }
+        };
+        if let Some(r) = &self.reward {
+            for s in samples.iter_mut().filter(|s| s.reward.is_none()) {
+                s.reward = Some(r.score(&RewardInput {
+                    prompt: &s.prompt,
+                    completion: &s.completion,
+                    tokens: s.tokens.len(),
+                    ids: &s.tokens,
+                })?);
+            }
+        }
+        Ok(samples)
+    }
+}
+
+/// The JSONL row of a decoded sample.
+pub fn sample_row(s: &Sample, strategy: Strategy) -> serde_json::Value {
+    serde_json::json!({
+        "prompt": s.prompt,
+        "completion": s.completion,
+        "reward": s.reward,
+        "tokens": s.tokens,
+        "finish": s.finish,
+        "logprob": s.policy_logprob(),
+        "base_logprob": s.base_logprob(),
+        "path_kl": s.path_kl(),
+        "strategy": format!("{strategy:?}").to_lowercase(),
+    })
+}
+
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let prompts = a.prompts.collect()?;
-    let needs_reward = matches!(
-        a.strategy,
-        Strategy::Bon | Strategy::Won | Strategy::SoftBon
-    );
-    let needs_scorer = matches!(a.strategy, Strategy::CdToken | Strategy::CdBlock);
-    let reward: Option<Box<dyn Reward>> = a.reward.as_deref().map(reward_from_spec).transpose()?;
-    if needs_reward && reward.is_none() {
-        bail!(
-            "--strategy {:?} needs --reward (for example --reward sentiment)",
-            a.strategy
-        );
-    }
-    if needs_scorer && a.scorer.is_empty() {
-        bail!(
-            "--strategy {:?} needs --scorer DIR (a prefix scorer from `infalign train-scorer`)",
-            a.strategy
-        );
-    }
-    if !a.weight.is_empty() && a.weight.len() != a.scorer.len() {
-        bail!(
-            "{} --weight values for {} --scorer directories",
-            a.weight.len(),
-            a.scorer.len()
-        );
-    }
+    let decoder = Decoder::new(a.strategy, device)?;
     let lm = crate::load_model(a.model, device)?;
     let generator = Generator::new(&lm, device.clone());
-    let cfg = GenerationConfig {
-        max_new_tokens: a.sampling.max_new_tokens,
-        n: a.n,
-        sampling: a.sampling.sampling(a.strategy == Strategy::Greedy),
-        stop: Vec::new(),
-        prompt_batch: a.sampling.batch,
-    };
-    let scorers = a
-        .scorer
-        .iter()
-        .map(|d| {
-            PrefixScorer::load(d, device)
-                .map(|(s, _, _)| s)
-                .with_context(|| format!("loading prefix scorer {}", d.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let weights: Vec<f32> = if a.weight.is_empty() {
-        vec![1.0; scorers.len()]
-    } else {
-        a.weight.clone()
-    };
-    let mix = || {
-        ScorerMix::new(
-            weights.iter().copied().zip(scorers.iter()).collect(),
-            lm.model.config().vocab_size(),
-            device.clone(),
-        )
-    };
-    let seed = Seed(a.sampling.seed);
-    let mut samples = match a.strategy {
-        Strategy::Sample | Strategy::Greedy => generator.generate(&prompts, &cfg, seed)?,
-        Strategy::Bon => BestOfN {
-            n: a.n,
-            reward: reward.as_deref().expect("checked"),
-        }
-        .decode(&generator, &prompts, &cfg, seed)?,
-        Strategy::Won => WorstOfN {
-            n: a.n,
-            reward: reward.as_deref().expect("checked"),
-        }
-        .decode(&generator, &prompts, &cfg, seed)?,
-        Strategy::SoftBon => SoftBestOfN {
-            n: a.n,
-            tau: a.tau,
-            reward: reward.as_deref().expect("checked"),
-        }
-        .decode(&generator, &prompts, &cfg, seed)?,
-        Strategy::CdToken => TokenwiseCd::new(a.lambda, a.cd_top_k, mix()?)?
-            .decode(&generator, &prompts, &cfg, seed)?,
-        Strategy::CdBlock => {
-            let tie = if a.random_ties {
-                TieBreak::Random
-            } else {
-                TieBreak::First
-            };
-            BlockwiseCd::new(a.k, a.m, tie, mix()?)?.decode(&generator, &prompts, &cfg, seed)?
-        }
-    };
-    if let Some(r) = &reward {
-        for s in samples.iter_mut().filter(|s| s.reward.is_none()) {
-            s.reward = Some(r.score(&RewardInput {
-                prompt: &s.prompt,
-                completion: &s.completion,
-                tokens: s.tokens.len(),
-                ids: &s.tokens,
-            })?);
-        }
-    }
-    let rows: Vec<serde_json::Value> = samples
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "prompt": s.prompt,
-                "completion": s.completion,
-                "reward": s.reward,
-                "tokens": s.tokens,
-                "finish": s.finish,
-                "logprob": s.policy_logprob(),
-                "base_logprob": s.base_logprob(),
-                "path_kl": s.path_kl(),
-                "strategy": format!("{:?}", a.strategy).to_lowercase(),
-            })
-        })
-        .collect();
+    let samples = decoder.decode(&generator, &prompts, &a.sampling, Seed(a.sampling.seed))?;
+    let strategy = decoder.args().strategy;
+    let rows: Vec<serde_json::Value> = samples.iter().map(|s| sample_row(s, strategy)).collect();
     infalign_core::io::write_jsonl_atomic(&a.out, &rows)?;
     eprintln!("wrote {} samples to {}", rows.len(), a.out.display());
     Ok(())

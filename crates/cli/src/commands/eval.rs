@@ -1,17 +1,19 @@
 //! `infalign eval`: a policy (a model directory) against the base model on the same prompts:
 //! rewards, standard and inference-time (best-of-N, worst-of-N) win rates with bootstrap
-//! intervals, and KL(π ‖ π_ref) with the k1, k2 and k3 estimators. Writes `eval.json` and
-//! `report.md` into `--out`.
+//! intervals, and KL(π ‖ π_ref) with the k1, k2 and k3 estimators. Writes `eval.json` (its
+//! `point` is what `infalign report` gathers), `report.md` and `report.html` with plots into
+//! `--out`.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use infalign_core::{Device, Seed};
 use infalign_decoding::{GenerationConfig, Generator, Sample, score_samples};
+use infalign_eval::Ties;
 use infalign_eval::analytic::Procedure;
+use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind};
 use infalign_eval::kl::kl_estimates;
-use infalign_eval::{Ties, inference_win_rate, win_rate};
+use infalign_eval::report::{Report, add_curves};
 use infalign_models::LoadedModel;
 use infalign_rewards::{Reward, reward_from_spec};
 
@@ -49,6 +51,15 @@ pub struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Method name in tables and plots; default: the policy's run directory name.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Name of the parameter this policy was trained at (e.g. `beta`), for curves.
+    #[arg(long, requires = "value")]
+    pub param: Option<String>,
+    /// Its value.
+    #[arg(long, requires = "param", allow_negative_numbers = true)]
+    pub value: Option<f64>,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -83,7 +94,6 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     )?;
     let rp = rewards(&pol, reward.as_ref(), a.samples)?;
     let rb = rewards(&refs, reward.as_ref(), a.samples)?;
-    let ties = if a.strict { Ties::Strict } else { Ties::Half };
     // KL(π ‖ π_ref): policy samples scored by both models.
     let rows: Vec<Vec<u32>> = pol
         .iter()
@@ -102,64 +112,63 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         .collect();
     let lp_pol: Vec<f64> = pol.iter().map(Sample::policy_logprob).collect();
     let kl = kl_estimates(&lp_pol, &lp_ref)?;
-    let mean = |v: &[Vec<f64>]| {
-        v.iter().flatten().sum::<f64>() / v.iter().map(Vec::len).sum::<usize>() as f64
-    };
-    let standard = win_rate(&rp, &rb, ties, a.seed)?;
-    let mut procedures =
-        vec![serde_json::json!({"procedure": "standard", "n": 1, "win_rate": standard})];
-    let mut md = String::new();
-    writeln!(
-        md,
-        "# Evaluation\n\npolicy `{}` against base `{}`, reward `{}`, {} prompts x {} samples each.\n",
+    let ties = if a.strict { Ties::Strict } else { Ties::Half };
+    let mut procedures = Vec::new();
+    for &n in &a.ns {
+        procedures.push(Procedure::BestOfN { n });
+        procedures.push(Procedure::WorstOfN { n });
+    }
+    let method = a.method.clone().unwrap_or_else(|| {
+        let dir = if a.policy.ends_with("final") {
+            a.policy.parent().unwrap_or(&a.policy)
+        } else {
+            &a.policy
+        };
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "policy".into())
+    });
+    let point = CurvePoint::measure(
+        method,
+        a.param.as_deref().zip(a.value),
+        Kl {
+            value: kl.k3.mean,
+            stderr: Some(kl.k3.stderr),
+            kind: KlKind::K3,
+        },
+        &Comparison {
+            policy: &rp,
+            base: &rb,
+            procedures: &procedures,
+            ties,
+            reps: a.reps,
+            seed: a.seed,
+        },
+    )?;
+    let mut report = Report::new("Evaluation");
+    report.paragraph(format!(
+        "Policy `{}` against base `{}`, reward `{}`, {} prompts x {} samples each.",
         a.policy.display(),
         base.dir.display(),
         a.reward,
         prompts.len(),
         a.samples
-    )?;
-    writeln!(
-        md,
-        "| procedure | win rate | 95% interval |\n|---|---:|---|"
-    )?;
-    writeln!(
-        md,
-        "| standard | {:.3} | [{:.3}, {:.3}] |",
-        standard.mean, standard.low, standard.high
-    )?;
-    for &n in &a.ns {
-        for (name, proc) in [
-            ("best-of", Procedure::BestOfN { n }),
-            ("worst-of", Procedure::WorstOfN { n }),
-        ] {
-            let w = inference_win_rate(&rp, &rb, proc, ties, a.reps, a.seed)?;
-            writeln!(
-                md,
-                "| {name}-{n} | {:.3} | [{:.3}, {:.3}] |",
-                w.mean, w.low, w.high
-            )?;
-            procedures.push(serde_json::json!({"procedure": name, "n": n, "win_rate": w}));
-        }
-    }
-    writeln!(
-        md,
-        "\nMean reward: policy {:.4}, base {:.4}.\n",
-        mean(&rp),
-        mean(&rb)
-    )?;
-    writeln!(
-        md,
-        "KL(π ‖ π_ref) per sequence: k1 {:.4} ± {:.4}, k2 {:.4} ± {:.4}, k3 {:.4} ± {:.4} (mean ± standard error).",
+    ));
+    report.paragraph(format!(
+        "KL(π ‖ π_ref) per sequence: k1 {:.4} ± {:.4}, k2 {:.4} ± {:.4}, k3 {:.4} ± {:.4} \
+         (mean ± standard error; k2 is biased).",
         kl.k1.mean, kl.k1.stderr, kl.k2.mean, kl.k2.stderr, kl.k3.mean, kl.k3.stderr
-    )?;
+    ));
+    add_curves(&mut report, std::slice::from_ref(&point))?;
     let out = serde_json::json!({
         "policy": a.policy, "base": base.dir, "reward": a.reward, "prompts": prompts.len(),
         "samples_per_prompt": a.samples, "ties": if a.strict { "strict" } else { "half" },
-        "mean_reward_policy": mean(&rp), "mean_reward_base": mean(&rb),
-        "kl": kl, "win_rates": procedures,
+        "mean_reward_policy": point.mean_reward, "mean_reward_base": point.base_mean_reward,
+        "kl": kl, "point": point,
     });
+    std::fs::create_dir_all(&a.out)?;
     infalign_core::io::write_json_atomic(a.out.join("eval.json"), &out)?;
-    infalign_core::io::write_atomic(a.out.join("report.md"), md.as_bytes())?;
-    println!("{md}");
+    report.write(&a.out)?;
+    println!("{}", report.to_markdown());
     Ok(())
 }
