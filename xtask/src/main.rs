@@ -4,10 +4,13 @@
 //!   software Vulkan driver or a GPU is present; cuda with `--cuda`).
 //! - `cargo xtask bench`: decoding and training throughput, written to `target/bench/`.
 //! - `cargo xtask assets`: rebuilds the corpus, prompts, tokenizer and base model in `assets/`.
+//! - `cargo xtask demo`: the main job on the shipped model (the `demo` preset).
+//! - `cargo xtask exp <preset>`: an experiment preset (`xtask/presets/*.toml`).
 //! - `cargo xtask ci`: what `.ci/run` runs.
 
 mod assets;
 mod demo;
+mod exp;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +25,8 @@ fn main() -> Result<()> {
         Some("test-backends") => test_backends(&rest),
         Some("bench") => bench(&rest),
         Some("assets") => build_assets(&rest),
-        Some("demo") => demo::run(&root()),
+        Some("demo") => demo::run(&root(), &rest),
+        Some("exp") => exp::run(&root(), &rest).map(|_| ()),
         Some("cuda-llvm") => cuda_llvm(),
         _ => {
             eprintln!(
@@ -32,7 +36,9 @@ fn main() -> Result<()> {
                  test-backends   backend-swapping tests: ndarray, and wgpu [--wgpu], cuda [--cuda]\n  \
                  bench           decoding and training throughput into target/bench/\n  \
                  assets          corpus, prompts, tokenizer and base model in assets/ [--corpus-only]\n  \
-                 demo            the main job on the shipped model; writes runs/demo/report.md\n  \
+                 demo            the main job on the shipped model: runs/demo/report.{{md,html}}\n  \
+                 exp <preset>    an experiment preset of xtask/presets into runs/<preset>/\n                  \
+                 [--scale cpu|gpu] [--set key=value] [--fresh] [--release]\n  \
                  cuda-llvm       point burn's CUDA build at Debian's LLVM 22 (no download)"
             );
             bail!("no command given")

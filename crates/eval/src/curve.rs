@@ -11,6 +11,8 @@
 //! Monte Carlo estimate, or an upper bound (best-of-N, blockwise CD), and plots say so in the
 //! legend; win rates carry their bootstrap intervals.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::analytic::{Procedure, evaluate};
@@ -89,6 +91,10 @@ pub struct CurvePoint {
     /// Win rates with an inference-time procedure applied to both sides.
     #[serde(default)]
     pub inference: Vec<ProcedureWinRate>,
+    /// Mean of further rewards over the method's samples, by spec (e.g. a length next to the
+    /// judged sentiment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub measures: BTreeMap<String, f64>,
     /// Prompts evaluated.
     pub prompts: usize,
     /// Samples per prompt on the method's side.
@@ -159,6 +165,7 @@ impl CurvePoint {
             base_mean_reward: mean(c.base),
             win_rate: standard,
             inference,
+            measures: BTreeMap::new(),
             prompts: c.policy.len(),
             samples_per_prompt: per_prompt,
         })

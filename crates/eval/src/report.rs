@@ -221,9 +221,13 @@ pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), Eval
         });
     }
     let procs = procedures(points);
+    let mut measures: Vec<&String> = points.iter().flat_map(|p| p.measures.keys()).collect();
+    measures.sort();
+    measures.dedup();
     let mut header: Vec<String> = ["method", "setting", "KL", "mean reward"]
         .map(String::from)
         .to_vec();
+    header.extend(measures.iter().map(|m| format!("mean {m}")));
     header.extend(
         procs
             .iter()
@@ -241,6 +245,11 @@ pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), Eval
                 fmt_kl(&p.kl),
                 format!("{:.4}", p.mean_reward),
             ];
+            row.extend(measures.iter().map(|m| {
+                p.measures
+                    .get(*m)
+                    .map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+            }));
             row.extend(procs.iter().map(|&pr| {
                 p.win_rate_under(pr)
                     .map(fmt_interval)

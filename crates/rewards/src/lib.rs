@@ -34,5 +34,5 @@ pub use calibration::{Calibrator, calibrated_from_cdf};
 pub use error::RewardError;
 pub use reward::{Reward, RewardInput};
 pub use reward_model::RewardModel;
-pub use spec::reward_from_spec;
+pub use spec::{reward_from_spec, reward_from_spec_on};
 pub use transforms::{RewardTransform, Transform};

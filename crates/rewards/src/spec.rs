@@ -2,9 +2,13 @@
 //! `sentiment`, `rm(path=DIR)` (a trained reward model), and weighted sums such as `sentiment - 0.05*length(t_max=64)`.
 //!
 //! Grammar: `term (('+' | '-') term)*`, `term = [number '*'] name ['(' key '=' value, ... ')']`.
+//! Reward models load on the device given to [`reward_from_spec_on`] ([`reward_from_spec`]:
+//! the CPU).
+
+use burn::tensor::Device;
 
 use crate::rewards::{LengthReward, LexiconSentiment, WeightedSum};
-use crate::{Reward, RewardError};
+use crate::{Reward, RewardError, RewardModel};
 
 fn bad(spec: &str, message: String) -> RewardError {
     RewardError::InvalidParameter {
@@ -17,12 +21,13 @@ fn single(
     spec: &str,
     name: &str,
     args: &[(String, String)],
+    device: &Device,
 ) -> Result<Box<dyn Reward>, RewardError> {
     let arg = |key: &str| args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     if let Some((k, _)) = args.iter().find(|(k, _)| {
         !matches!(
             (name, k.as_str()),
-            ("length", "t_max") | ("sentiment", "lexicon")
+            ("length", "t_max") | ("sentiment", "lexicon") | ("rm", "path")
         )
     }) {
         return Err(bad(spec, format!("`{name}` takes no argument `{k}`")));
@@ -41,15 +46,29 @@ fn single(
             Some(path) => LexiconSentiment::from_file(path)?,
             None => LexiconSentiment::vader(),
         })),
+        "rm" => {
+            let path = arg("path").ok_or_else(|| bad(spec, "`rm` needs `path=DIR`".into()))?;
+            Ok(Box::new(RewardModel::load(path, device).map_err(|e| {
+                bad(spec, format!("loading the reward model {path}: {e}"))
+            })?))
+        }
         other => Err(bad(
             spec,
-            format!("unknown reward `{other}`: expected length or sentiment"),
+            format!("unknown reward `{other}`: expected length, sentiment or rm"),
         )),
     }
 }
 
-/// Builds the reward a spec names.
+/// Builds the reward a spec names; reward models run on the CPU.
 pub fn reward_from_spec(spec: &str) -> Result<Box<dyn Reward>, RewardError> {
+    let cpu = infalign_core::DeviceSpec::Cpu
+        .device()
+        .map_err(|e| bad(spec, e.to_string()))?;
+    reward_from_spec_on(spec, &cpu)
+}
+
+/// Builds the reward a spec names, with reward models on `device`.
+pub fn reward_from_spec_on(spec: &str, device: &Device) -> Result<Box<dyn Reward>, RewardError> {
     let mut terms: Vec<(f64, String)> = Vec::new();
     let mut sign = 1.0;
     let mut cur = String::new();
@@ -110,7 +129,7 @@ pub fn reward_from_spec(spec: &str) -> Result<Box<dyn Reward>, RewardError> {
             }
             None => (rest, Vec::new()),
         };
-        parts.push((sign * weight, single(spec, name, &args)?));
+        parts.push((sign * weight, single(spec, name, &args, device)?));
     }
     if parts.len() == 1 && parts[0].0 == 1.0 {
         return Ok(parts.pop().expect("one part").1);
@@ -151,5 +170,53 @@ mod tests {
                 .unwrap_or_default();
             assert!(e.contains("reward"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn rm_loads_a_saved_reward_model() {
+        use infalign_core::{DeviceSpec, Seed};
+        use infalign_models::weights::RandomInit;
+        use infalign_models::{
+            CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout, Tokenizer,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let tk_path = dir.path().join("tokenizer.json");
+        std::fs::write(
+            &tk_path,
+            r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null, "model": {"type": "WordLevel", "unk_token": "a",
+            "vocab": {"a": 0, "b": 1, "c": 2}}}"#,
+        )
+        .unwrap();
+        let tk = Tokenizer::from_file(&tk_path).unwrap();
+        let device = DeviceSpec::Cpu.device().unwrap();
+        let config = ModelConfig::Gpt2(Gpt2Config::new(3, 16, 16, 1, 2));
+        let mut init = RandomInit::with_scale(Seed(3).stream("init"), 20.0);
+        let base = CausalLm::init(&config, &mut init, &device).unwrap();
+        let net = PrefixScorer::init(base, ScorerLayout::Scalar, &mut init, &device).unwrap();
+        // A path with a dash: the spec's sum syntax must not split it.
+        let rm_dir = dir.path().join("proxy-rm");
+        net.save(&rm_dir, &tk, "test").unwrap();
+        let direct = RewardModel::load(&rm_dir, &device).unwrap();
+        let spec = format!("rm(path={})", rm_dir.display());
+        let via_spec = reward_from_spec(&spec).unwrap();
+        let scaled = reward_from_spec(&format!("2*{spec} - length(t_max=4)")).unwrap();
+        for text in ["a b c", "c c", "b"] {
+            let i = RewardInput {
+                prompt: "a",
+                completion: text,
+                tokens: 2,
+                ids: &[],
+            };
+            let r = direct.score(&i).unwrap();
+            assert_eq!(via_spec.score(&i).unwrap(), r);
+            let expect = 2.0 * r - 0.5f64.ln();
+            assert!((scaled.score(&i).unwrap() - expect).abs() < 1e-9);
+        }
+        let missing = reward_from_spec("rm(path=/no/such/dir)").err().unwrap();
+        assert!(missing.to_string().contains("/no/such/dir"), "{missing}");
+        let no_path = reward_from_spec("rm").err().unwrap();
+        assert!(no_path.to_string().contains("path=DIR"), "{no_path}");
     }
 }

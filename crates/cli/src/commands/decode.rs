@@ -10,7 +10,7 @@ use infalign_decoding::{
     TokenwiseCd, WorstOfN,
 };
 use infalign_models::PrefixScorer;
-use infalign_rewards::{Reward, RewardInput, reward_from_spec};
+use infalign_rewards::{Reward, RewardInput, reward_from_spec_on};
 
 use super::common::{PromptArgs, SamplingArgs};
 
@@ -106,7 +106,7 @@ impl Decoder {
         );
         let needs_scorer = matches!(args.strategy, Strategy::CdToken | Strategy::CdBlock);
         let reward: Option<Box<dyn Reward>> =
-            args.reward.as_deref().map(reward_from_spec).transpose()?;
+            args.reward.as_deref().map(|r| reward_from_spec_on(r, device)).transpose()?;
         if needs_reward && reward.is_none() {
             bail!(
                 "--strategy {:?} needs --reward (for example --reward sentiment)",

@@ -15,7 +15,7 @@ use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind};
 use infalign_eval::kl::kl_estimates;
 use infalign_eval::report::{Report, add_curves};
 use infalign_models::LoadedModel;
-use infalign_rewards::{Reward, reward_from_spec};
+use infalign_rewards::{Reward, reward_from_spec_on};
 
 use super::common::PromptArgs;
 
@@ -72,7 +72,7 @@ fn rewards(samples: &[Sample], reward: &dyn Reward, k: usize) -> Result<Vec<Vec<
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let prompts = a.prompts.collect()?;
-    let reward = reward_from_spec(&a.reward)?;
+    let reward = reward_from_spec_on(&a.reward, device)?;
     let base = crate::load_model(a.base, device)?;
     let policy = LoadedModel::load(&a.policy, device)?;
     let cfg = GenerationConfig {

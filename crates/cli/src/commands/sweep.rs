@@ -11,12 +11,13 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use infalign_core::{Device, Seed};
-use infalign_decoding::{Generator, Sample};
+use infalign_decoding::{Generator, Sample, score_samples};
 use infalign_eval::Ties;
 use infalign_eval::analytic::Procedure;
 use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind};
 use infalign_eval::kl::{best_of_n_bound, blockwise_bound};
 use infalign_eval::report::{Report, add_curves};
+use infalign_rewards::{Reward, reward_from_spec_on};
 
 use super::common::{PromptArgs, SamplingArgs};
 use super::decode::{Decoder, Strategy, StrategyArgs, sample_row};
@@ -54,6 +55,15 @@ pub struct Args {
         allow_negative_numbers = true
     )]
     pub values: Vec<f64>,
+    /// Reward spec that judges win rates and mean rewards; default: `--reward`. With a proxy
+    /// reward model as `--reward` and the gold reward here, a best-of-N sweep shows reward
+    /// hacking.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// Further reward specs whose means are recorded per value (repeatable), e.g. a length
+    /// next to a judged sentiment.
+    #[arg(long)]
+    pub measure: Vec<String>,
     /// Method name in tables and legends; default: the strategy's.
     #[arg(long)]
     pub method: Option<String>,
@@ -139,19 +149,19 @@ fn set_param(a: &mut StrategyArgs, s: &mut SamplingArgs, param: Param, v: f64) -
     Ok(())
 }
 
-/// Rewards grouped per prompt (samples are prompt-major, `k` per prompt).
-fn per_prompt(samples: &[Sample], k: usize) -> Result<Vec<Vec<f64>>> {
-    samples
-        .chunks(k)
-        .map(|c| {
-            c.iter()
-                .map(|s| {
-                    s.reward
-                        .ok_or_else(|| anyhow::anyhow!("sample of `{}` has no reward", s.prompt))
-                })
-                .collect()
-        })
-        .collect()
+/// Judge rewards grouped per prompt (samples are prompt-major, `k` per prompt).
+fn per_prompt(samples: &[Sample], k: usize, judge: Option<&dyn Reward>) -> Result<Vec<Vec<f64>>> {
+    let scores = match judge {
+        Some(j) => score_samples(samples, j)?,
+        None => samples
+            .iter()
+            .map(|s| {
+                s.reward
+                    .ok_or_else(|| anyhow::anyhow!("sample of `{}` has no reward", s.prompt))
+            })
+            .collect::<Result<_>>()?,
+    };
+    Ok(scores.chunks(k).map(<[f64]>::to_vec).collect())
 }
 
 /// The KL of a decoder's samples, by the best means its strategy allows.
@@ -257,7 +267,13 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         seed.derive("sweep-base", 0),
     )?;
     write_samples(&a.out.join("base.jsonl"), &base, Strategy::Sample)?;
-    let base_rewards = per_prompt(&base, a.samples)?;
+    let judge = a.judge.as_deref().map(|j| reward_from_spec_on(j, device)).transpose()?;
+    let measures = a
+        .measure
+        .iter()
+        .map(|m| Ok((m.clone(), reward_from_spec_on(m, device)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let base_rewards = per_prompt(&base, a.samples, judge.as_deref())?;
     let mut procedures = Vec::new();
     for &n in &a.eval_ns {
         procedures.push(Procedure::BestOfN { n });
@@ -284,8 +300,8 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             &samples,
             decoder.args().strategy,
         )?;
-        let rewards = per_prompt(&samples, a.samples)?;
-        let point = CurvePoint::measure(
+        let rewards = per_prompt(&samples, a.samples, judge.as_deref())?;
+        let mut point = CurvePoint::measure(
             method.clone(),
             Some((&format!("{:?}", a.param).to_lowercase(), v)),
             decoder_kl(decoder.args(), &samples),
@@ -298,6 +314,12 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 seed: a.sampling.seed,
             },
         )?;
+        for (spec, r) in &measures {
+            let v = score_samples(&samples, r.as_ref())?;
+            point
+                .measures
+                .insert(spec.clone(), v.iter().sum::<f64>() / v.len().max(1) as f64);
+        }
         eprintln!(
             "{name}: reward {:.4} (base {:.4}), win rate {:.3}, KL {}",
             point.mean_reward,
@@ -312,9 +334,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     infalign_core::io::write_jsonl_atomic(a.out.join("points.jsonl"), &points)?;
     let mut report = Report::new(format!("Sweep: {method}, {:?}", a.param));
     report.paragraph(format!(
-        "Model `{}`, reward `{reward_spec}`, {} prompts, {} samples per prompt on each side; \
-         base samples use the same sampling flags (temperature {}, max {} new tokens).",
+        "Model `{}`, reward `{reward_spec}`, judged by `{}`, {} prompts, {} samples per prompt \
+         on each side; base samples use the same sampling flags (temperature {}, max {} new \
+         tokens).",
         lm.dir.display(),
+        a.judge.as_deref().unwrap_or(&reward_spec),
         prompts.len(),
         a.samples,
         a.sampling.temperature,

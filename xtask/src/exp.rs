@@ -1,0 +1,483 @@
+//! `cargo xtask exp <preset> [--scale cpu|gpu] [--set key=value]... [--fresh] [--release]`: runs an
+//! experiment preset, `xtask/presets/<preset>.toml`, into `runs/<preset>/`.
+//!
+//! A preset is data: a description, the paper's claim it tests, variables per scale
+//! (`[scales.cpu]`, `[scales.gpu]`: model, prompts, steps, samples, device), and steps, each an
+//! `infalign` command line. In an argument, `{name}` is replaced by a variable's value and an
+//! argument that is exactly `{@name}` is replaced by a list variable's items. A step may repeat
+//! over `each` (a table of lists: every combination) and `cases` (a list of variable tables).
+//! Built-in variables: `run` (the run directory), `prompts_file` (the first `prompts` of
+//! `assets/prompts.jsonl`) and `eval_prompts_file` (the next `eval_prompts`, held out).
+//!
+//! Invariants: a step whose `creates` path exists is skipped, so an interrupted experiment
+//! continues where it stopped (`--fresh` starts over); every step's command line, duration
+//! and status go to `runs/<preset>/steps.jsonl`; the binary is built once, up front, and then
+//! run directly (`INFALIGN_BIN` names another one).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// A preset file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Preset {
+    /// What the experiment does.
+    description: String,
+    /// The paper's finding it reproduces.
+    claim: String,
+    /// Variables per scale.
+    scales: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// The steps, in order.
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    /// Shown in progress lines (variables substituted).
+    name: String,
+    /// The `infalign` arguments.
+    args: Vec<String>,
+    /// A path (relative to the run directory) whose existence means the step is done.
+    #[serde(default)]
+    creates: Option<String>,
+    /// Repeat over every combination of these values.
+    #[serde(default)]
+    each: BTreeMap<String, Vec<toml::Value>>,
+    /// Repeat once per table of variables.
+    #[serde(default)]
+    cases: Vec<BTreeMap<String, toml::Value>>,
+}
+
+/// A variable: a string, or a list spliced by `{@name}`.
+#[derive(Debug, Clone)]
+enum Var {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn scalar(v: &toml::Value) -> Result<String> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => bail!("expected a string or a number, found {other}"),
+    })
+}
+
+fn var(v: &toml::Value) -> Result<Var> {
+    match v {
+        toml::Value::Array(items) => {
+            Ok(Var::Many(items.iter().map(scalar).collect::<Result<_>>()?))
+        }
+        other => Ok(Var::One(scalar(other)?)),
+    }
+}
+
+type Vars = BTreeMap<String, Var>;
+
+/// Replaces `{name}` in `s`; an unknown name is an error.
+fn substitute(s: &str, vars: &Vars) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .with_context(|| format!("unclosed `{{` in `{s}`"))?;
+        let name = &rest[open + 1..open + close];
+        match vars.get(name) {
+            Some(Var::One(v)) => out.push_str(v),
+            Some(Var::Many(_)) => bail!("`{{{name}}}` is a list: use it alone as `{{@{name}}}`"),
+            None => bail!("unknown variable `{name}` in `{s}`"),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn expand_args(args: &[String], vars: &Vars) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in args {
+        if let Some(name) = a.strip_prefix("{@").and_then(|r| r.strip_suffix('}')) {
+            match vars.get(name) {
+                Some(Var::Many(items)) => {
+                    for i in items {
+                        out.push(substitute(i, vars)?);
+                    }
+                }
+                Some(Var::One(v)) => out.push(substitute(v, vars)?),
+                None => bail!("unknown variable `{name}`"),
+            }
+        } else {
+            out.push(substitute(a, vars)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every variable binding a step runs with: cases × combinations of `each`.
+fn bindings(step: &Step, vars: &Vars) -> Result<Vec<Vars>> {
+    let mut out = vec![vars.clone()];
+    if !step.cases.is_empty() {
+        out = out
+            .iter()
+            .flat_map(|b| {
+                step.cases.iter().map(move |case| {
+                    let mut b = b.clone();
+                    for (k, v) in case {
+                        b.insert(k.clone(), var(v)?);
+                    }
+                    Ok(b)
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
+    for (k, values) in &step.each {
+        let mut next = Vec::new();
+        for b in &out {
+            for v in values {
+                let mut b = b.clone();
+                // A list value may itself use variables, e.g. `{steps}`.
+                let value = substitute(&scalar(v)?, &b)?;
+                b.insert(k.clone(), Var::One(value));
+                next.push(b);
+            }
+        }
+        out = next;
+    }
+    Ok(out)
+}
+
+/// Options of `cargo xtask exp`.
+struct Options {
+    preset: String,
+    scale: String,
+    sets: Vec<(String, String)>,
+    fresh: bool,
+    release: bool,
+}
+
+fn parse(rest: &[String]) -> Result<Options> {
+    let mut it = rest.iter();
+    let mut o = Options {
+        preset: String::new(),
+        scale: "cpu".into(),
+        sets: Vec::new(),
+        fresh: false,
+        release: false,
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--scale" => o.scale = it.next().context("--scale needs cpu or gpu")?.clone(),
+            "--set" => {
+                let kv = it.next().context("--set needs KEY=VALUE")?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--set `{kv}`: expected KEY=VALUE"))?;
+                o.sets.push((k.to_string(), v.to_string()));
+            }
+            "--fresh" => o.fresh = true,
+            "--release" => o.release = true,
+            p if !p.starts_with('-') && o.preset.is_empty() => o.preset = p.to_string(),
+            other => bail!("unexpected argument `{other}`"),
+        }
+    }
+    if o.preset.is_empty() {
+        bail!(
+            "usage: cargo xtask exp <preset> [--scale cpu|gpu] [--set key=value] [--fresh] [--release]"
+        );
+    }
+    Ok(o)
+}
+
+/// The names of the shipped presets.
+pub fn presets(root: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("xtask/presets"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".toml")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn write_prompts(root: &Path, run: &Path, first: usize, count: usize, name: &str) -> Result<()> {
+    let all = std::fs::read_to_string(root.join("assets/prompts.jsonl"))?;
+    let rows: Vec<&str> = all.lines().skip(first).take(count).collect();
+    if rows.len() < count {
+        bail!(
+            "{} has {} prompts after the first {first}; {count} asked",
+            root.join("assets/prompts.jsonl").display(),
+            rows.len()
+        );
+    }
+    std::fs::write(run.join(name), rows.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// The `infalign` binary: `INFALIGN_BIN`, or a fresh build (with the features the device
+/// needs) in the target directory.
+fn binary(root: &Path, device: Option<&str>, release: bool) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("INFALIGN_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let mut args = vec!["build", "-q", "-p", "infalign"];
+    if release {
+        args.push("--release");
+    }
+    let feature = device.and_then(|d| match d.split(':').next() {
+        Some("cuda") => Some("cuda"),
+        Some("wgpu") => Some("wgpu"),
+        Some("ndarray") => Some("ndarray"),
+        _ => None,
+    });
+    if let Some(f) = feature {
+        args.extend(["--features", f]);
+    }
+    // The dev profile already optimizes burn; `--release` also optimizes our own crates.
+    crate::cargo(&args)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("infalign"))
+}
+
+/// Runs a preset; returns its run directory.
+pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
+    let o = parse(rest)?;
+    let path = root.join(format!("xtask/presets/{}.toml", o.preset));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no preset `{}` (shipped: {})",
+            o.preset,
+            presets(root).unwrap_or_default().join(", ")
+        )
+    })?;
+    let preset: Preset =
+        toml::from_str(&text).with_context(|| format!("{}: malformed preset", path.display()))?;
+    let scale = preset.scales.get(&o.scale).with_context(|| {
+        format!(
+            "{}: no [scales.{}] (has: {})",
+            path.display(),
+            o.scale,
+            preset.scales.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let run = root.join("runs").join(&o.preset);
+    if o.fresh && run.exists() {
+        std::fs::remove_dir_all(&run)?;
+    }
+    std::fs::create_dir_all(&run)?;
+    let mut vars: Vars = BTreeMap::new();
+    for (k, v) in scale {
+        vars.insert(k.clone(), var(v)?);
+    }
+    for (k, v) in &o.sets {
+        vars.insert(k.clone(), Var::One(v.clone()));
+    }
+    let count = |name: &str| -> Result<usize> {
+        match vars.get(name) {
+            Some(Var::One(v)) => v
+                .parse()
+                .with_context(|| format!("`{name}` = `{v}`: expected a count")),
+            _ => bail!("{}: [scales.{}] needs `{name}`", path.display(), o.scale),
+        }
+    };
+    let (train, held_out) = (count("prompts")?, count("eval_prompts")?);
+    write_prompts(root, &run, 0, train, "prompts.jsonl")?;
+    write_prompts(root, &run, train, held_out, "eval-prompts.jsonl")?;
+    vars.insert("run".into(), Var::One(run.display().to_string()));
+    vars.insert(
+        "prompts_file".into(),
+        Var::One(run.join("prompts.jsonl").display().to_string()),
+    );
+    vars.insert(
+        "eval_prompts_file".into(),
+        Var::One(run.join("eval-prompts.jsonl").display().to_string()),
+    );
+    let device = match vars.get("device") {
+        Some(Var::One(d)) => Some(d.clone()),
+        _ => None,
+    };
+    // Expand everything before running anything: a typo fails now, not an hour in.
+    let mut plan = Vec::new();
+    for step in &preset.steps {
+        for b in bindings(step, &vars)? {
+            let name = substitute(&step.name, &b)?;
+            let args = expand_args(&step.args, &b)?;
+            let creates = step
+                .creates
+                .as_deref()
+                .map(|c| substitute(c, &b).map(|c| run.join(c)))
+                .transpose()?;
+            plan.push((name, args, creates));
+        }
+    }
+    eprintln!(
+        "[exp {}] {}\n[exp {}] claim: {}\n[exp {}] scale `{}`, {} steps into {}",
+        o.preset,
+        preset.description,
+        o.preset,
+        preset.claim,
+        o.preset,
+        o.scale,
+        plan.len(),
+        run.display()
+    );
+    let bin = binary(root, device.as_deref(), o.release)?;
+    let start = Instant::now();
+    let log = run.join("steps.jsonl");
+    for (i, (name, args, creates)) in plan.iter().enumerate() {
+        if let Some(c) = creates
+            && c.exists()
+        {
+            eprintln!(
+                "[exp {}] {}/{} {name}: done before, skipped",
+                o.preset,
+                i + 1,
+                plan.len()
+            );
+            continue;
+        }
+        eprintln!(
+            "[exp {}] {}/{} {name} ({:.0} s so far)",
+            o.preset,
+            i + 1,
+            plan.len(),
+            start.elapsed().as_secs_f64()
+        );
+        let mut cmd = Command::new(&bin);
+        if let Some(d) = &device {
+            cmd.args(["--device", d]);
+        }
+        let t = Instant::now();
+        let status = cmd
+            .args(args)
+            .current_dir(root)
+            .status()
+            .with_context(|| format!("running {}", bin.display()))?;
+        let row = serde_json::json!({
+            "step": name, "args": args, "seconds": t.elapsed().as_secs_f64(),
+            "success": status.success(),
+        });
+        let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.push_str(&format!("{row}\n"));
+        std::fs::write(&log, text)?;
+        if !status.success() {
+            bail!(
+                "step `{name}` failed: infalign {}\n(fix and rerun: finished steps are kept)",
+                args.join(" ")
+            );
+        }
+    }
+    eprintln!(
+        "[exp {}] finished in {:.0} s: {}",
+        o.preset,
+        start.elapsed().as_secs_f64(),
+        run.join("report.html").display()
+    );
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vars {
+        let mut v = Vars::new();
+        v.insert("run".into(), Var::One("/r".into()));
+        v.insert("steps".into(), Var::One("40".into()));
+        v
+    }
+
+    #[test]
+    fn variables_substitute_and_lists_splice() {
+        let mut v = vars();
+        v.insert(
+            "shaping".into(),
+            Var::Many(vec!["--t".into(), "{steps}".into()]),
+        );
+        let args: Vec<String> = ["--out", "{run}/a", "{@shaping}"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            expand_args(&args, &v).unwrap(),
+            ["--out", "/r/a", "--t", "40"]
+        );
+        assert!(
+            substitute("{nope}", &v)
+                .unwrap_err()
+                .to_string()
+                .contains("nope")
+        );
+        assert!(
+            substitute("{shaping}", &v)
+                .unwrap_err()
+                .to_string()
+                .contains("@shaping")
+        );
+    }
+
+    #[test]
+    fn steps_expand_over_cases_and_each() {
+        let step: Step = toml::from_str(
+            r#"
+            name = "align {method} beta={beta}"
+            args = ["align", "{@shaping}", "--beta", "{beta}"]
+            each = { beta = [0.1, 1] }
+            cases = [{ method = "exp", shaping = ["--transform", "exp"] }, { method = "raw", shaping = ["--raw"] }]
+            "#,
+        )
+        .unwrap();
+        let b = bindings(&step, &vars()).unwrap();
+        assert_eq!(b.len(), 4);
+        let names: Vec<String> = b
+            .iter()
+            .map(|b| substitute(&step.name, b).unwrap())
+            .collect();
+        assert_eq!(names[0], "align exp beta=0.1");
+        assert_eq!(names[3], "align raw beta=1");
+        assert_eq!(
+            expand_args(&step.args, &b[1]).unwrap(),
+            ["align", "--transform", "exp", "--beta", "1"]
+        );
+    }
+
+    #[test]
+    fn shipped_presets_parse_and_expand() {
+        let root = crate::root();
+        for name in presets(&root).unwrap() {
+            let text =
+                std::fs::read_to_string(root.join(format!("xtask/presets/{name}.toml"))).unwrap();
+            let p: Preset = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for (scale, table) in &p.scales {
+                let mut v = vars();
+                v.insert("prompts_file".into(), Var::One("p".into()));
+                v.insert("eval_prompts_file".into(), Var::One("e".into()));
+                for (k, x) in table {
+                    v.insert(k.clone(), var(x).unwrap());
+                }
+                for s in &p.steps {
+                    for b in bindings(s, &v).unwrap_or_else(|e| panic!("{name}/{scale}: {e}")) {
+                        expand_args(&s.args, &b)
+                            .unwrap_or_else(|e| panic!("{name}/{scale} `{}`: {e}", s.name));
+                    }
+                }
+            }
+        }
+    }
+}
