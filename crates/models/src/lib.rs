@@ -37,6 +37,7 @@ pub mod optim;
 mod prefix_scorer;
 pub mod pretrain;
 mod tokenizer;
+pub mod train_checkpoint;
 pub mod weights;
 
 pub use cache::{KvCache, LayerCache};
@@ -53,3 +54,4 @@ pub use prefix_scorer::{
     values_to_host,
 };
 pub use tokenizer::{END_OF_TEXT, Tokenizer};
+pub use train_checkpoint::RunFiles;

@@ -19,8 +19,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
-use infalign_core::{MetricsWriter, Seed};
+use infalign_core::Seed;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +28,8 @@ use crate::config::ModelConfig;
 use crate::lm::{CausalLm, TokenBatch};
 use crate::optim::{LrSchedule, scale_and_clip};
 use crate::tokenizer::Tokenizer;
+pub use crate::train_checkpoint::{load_checkpoint, save_checkpoint};
+use crate::train_checkpoint::{open_metrics, progress_bar};
 use crate::weights::read_f32;
 use crate::{ModelError, Result};
 
@@ -243,76 +244,6 @@ impl RunPaths {
     }
 }
 
-/// Writes a checkpoint (model directory + `optimizer.bpk` + `state.json`) atomically: into a
-/// temporary directory that then replaces the previous checkpoint.
-pub fn save_checkpoint(
-    dir: &Path,
-    model: &CausalLm,
-    tokenizer: &Tokenizer,
-    optim: &ModuleOptimizer,
-    state: &impl Serialize,
-) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tmp"));
-    let old = parent.join(format!(".{name}.old"));
-    let io = |p: &Path, e| ModelError::Core(infalign_core::CoreError::io(p, e));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    }
-    save_model_dir(&tmp, model, tokenizer)?;
-    let bytes = optim
-        .into_bytes()
-        .map_err(|e| ModelError::Input(format!("serializing the optimizer state: {e:?}")))?;
-    infalign_core::io::write_atomic(tmp.join("optimizer.bpk"), &bytes)?;
-    infalign_core::io::write_json_atomic(tmp.join("state.json"), state)?;
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
-        }
-        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
-    }
-    Ok(())
-}
-
-/// Reads a checkpoint written by [`save_checkpoint`]; a corrupt or truncated one is an error
-/// naming the file.
-pub fn load_checkpoint<S: serde::de::DeserializeOwned>(
-    dir: &Path,
-    device: &Device,
-    optim: ModuleOptimizer,
-) -> Result<(LoadedModel, ModuleOptimizer, S)> {
-    let lm = LoadedModel::load(dir, device)?;
-    let state_path = dir.join("state.json");
-    let text = infalign_core::io::read_to_string(&state_path)?;
-    let state: S = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-        path: state_path.clone(),
-        message: e.to_string(),
-    })?;
-    let opt_path = dir.join("optimizer.bpk");
-    let bytes = std::fs::read(&opt_path)
-        .map_err(|e| ModelError::Core(infalign_core::CoreError::io(&opt_path, e)))?;
-    let optim = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-    }))
-    .map_err(|_| ModelError::Safetensors {
-        path: opt_path.clone(),
-        message: "the optimizer state is corrupt".into(),
-    })?
-    .map_err(|e| ModelError::Safetensors {
-        path: opt_path.clone(),
-        message: format!("the optimizer state is corrupt: {e:?}"),
-    })?;
-    Ok((lm, optim, state))
-}
-
 /// Runs (or, with `resume`, continues) pretraining. Returns the summary; the final model
 /// directory is `out_dir/final`.
 pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<PretrainSummary> {
@@ -365,14 +296,7 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
         valid_tokens = valid.len(),
         "data"
     );
-    let mut metrics = if resume {
-        MetricsWriter::resume(paths.metrics(), start)?
-    } else {
-        std::fs::create_dir_all(&paths.root)
-            .map_err(|e| ModelError::Core(infalign_core::CoreError::io(&paths.root, e)))?;
-        let _ = std::fs::remove_file(paths.metrics());
-        MetricsWriter::append(paths.metrics())?
-    };
+    let mut metrics = open_metrics(&paths.metrics(), resume, start)?;
     infalign_core::io::write_json_atomic(paths.root.join("config.json"), cfg)?;
     let schedule = LrSchedule {
         peak: cfg.lr,
@@ -380,13 +304,7 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
         total: cfg.steps,
         min_ratio: cfg.min_lr_ratio,
     };
-    let bar = ProgressBar::new(cfg.steps).with_position(start);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(cfg.steps, start);
     let tokens_per_step = (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as f64;
     let seed = Seed(cfg.seed);
     let mut valid_loss = f64::NAN;

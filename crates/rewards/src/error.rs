@@ -6,6 +6,9 @@ pub enum RewardError {
     /// File-level failure (I/O, JSONL).
     #[error(transparent)]
     Core(#[from] infalign_core::CoreError),
+    /// A model or checkpoint file failed to load or save (the message names the file).
+    #[error(transparent)]
+    Model(#[from] infalign_models::ModelError),
     /// A reward is NaN or infinite.
     #[error("{what}: reward {value} is not a finite number")]
     NotFinite {

@@ -23,6 +23,9 @@ mod scorer_train;
 
 pub use error::RlError;
 pub use policy_train::{
-    Algo, KlMode, PolicyTrainConfig, PpoConfig, RewardPipeline, StepMetrics, train_policy,
+    Algo, KlMode, PolicyTrainConfig, PolicyTrainState, PpoConfig, RewardPipeline, StepMetrics,
+    VALUE_DIR, VALUE_OPTIMIZER_FILE, train_policy,
 };
-pub use scorer_train::{ScorerMethod, ScorerRollout, ScorerTrainConfig, train_scorer};
+pub use scorer_train::{
+    ScorerMethod, ScorerRollout, ScorerTrainConfig, ScorerTrainState, TARGET_DIR, train_scorer,
+};

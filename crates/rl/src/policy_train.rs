@@ -8,18 +8,29 @@
 //! k3. β is fixed or adaptive (Ziegler et al. 2019: β is scaled to keep the measured KL near a
 //! target).
 //!
-//! Invariant: the sampling of step s uses `seed.derive("policy-samples", s)`, the prompt order
-//! `seed.derive("policy-prompts", s)`: a run is reproducible on the CPU.
+//! Invariants: the sampling of step s uses `seed.derive("policy-samples", s)`, the prompt order
+//! `seed.derive("policy-prompts", s)`: a run is reproducible on the CPU. A checkpoint
+//! (`out_dir/checkpoint`, every `save_every` steps and at the end) holds the policy, its AdamW
+//! state, PPO's value network and its AdamW state, the step and the adaptive β: nothing else
+//! carries over from one step to the next, so a run killed after its last checkpoint and
+//! resumed ends with the weights of an uninterrupted run (CPU, same seed), and `metrics.jsonl`
+//! keeps one row per step.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::optim::AdamWConfig;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use infalign_core::{MetricsWriter, Seed};
 use infalign_decoding::{GenerationConfig, Generator};
 use infalign_models::optim::descend;
-use infalign_models::{CausalLm, LoadedModel, PrefixScorer, ScorerLayout, TokenBatch};
+use infalign_models::train_checkpoint::{
+    CHECKPOINT_DIR, OPTIMIZER_FILE, STATE_FILE, load_optimizer, open_metrics, read_state,
+    save_optimizer, warn_on_config_change, write_checkpoint,
+};
+use infalign_models::{
+    CausalLm, LoadedModel, PrefixScorer, ScorerLayout, TokenBatch, save_model_dir,
+};
 use infalign_rewards::{Calibrator, Reward, RewardInput, RewardTransform, Transform};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -111,8 +122,11 @@ pub struct PolicyTrainConfig {
     pub seed: u64,
     /// Run directory (metrics.jsonl, checkpoint/, final/); empty: no files.
     pub out_dir: PathBuf,
-    /// Checkpoint every N steps (0: only at the end).
+    /// Checkpoint every N steps (0: only at the end); needs `out_dir`.
+    #[serde(alias = "checkpoint_every")]
     pub save_every: u64,
+    /// Stop after this step as if the process were killed (tests of resumption); 0 = never.
+    pub halt_after: u64,
 }
 
 impl Default for PolicyTrainConfig {
@@ -132,6 +146,7 @@ impl Default for PolicyTrainConfig {
             seed: 0,
             out_dir: PathBuf::new(),
             save_every: 0,
+            halt_after: 0,
         }
     }
 }
@@ -161,6 +176,109 @@ impl RewardPipeline<'_> {
     }
 }
 
+impl PolicyTrainConfig {
+    /// Whether a run with this config stops at `halt_after` before its last step.
+    pub fn halts_early(&self) -> bool {
+        self.halt_after > 0 && self.halt_after < self.steps
+    }
+}
+
+/// What `checkpoint/state.json` of a policy run records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyTrainState {
+    /// Last completed step.
+    pub step: u64,
+    /// β for the next step (the adaptive controller's state).
+    pub beta: f64,
+    /// `beta`'s bits, restored exactly (JSON's decimal form may lose the last bit).
+    pub beta_bits: u64,
+    /// The config of the run that wrote it.
+    pub config: PolicyTrainConfig,
+}
+
+/// The value network's directory inside a PPO checkpoint (a scorer directory).
+pub const VALUE_DIR: &str = "value";
+/// The value network's optimizer state inside a PPO checkpoint.
+pub const VALUE_OPTIMIZER_FILE: &str = "value_optimizer.bpk";
+
+fn adamw() -> ModuleOptimizer {
+    AdamWConfig::new().with_weight_decay(0.0).init()
+}
+
+/// Everything that carries over from one step to the next.
+struct Carry {
+    policy: CausalLm,
+    optim: ModuleOptimizer,
+    value_net: Option<PrefixScorer>,
+    value_optim: ModuleOptimizer,
+    beta: f64,
+}
+
+/// Writes the checkpoint: the policy as a model directory at the root with `optimizer.bpk`;
+/// for PPO the value network in `value/` with `value_optimizer.bpk`; `state.json`.
+fn save_policy_checkpoint(
+    dir: &Path,
+    policy: &CausalLm,
+    optim: &ModuleOptimizer,
+    value: Option<(&PrefixScorer, &ModuleOptimizer)>,
+    tokenizer: &infalign_models::Tokenizer,
+    state: &PolicyTrainState,
+) -> Result<(), RlError> {
+    Ok(write_checkpoint(dir, state, |tmp| {
+        save_model_dir(tmp, policy, tokenizer)?;
+        save_optimizer(&tmp.join(OPTIMIZER_FILE), optim)?;
+        if let Some((net, opt)) = value {
+            net.save(tmp.join(VALUE_DIR), tokenizer, "PPO value network")?;
+            save_optimizer(&tmp.join(VALUE_OPTIMIZER_FILE), opt)?;
+        }
+        Ok(())
+    })?)
+}
+
+/// Loads a checkpoint written by [`save_policy_checkpoint`] onto the autodiff device `ad`.
+fn load_policy_checkpoint(
+    dir: &Path,
+    cfg: &PolicyTrainConfig,
+    ad: &Device,
+) -> Result<(Carry, u64), RlError> {
+    let state: PolicyTrainState = read_state(dir)?;
+    warn_on_config_change(
+        &state.config,
+        cfg,
+        &["steps", "halt_after", "save_every", "out_dir"],
+    );
+    let beta = f64::from_bits(state.beta_bits);
+    let policy = LoadedModel::load(dir, ad)?.model;
+    let optim = load_optimizer(&dir.join(OPTIMIZER_FILE), adamw())?;
+    let (value_net, value_optim) = match cfg.algo {
+        Algo::Ppo => {
+            let (v, _, _) = PrefixScorer::load(dir.join(VALUE_DIR), ad)?;
+            let o = load_optimizer(&dir.join(VALUE_OPTIMIZER_FILE), adamw())?;
+            (Some(v), o)
+        }
+        Algo::Rloo => (None, adamw()),
+    };
+    if !(beta >= 0.0 && beta.is_finite()) || (beta - state.beta).abs() > 1e-9 * beta.abs() {
+        return Err(RlError::InvalidParameter {
+            field: "beta",
+            message: format!(
+                "{}: β = {} (bits {:#x}) is corrupt",
+                dir.join(STATE_FILE).display(),
+                state.beta,
+                state.beta_bits
+            ),
+        });
+    }
+    let carry = Carry {
+        policy,
+        optim,
+        value_net,
+        value_optim,
+        beta,
+    };
+    Ok((carry, state.step))
+}
+
 /// Metrics of one step, with TRL's names.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -188,15 +306,20 @@ pub struct StepMetrics {
     pub value_loss: f64,
 }
 
-/// Trains `policy` (on an autodiff device) with RLOO against `reference` (plain device).
-/// `lm` supplies the tokenizer and special ids. Returns the trained policy (no autodiff).
+/// Trains `policy` (on an autodiff device) with RLOO or PPO against the reference `lm.model`
+/// (plain device); `lm` also supplies the tokenizer and special ids. With `resume`, the policy,
+/// optimizers, value network, β and step come from `out_dir/checkpoint` instead (`policy` is
+/// then unused). Returns the trained policy (no autodiff); after `halt_after` steps, the policy
+/// of that step.
+#[allow(clippy::too_many_arguments)]
 pub fn train_policy(
     cfg: &PolicyTrainConfig,
     lm: &LoadedModel,
-    mut policy: CausalLm,
+    policy: CausalLm,
     prompts: &[String],
     pipeline: &RewardPipeline<'_>,
     device: &Device,
+    resume: bool,
     mut on_step: impl FnMut(u64, &StepMetrics),
 ) -> Result<CausalLm, RlError> {
     if prompts.is_empty() {
@@ -211,25 +334,55 @@ pub fn train_policy(
             message: format!("{} must be non-negative", cfg.beta),
         });
     }
+    let files = !cfg.out_dir.as_os_str().is_empty();
+    if resume && !files {
+        return Err(RlError::InvalidParameter {
+            field: "out_dir",
+            message: "resuming needs the run directory that holds the checkpoint".into(),
+        });
+    }
     let ad = device.clone().autodiff();
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
-    let mut value_optim = AdamWConfig::new().with_weight_decay(0.0).init();
-    let mut value_net = match cfg.algo {
-        Algo::Ppo => Some(PrefixScorer::from_base(
-            policy.clone(),
-            ScorerLayout::Scalar,
-            &ad,
-        )?),
-        Algo::Rloo => None,
-    };
-    let mut metrics = if cfg.out_dir.as_os_str().is_empty() {
-        None
+    let ckpt_dir = cfg.out_dir.join(CHECKPOINT_DIR);
+    let (carry, start) = if resume {
+        let (carry, start) = load_policy_checkpoint(&ckpt_dir, cfg, &ad)?;
+        tracing::info!(step = start, beta = carry.beta, "resuming policy training");
+        (carry, start)
     } else {
-        Some(MetricsWriter::append(cfg.out_dir.join("metrics.jsonl"))?)
+        let value_net = match cfg.algo {
+            Algo::Ppo => Some(PrefixScorer::from_base(
+                policy.clone(),
+                ScorerLayout::Scalar,
+                &ad,
+            )?),
+            Algo::Rloo => None,
+        };
+        let carry = Carry {
+            policy,
+            optim: adamw(),
+            value_net,
+            value_optim: adamw(),
+            beta: cfg.beta,
+        };
+        (carry, 0)
+    };
+    let Carry {
+        mut policy,
+        mut optim,
+        mut value_net,
+        mut value_optim,
+        mut beta,
+    } = carry;
+    let mut metrics: Option<MetricsWriter> = if files {
+        Some(open_metrics(
+            &cfg.out_dir.join("metrics.jsonl"),
+            resume,
+            start,
+        )?)
+    } else {
+        None
     };
     let seed = Seed(cfg.seed);
-    let mut beta = cfg.beta;
-    for step in 1..=cfg.steps {
+    for step in start + 1..=cfg.steps {
         // 1. Sample k completions of each prompt from the current policy.
         let mut rng = seed.derive("policy-prompts", step).stream("prompts");
         let batch_prompts: Vec<String> = (0..cfg.prompts_per_step)
@@ -363,6 +516,27 @@ pub fn train_policy(
             )?;
         }
         on_step(step, &m);
+        let save_now = (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps;
+        if files && save_now {
+            let state = PolicyTrainState {
+                step,
+                beta,
+                beta_bits: beta.to_bits(),
+                config: cfg.clone(),
+            };
+            save_policy_checkpoint(
+                &ckpt_dir,
+                &policy,
+                &optim,
+                value_net.as_ref().map(|v| (v, &value_optim)),
+                &lm.tokenizer,
+                &state,
+            )?;
+        }
+        if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {
+            tracing::info!(step, "halting (halt_after)");
+            break;
+        }
     }
     Ok(policy.valid())
 }

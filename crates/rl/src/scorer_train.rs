@@ -6,15 +6,25 @@
 //! Rollouts are (prompt ids, completion ids, reward, terminal) with the reward computed once per
 //! full sequence. Prefixes counted in the loss are those ending inside the completion.
 //!
-//! Invariant: batches are drawn from `seed.derive("scorer-data", step)`, so a run is
-//! reproducible on the CPU.
+//! Invariants: batches are drawn from `seed.derive("scorer-data", step)`, so a run is
+//! reproducible on the CPU. A checkpoint (`checkpoint/` of the run directory, every
+//! `save_every` steps and at the end) holds the scorer, its AdamW state, CD-Q's target network
+//! (when there is one) and the step: all that carries over between steps, so a run killed after
+//! its last checkpoint and resumed ends with the weights of an uninterrupted run, and
+//! `metrics.jsonl` keeps one row per logged step.
+
+use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::optim::AdamWConfig;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
-use infalign_core::{MetricsWriter, Seed};
+use infalign_core::Seed;
 use infalign_models::optim::descend;
-use infalign_models::{CausalLm, PrefixScorer, TokenBatch};
+use infalign_models::train_checkpoint::{
+    OPTIMIZER_FILE, load_optimizer, progress_bar, read_state, save_optimizer,
+    warn_on_config_change, write_checkpoint,
+};
+use infalign_models::{CausalLm, PrefixScorer, RunFiles, TokenBatch, Tokenizer};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +77,11 @@ pub struct ScorerTrainConfig {
     pub seed: u64,
     /// Write a metrics row every N steps.
     pub log_every: u64,
+    /// Checkpoint every N steps (0: only at the end); needs a run directory.
+    #[serde(alias = "checkpoint_every")]
+    pub save_every: u64,
+    /// Stop after this step as if the process were killed (tests of resumption); 0 = never.
+    pub halt_after: u64,
 }
 
 impl Default for ScorerTrainConfig {
@@ -81,8 +96,81 @@ impl Default for ScorerTrainConfig {
             target_sync_every: 0,
             seed: 0,
             log_every: 10,
+            save_every: 0,
+            halt_after: 0,
         }
     }
+}
+
+impl ScorerTrainConfig {
+    /// Whether a run with this config stops at `halt_after` before its last step.
+    pub fn halts_early(&self) -> bool {
+        self.halt_after > 0 && self.halt_after < self.steps
+    }
+}
+
+/// What `checkpoint/state.json` of a scorer run records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScorerTrainState {
+    /// Last completed step.
+    pub step: u64,
+    /// Whether the checkpoint holds CD-Q's target network (in `target/`).
+    pub has_target: bool,
+    /// The config of the run that wrote it.
+    pub config: ScorerTrainConfig,
+}
+
+/// CD-Q's target network inside a scorer checkpoint (a scorer directory).
+pub const TARGET_DIR: &str = "target";
+
+fn save_scorer_checkpoint(
+    dir: &Path,
+    scorer: &PrefixScorer,
+    optim: &ModuleOptimizer,
+    target: Option<&PrefixScorer>,
+    tokenizer: &Tokenizer,
+    state: &ScorerTrainState,
+) -> Result<(), RlError> {
+    Ok(write_checkpoint(dir, state, |tmp| {
+        scorer.save(tmp, tokenizer, "checkpoint")?;
+        save_optimizer(&tmp.join(OPTIMIZER_FILE), optim)?;
+        if let Some(t) = target {
+            t.save(tmp.join(TARGET_DIR), tokenizer, "CD-Q target network")?;
+        }
+        Ok(())
+    })?)
+}
+
+/// The scorer (autodiff device `ad`), its optimizer, the target network (plain `device`) and
+/// the step of a checkpoint.
+type Resumed = (PrefixScorer, ModuleOptimizer, Option<PrefixScorer>, u64);
+
+fn load_scorer_checkpoint(
+    dir: &Path,
+    cfg: &ScorerTrainConfig,
+    ad: &Device,
+    device: &Device,
+) -> Result<Resumed, RlError> {
+    let state: ScorerTrainState = read_state(dir)?;
+    warn_on_config_change(
+        &state.config,
+        cfg,
+        &["steps", "halt_after", "save_every", "log_every"],
+    );
+    let (scorer, _, _) = PrefixScorer::load(dir, ad)?;
+    let optim = load_optimizer(&dir.join(OPTIMIZER_FILE), optimizer(cfg))?;
+    let target = if state.has_target {
+        Some(PrefixScorer::load(dir.join(TARGET_DIR), device)?.0)
+    } else {
+        None
+    };
+    Ok((scorer, optim, target, state.step))
+}
+
+fn optimizer(cfg: &ScorerTrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay)
+        .init()
 }
 
 /// One training batch, left-padded, with what the losses need on the host side.
@@ -133,15 +221,17 @@ impl ScorerBatch {
 }
 
 /// Trains `scorer` (on an autodiff device) against `base` (frozen, on a plain device) with the
-/// configured objective; returns the trained scorer (without autodiff).
+/// configured objective; returns the trained scorer (without autodiff). With `files`, metrics
+/// and checkpoints go to its directory, and `files.resume` continues from the checkpoint there
+/// (`scorer` is then unused). After `halt_after` steps, returns the scorer of that step.
 pub fn train_scorer(
     cfg: &ScorerTrainConfig,
     base: &CausalLm,
-    mut scorer: PrefixScorer,
+    scorer: PrefixScorer,
     data: &[ScorerRollout],
     pad_id: u32,
     device: &Device,
-    mut metrics: Option<&mut MetricsWriter>,
+    files: Option<RunFiles<'_>>,
 ) -> Result<PrefixScorer, RlError> {
     if data.is_empty() {
         return Err(RlError::InvalidParameter {
@@ -163,12 +253,19 @@ pub fn train_scorer(
         });
     }
     let ad = device.clone().autodiff();
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay)
-        .init();
-    let mut target: Option<PrefixScorer> = None;
+    let (mut scorer, mut optim, mut target, start) = match files {
+        Some(f) if f.resume => {
+            let r = load_scorer_checkpoint(&f.checkpoint(), cfg, &ad, device)?;
+            tracing::info!(step = r.3, "resuming scorer training");
+            r
+        }
+        _ => (scorer, optimizer(cfg), None, 0),
+    };
+    let mut metrics = files.map(|f| f.metrics_writer(start)).transpose()?;
+    let ckpt: Option<(PathBuf, &Tokenizer)> = files.map(|f| (f.checkpoint(), f.tokenizer));
+    let bar = progress_bar(cfg.steps, start);
     let seed = Seed(cfg.seed);
-    for step in 1..=cfg.steps {
+    for step in start + 1..=cfg.steps {
         if cfg.method == ScorerMethod::Q
             && cfg.target_sync_every > 0
             && (step - 1) % cfg.target_sync_every == 0
@@ -187,7 +284,7 @@ pub fn train_scorer(
         let (updated, loss_value, grad_norm) =
             descend(scorer, &mut optim, loss, cfg.lr, cfg.grad_clip)?;
         scorer = updated;
-        if let Some(m) = metrics.as_deref_mut()
+        if let Some(m) = metrics.as_mut()
             && (step % cfg.log_every.max(1) == 0 || step == cfg.steps)
         {
             m.log(
@@ -195,7 +292,25 @@ pub fn train_scorer(
                 &[("scorer/loss", loss_value), ("scorer/grad_norm", grad_norm)],
             )?;
         }
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss_value:.4}"));
+        let save_now = (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps;
+        if let Some((dir, tokenizer)) = &ckpt
+            && save_now
+        {
+            let state = ScorerTrainState {
+                step,
+                has_target: target.is_some(),
+                config: cfg.clone(),
+            };
+            save_scorer_checkpoint(dir, &scorer, &optim, target.as_ref(), tokenizer, &state)?;
+        }
+        if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {
+            bar.abandon_with_message(format!("halted after step {step}"));
+            return Ok(scorer.valid());
+        }
     }
+    bar.finish();
     Ok(scorer.valid())
 }
 

@@ -137,6 +137,7 @@ fn rloo_and_ppo_reach_the_kl_regularised_optimum() {
             &["a".into()],
             &pipeline,
             &device,
+            false,
             |_, _| {},
         )
         .unwrap();

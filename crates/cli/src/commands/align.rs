@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
+use infalign_models::train_checkpoint::progress_bar;
 use infalign_models::{LoadedModel, save_model_dir};
 use infalign_rewards::{Calibrator, Transform, reward_from_spec};
 use infalign_rl::{Algo, PolicyTrainConfig, RewardPipeline, train_policy};
@@ -48,6 +49,10 @@ pub struct Args {
     /// Run directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
+    /// with the weights an uninterrupted run would have.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
@@ -95,7 +100,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         calibrator: calibrator.as_ref(),
         transform,
     };
-    let bar = indicatif::ProgressBar::new(cfg.steps);
+    let bar = progress_bar(cfg.steps, 0);
     let trained = train_policy(
         &cfg,
         &lm,
@@ -103,11 +108,20 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         &prompts,
         &pipeline,
         device,
+        a.resume,
         |step, m| {
             bar.set_position(step);
             bar.set_message(format!("kl {:.3} score {:.3}", m.kl, m.scores));
         },
     )?;
+    if cfg.halts_early() {
+        bar.abandon_with_message(format!("halted after step {}", cfg.halt_after));
+        eprintln!(
+            "halted after step {}; continue with --resume",
+            cfg.halt_after
+        );
+        return Ok(());
+    }
     bar.finish();
     save_model_dir(a.out.join("final"), &trained, &lm.tokenizer)?;
     infalign_core::io::write_json_atomic(a.out.join("align_config.json"), &cfg)?;

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use infalign_core::{Device, MetricsWriter};
-use infalign_models::{LoadedModel, PrefixScorer, ScorerLayout};
+use infalign_core::Device;
+use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
 use infalign_rewards::RewardModel;
 use infalign_rewards::bradley_terry::{
     BradleyTerryConfig, EncodedPair, Preference, pairwise_accuracy, train_bradley_terry,
@@ -27,9 +27,13 @@ pub struct Args {
     /// Override a key of BradleyTerryConfig, e.g. `--set steps=500` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Output directory.
+    /// Output directory (the reward model, metrics.jsonl, checkpoint/).
     #[arg(long)]
     pub out: PathBuf,
+    /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
+    /// with the weights an uninterrupted run would have.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
@@ -60,18 +64,18 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let backbone =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
     let net = PrefixScorer::from_base(backbone.model, ScorerLayout::Scalar, &ad)?;
-    let mut metrics = MetricsWriter::append(a.out.join("metrics.jsonl"))?;
-    let bar = indicatif::ProgressBar::new(cfg.steps);
-    let mut log_err = None;
-    let net = train_bradley_terry(&cfg, net, train, lm.pad_id, |step, loss| {
-        bar.set_position(step);
-        if let Err(e) = metrics.log(step, &[("rm/loss", loss)]) {
-            log_err = Some(e);
-        }
-    })?;
-    bar.finish();
-    if let Some(e) = log_err {
-        return Err(e.into());
+    let files = RunFiles {
+        dir: &a.out,
+        tokenizer: &lm.tokenizer,
+        resume: a.resume,
+    };
+    let net = train_bradley_terry(&cfg, net, train, lm.pad_id, Some(files), |_, _| {})?;
+    if cfg.halts_early() {
+        eprintln!(
+            "halted after step {}; continue with --resume",
+            cfg.halt_after
+        );
+        return Ok(());
     }
     let rm = RewardModel::new(net, lm.tokenizer.clone(), device.clone())?;
     let chosen = rm.score_ids(&held.iter().map(|p| p.chosen.clone()).collect::<Vec<_>>())?;

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use infalign_core::{Device, MetricsWriter};
-use infalign_models::{LoadedModel, PrefixScorer, ScorerLayout};
+use infalign_core::Device;
+use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
 use infalign_rewards::{Calibrator, RewardTransform, Transform};
 use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, train_scorer};
 
@@ -36,9 +36,13 @@ pub struct Args {
     /// Override a config key of ScorerTrainConfig, e.g. `--set steps=300` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Where to write the scorer directory.
+    /// Where to write the scorer directory (with metrics.jsonl and checkpoint/).
     #[arg(long)]
     pub out: PathBuf,
+    /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
+    /// with the weights an uninterrupted run would have.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
@@ -100,16 +104,19 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let backbone = LoadedModel::load(&lm.dir, &ad)
         .with_context(|| format!("loading {} for training", lm.dir.display()))?;
     let init = PrefixScorer::from_base(backbone.model, ScorerLayout::VocabWide, &ad)?;
-    let mut metrics = MetricsWriter::append(a.out.join("metrics.jsonl"))?;
-    let scorer = train_scorer(
-        &cfg,
-        &lm.model,
-        init,
-        &data,
-        lm.pad_id,
-        device,
-        Some(&mut metrics),
-    )?;
+    let files = RunFiles {
+        dir: &a.out,
+        tokenizer: &lm.tokenizer,
+        resume: a.resume,
+    };
+    let scorer = train_scorer(&cfg, &lm.model, init, &data, lm.pad_id, device, Some(files))?;
+    if cfg.halts_early() {
+        eprintln!(
+            "halted after step {}; continue with --resume",
+            cfg.halt_after
+        );
+        return Ok(());
+    }
     let what = format!(
         "{:?} on {} ({})",
         cfg.method,
