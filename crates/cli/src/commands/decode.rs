@@ -105,8 +105,11 @@ impl Decoder {
             Strategy::Bon | Strategy::Won | Strategy::SoftBon
         );
         let needs_scorer = matches!(args.strategy, Strategy::CdToken | Strategy::CdBlock);
-        let reward: Option<Box<dyn Reward>> =
-            args.reward.as_deref().map(|r| reward_from_spec_on(r, device)).transpose()?;
+        let reward: Option<Box<dyn Reward>> = args
+            .reward
+            .as_deref()
+            .map(|r| reward_from_spec_on(r, device))
+            .transpose()?;
         if needs_reward && reward.is_none() {
             bail!(
                 "--strategy {:?} needs --reward (for example --reward sentiment)",

@@ -267,7 +267,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         seed.derive("sweep-base", 0),
     )?;
     write_samples(&a.out.join("base.jsonl"), &base, Strategy::Sample)?;
-    let judge = a.judge.as_deref().map(|j| reward_from_spec_on(j, device)).transpose()?;
+    let judge = a
+        .judge
+        .as_deref()
+        .map(|j| reward_from_spec_on(j, device))
+        .transpose()?;
     let measures = a
         .measure
         .iter()
