@@ -1,7 +1,7 @@
 //! Blockwise controlled decoding (Mudgal et al. 2024, eq. 7; ALGORITHMS.md A.5.2): at each
 //! step draw K continuations of M tokens from the base model, keep the one whose extended
 //! prefix the scorer values most, append it, and repeat until an accepted block ends the
-//! sequence (EOS or the token budget). With M at least the budget and a perfect scorer this is
+//! sequence (EOS, a stop string, or the token budget). With M at least the budget and a perfect scorer this is
 //! best-of-K; its throughput is that of best-of-K, but the first block streams after M tokens.
 //!
 //! Candidate k of prompt p draws from the seeded stream `seed.derive("sample", p * K + k)`,
@@ -164,6 +164,11 @@ impl<'a> BlockwiseCd<'a> {
                     row.base.push(lp[tok as usize]);
                     if lm.eos_ids.contains(&tok) {
                         row.finish = Some(Finish::Eos);
+                    } else if !cfg.stop.is_empty() && {
+                        let text = lm.tokenizer.decode(&row.tokens)?;
+                        cfg.stop.iter().any(|s| text.contains(s.as_str()))
+                    } {
+                        row.finish = Some(Finish::Stop);
                     } else if row.tokens.len() >= cfg.max_new_tokens {
                         row.finish = Some(Finish::Length);
                     }
@@ -258,7 +263,7 @@ impl<'a> BlockwiseCd<'a> {
                     row.base.clone(),
                     Vec::new(),
                     row.finish.unwrap_or(Finish::Length),
-                    &[],
+                    &cfg.stop,
                 )?;
                 s.reward = None;
                 Ok(s)

@@ -57,6 +57,12 @@ pub trait Steer {
     ) -> Result<(), DecodingError>;
     /// Called after every step with the token each row appended (padding for finished rows).
     fn feed(&mut self, tokens: &[u32]) -> Result<(), DecodingError>;
+    /// Called once per step before [`Steer::adjust`], with every row's base log-probs
+    /// (`rows × vocab`, row-major): room for work batched over rows. Does nothing by default.
+    fn prepare(&mut self, base_logp: &[f32], vocab: usize) -> Result<(), DecodingError> {
+        let _ = (base_logp, vocab);
+        Ok(())
+    }
     /// The log-probs to sample row `row` from, given the base log-probs (normalised).
     fn adjust(&self, row: usize, base_logp: &[f32]) -> Vec<f32>;
 }
@@ -195,6 +201,9 @@ impl<'a> Generator<'a> {
             })
             .collect();
         for step in 0..cfg.max_new_tokens {
+            if let Some(s) = steer.as_deref_mut() {
+                s.prepare(&logp, vocab)?;
+            }
             let mut next = Vec::with_capacity(rows.len());
             for (r, row) in rows.iter_mut().enumerate() {
                 if row.finish.is_some() {

@@ -193,6 +193,47 @@ impl<'a> ScorerMix<'a> {
         out
     }
 
+    /// `Σ_i w_i V_i(prefix + z)` for each candidate token z of each row (`candidates[r]`, the
+    /// same number for every row). Vocabulary-wide scorers read the values they hold; scalar
+    /// scorers run one look-ahead step of all candidates on a copy of their cache, which is
+    /// left as it was.
+    pub fn candidate_values(
+        &self,
+        candidates: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, DecodingError> {
+        let k = candidates.first().map_or(0, Vec::len);
+        if candidates.iter().any(|c| c.len() != k) {
+            return Err(DecodingError::InvalidParameter {
+                field: "candidates",
+                message: "every row needs the same number of candidate tokens".into(),
+            });
+        }
+        let mut out = vec![vec![0.0f32; k]; candidates.len()];
+        if k == 0 {
+            return Ok(out);
+        }
+        for t in &self.tracks {
+            let values: Vec<f32> = match t.scorer.layout() {
+                ScorerLayout::VocabWide => candidates
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(r, c)| c.iter().map(move |&z| (r, z)))
+                    .map(|(r, z)| t.next[r * t.width + z as usize])
+                    .collect(),
+                ScorerLayout::Scalar => {
+                    let mut cache = t.cache.repeat_interleave(k);
+                    let flat: Vec<u32> = candidates.iter().flatten().copied().collect();
+                    let batch = TokenBatch::step(&flat, &self.device);
+                    read_f32(t.scorer.forward_last(&batch, &mut cache))?
+                }
+            };
+            for (o, v) in out.iter_mut().flatten().zip(values) {
+                *o += t.weight * v;
+            }
+        }
+        Ok(out)
+    }
+
     /// `Σ_i w_i V_i` of `row`'s current prefix.
     pub fn value(&self, row: usize) -> f32 {
         self.tracks.iter().map(|t| t.weight * t.last[row]).sum()

@@ -6,7 +6,9 @@
 //! By default every token of the vocabulary is scored, as in the paper. `top_k` restricts the
 //! candidates to the base model's k most likely tokens before adding `λ V` (a common
 //! engineering shortcut of reimplementations, **not the paper's**: it renormalises over the kept
-//! set and so changes the target distribution).
+//! set and so changes the target distribution). A scalar scorer (V of one prefix per forward
+//! pass) needs that restriction: each step it runs one look-ahead pass over the k candidates of
+//! every row, on a copy of its cache.
 //!
 //! Invariants: λ = 0 reproduces base sampling token for token under the same seed (the base
 //! log-probs are used untouched); sampling flags (temperature, top-k/top-p of the sampler) apply
@@ -27,6 +29,16 @@ pub struct TokenwiseCd<'a> {
     pub top_k: Option<usize>,
     /// The scorers.
     pub mix: ScorerMix<'a>,
+    /// With scalar scorers: this step's candidate tokens and their values, per row.
+    candidates: Vec<(Vec<u32>, Vec<f32>)>,
+}
+
+/// The `k` most likely tokens of `logp` (ties: lowest id first).
+fn top_k_ids(logp: &[f32], k: usize) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..logp.len()).collect();
+    order.sort_by(|&a, &b| logp[b].total_cmp(&logp[a]).then(a.cmp(&b)));
+    order.truncate(k.min(logp.len()));
+    order.into_iter().map(|i| i as u32).collect()
 }
 
 impl<'a> TokenwiseCd<'a> {
@@ -42,11 +54,11 @@ impl<'a> TokenwiseCd<'a> {
                 message: format!("{lambda} is not finite"),
             });
         }
-        if !mix.is_vocab_wide() {
+        if !mix.is_vocab_wide() && top_k.is_none() {
             return Err(DecodingError::InvalidParameter {
                 field: "scorer",
-                message: "tokenwise CD needs vocabulary-wide scorers (scalar scorers work with \
-                          blockwise CD)"
+                message: "tokenwise CD with a scalar scorer needs a candidate restriction \
+                          (--cd-top-k K): it runs the scorer on K candidate tokens per step"
                     .into(),
             });
         }
@@ -56,7 +68,12 @@ impl<'a> TokenwiseCd<'a> {
                 message: "must be at least 1".into(),
             });
         }
-        Ok(Self { lambda, top_k, mix })
+        Ok(Self {
+            lambda,
+            top_k,
+            mix,
+            candidates: Vec::new(),
+        })
     }
 
     /// Decodes `cfg.n` samples of every prompt.
@@ -79,10 +96,9 @@ impl<'a> TokenwiseCd<'a> {
                 .map(|(&l, &v)| l + self.lambda * v)
                 .collect(),
             Some(k) => {
-                let mut order: Vec<usize> = (0..base_logp.len()).collect();
-                order.sort_by(|&a, &b| base_logp[b].total_cmp(&base_logp[a]).then(a.cmp(&b)));
                 let mut out = vec![f32::NEG_INFINITY; base_logp.len()];
-                for &i in order.iter().take(k) {
+                for i in top_k_ids(base_logp, k) {
+                    let i = i as usize;
                     out[i] = base_logp[i] + self.lambda * values[i];
                 }
                 out
@@ -113,10 +129,32 @@ impl Steer for TokenwiseCd<'_> {
         self.mix.feed(tokens)
     }
 
+    fn prepare(&mut self, base_logp: &[f32], vocab: usize) -> Result<(), DecodingError> {
+        if self.mix.is_vocab_wide() {
+            return Ok(());
+        }
+        let k = self
+            .top_k
+            .expect("checked in new: scalar scorers need top_k");
+        let ids: Vec<Vec<u32>> = base_logp.chunks(vocab).map(|r| top_k_ids(r, k)).collect();
+        let values = self.mix.candidate_values(&ids)?;
+        self.candidates = ids.into_iter().zip(values).collect();
+        Ok(())
+    }
+
     fn adjust(&self, row: usize, base_logp: &[f32]) -> Vec<f32> {
         if self.lambda == 0.0 && self.top_k.is_none() {
             return base_logp.to_vec();
         }
-        self.cd_logprobs(base_logp, &self.mix.next_values(row))
+        if self.mix.is_vocab_wide() {
+            return self.cd_logprobs(base_logp, &self.mix.next_values(row));
+        }
+        // Scalar scorers: values of the top-k candidates only (the rest are masked anyway).
+        let mut values = vec![0.0f32; base_logp.len()];
+        let (ids, v) = &self.candidates[row];
+        for (&z, &x) in ids.iter().zip(v) {
+            values[z as usize] = x;
+        }
+        self.cd_logprobs(base_logp, &values)
     }
 }

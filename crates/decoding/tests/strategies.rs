@@ -383,3 +383,104 @@ fn scorer_mix_is_the_weighted_sum_and_weights_change_at_decode_time() {
     assert!((mix.next_values(0)[7] - va[7]).abs() < 1e-6);
     assert!(mix.set_weights(&[1.0]).is_err());
 }
+
+#[test]
+fn tokenwise_cd_with_a_scalar_scorer_matches_brute_force() {
+    use infalign_decoding::Steer;
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(8.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let s = scorer(&lm.model, ScorerLayout::Scalar, 3);
+    // Without a candidate restriction a scalar scorer cannot score the whole vocabulary.
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+    let e = TokenwiseCd::new(2.0, None, mix).unwrap_err().to_string();
+    assert!(e.contains("--cd-top-k"), "{e}");
+    let (lambda, k) = (2.0f32, 5usize);
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+    let mut cd = TokenwiseCd::new(lambda, Some(k), mix).unwrap();
+    let mut ids = lm.tokenizer.encode("the cat").unwrap();
+    cd.prefill(std::slice::from_ref(&ids), 1, lm.pad_id)
+        .unwrap();
+    let mut cache = lm.model.new_cache();
+    let batch = TokenBatch::left_padded(std::slice::from_ref(&ids), lm.pad_id, &device).unwrap();
+    let mut base = read_f32(lm.model.next_token_logprobs(&batch, &mut cache)).unwrap();
+    for _step in 0..2 {
+        cd.prepare(&base, VOCAB).unwrap();
+        let got = cd.adjust(0, &base);
+        // Brute force: the scorer on each full sequence prompt + prefix + z, from scratch.
+        let mut order: Vec<usize> = (0..VOCAB).collect();
+        order.sort_by(|&a, &b| base[b].total_cmp(&base[a]).then(a.cmp(&b)));
+        let logits: Vec<(usize, f64)> = order[..k]
+            .iter()
+            .map(|&z| {
+                let mut seq = ids.clone();
+                seq.push(z as u32);
+                let b = TokenBatch::left_padded(&[seq], lm.pad_id, &device).unwrap();
+                let v = read_f32(s.forward_last(&b, &mut s.new_cache())).unwrap()[0];
+                (z, f64::from(base[z]) + f64::from(lambda) * f64::from(v))
+            })
+            .collect();
+        let lse = logits.iter().map(|(_, l)| l.exp()).sum::<f64>().ln();
+        for &(z, l) in &logits {
+            assert!(
+                (f64::from(got[z]) - (l - lse)).abs() < 1e-4,
+                "token {z}: {} vs {}",
+                got[z],
+                l - lse
+            );
+        }
+        assert_eq!(got.iter().filter(|x| x.is_finite()).count(), k);
+        // The values matter: the steered distribution differs from the renormalised base.
+        let z0 = logits[0].0;
+        let base_only = f64::from(base[z0])
+            - logits
+                .iter()
+                .map(|&(z, _)| f64::from(base[z]).exp())
+                .sum::<f64>()
+                .ln();
+        assert!((f64::from(got[z0]) - base_only).abs() > 1e-3);
+        // Take the most likely candidate and step both models.
+        let tok = logits[0].0 as u32;
+        ids.push(tok);
+        cd.feed(&[tok]).unwrap();
+        base = read_f32(
+            lm.model
+                .next_token_logprobs(&TokenBatch::step(&[tok], &device), &mut cache),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn blockwise_cd_stops_at_a_stop_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(3.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let s = scorer(&lm.model, ScorerLayout::Scalar, 4);
+    let ps: Vec<String> = (0..8).map(|i| format!("the cat {i}")).collect();
+    let cfg = GenerationConfig {
+        max_new_tokens: 16,
+        stop: vec!["a".into()],
+        ..Default::default()
+    };
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+    let out = BlockwiseCd::new(3, 4, TieBreak::First, mix)
+        .unwrap()
+        .decode(&g, &ps, &cfg, Seed(2))
+        .unwrap();
+    let stopped: Vec<_> = out
+        .iter()
+        .filter(|x| x.finish == infalign_decoding::Finish::Stop)
+        .collect();
+    assert!(!stopped.is_empty(), "no completion met the stop string");
+    for x in &out {
+        // The completion is cut before the stop string, and decoding ended where it appeared.
+        assert!(!x.completion.contains('a'), "{:?}", x.completion);
+        if x.finish == infalign_decoding::Finish::Stop {
+            let text = lm.tokenizer.decode(&x.tokens).unwrap();
+            let before = lm.tokenizer.decode(&x.tokens[..x.tokens.len() - 1]).unwrap();
+            assert!(text.contains('a') && !before.contains('a'));
+        }
+    }
+}

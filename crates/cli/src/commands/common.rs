@@ -58,6 +58,10 @@ pub struct SamplingArgs {
     /// Seed of all randomness.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A string that ends a completion where it appears (repeatable); the completion is cut
+    /// before it.
+    #[arg(long)]
+    pub stop: Vec<String>,
 }
 
 impl SamplingArgs {

@@ -178,7 +178,7 @@ impl Decoder {
             max_new_tokens: sampling.max_new_tokens,
             n: self.samples_per_call(),
             sampling: sampling.sampling(a.strategy == Strategy::Greedy),
-            stop: Vec::new(),
+            stop: sampling.stop.clone(),
             prompt_batch: sampling.batch,
         };
         let weights: Vec<f32> = if a.weight.is_empty() {

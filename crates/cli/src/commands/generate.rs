@@ -24,9 +24,6 @@ pub struct Args {
     /// Completions per prompt.
     #[arg(long, default_value_t = 1)]
     pub n: usize,
-    /// Stop string (repeatable).
-    #[arg(long)]
-    pub stop: Vec<String>,
     /// Write samples as JSONL here instead of printing them.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -39,7 +36,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         max_new_tokens: a.sampling.max_new_tokens,
         n: a.n,
         sampling: a.sampling.sampling(a.greedy),
-        stop: a.stop,
+        stop: a.sampling.stop.clone(),
         prompt_batch: a.sampling.batch,
     };
     let samples =
