@@ -722,3 +722,89 @@ fn sweep_eval_and_report_draw_curves() {
     std::fs::create_dir_all(&empty).unwrap();
     assert!(err(&["report", "--run", empty.to_str().unwrap()]).contains("no points.jsonl"));
 }
+
+#[test]
+fn calibrated_reward_model_trains_and_aligns() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let mut args = vec![
+        "rollouts",
+        "--model",
+        m,
+        "--k",
+        "6",
+        "--reward",
+        "length(t_max=8)",
+    ];
+    let prompts: Vec<String> = (0..10).map(|i| format!("the cat {i}")).collect();
+    for q in &prompts {
+        args.extend(["--prompt", q.as_str()]);
+    }
+    let refs = p("ref.jsonl");
+    args.extend(["--max-new-tokens", "8", "--out", &refs]);
+    ok(&args);
+    let rm = p("cal-rm");
+    let summary = ok(&[
+        "train-rm",
+        "--model",
+        m,
+        "--rollouts",
+        &refs,
+        "--holdout",
+        "0.2",
+        "--set",
+        "steps=20",
+        "--out",
+        &rm,
+    ]);
+    let s: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    assert_eq!(s["objective"], "calibrated");
+    assert_eq!(s["heldout_prompts"], 2);
+    assert!(s["heldout_mae"].as_f64().unwrap().is_finite());
+    let info = std::fs::read_to_string(dir.path().join("cal-rm/reward_model.json")).unwrap();
+    assert!(info.contains("calibrated"));
+    // Its Ĉ drives CTRL with no reference rollouts: --calibrated-reward applies Φ directly.
+    let spec = format!("rm(path={rm})");
+    ok(&[
+        "align",
+        "--model",
+        m,
+        "--prompt",
+        "a new prompt",
+        "--reward",
+        &spec,
+        "--calibrated-reward",
+        "--transform",
+        "exp",
+        "--t",
+        "2",
+        "--set",
+        "steps=2",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "prompts_per_step=1",
+        "--out",
+        &p("ctrl"),
+    ]);
+    assert!(dir.path().join("ctrl/final/model.safetensors").exists());
+    // Both data sources at once, or neither, is a clear error.
+    let e = err(&["train-rm", "--model", m, "--out", &p("x")]);
+    assert!(e.contains("--rollouts") || e.contains("--data"), "{e}");
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--reward",
+        "length",
+        "--raw",
+        "--calibrated-reward",
+        "--out",
+        &p("y"),
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
+}

@@ -479,7 +479,10 @@ fn blockwise_cd_stops_at_a_stop_string() {
         assert!(!x.completion.contains('a'), "{:?}", x.completion);
         if x.finish == infalign_decoding::Finish::Stop {
             let text = lm.tokenizer.decode(&x.tokens).unwrap();
-            let before = lm.tokenizer.decode(&x.tokens[..x.tokens.len() - 1]).unwrap();
+            let before = lm
+                .tokenizer
+                .decode(&x.tokens[..x.tokens.len() - 1])
+                .unwrap();
             assert!(text.contains('a') && !before.contains('a'));
         }
     }

@@ -3,7 +3,8 @@
 //! Rewards and what InfAlign does to them before RL: the [`Reward`] trait and built-in rewards
 //! (CD's length reward, lexicon sentiment, weighted sums), learned reward models trained with
 //! the Bradley-Terry loss ([`RewardModel`], [`bradley_terry`]) on real or synthetic
-//! ([`preferences`]) preference pairs, calibration against base-policy
+//! ([`preferences`]) preference pairs or trained to predict calibrated rewards
+//! ([`calibrated_reward_model`]), calibration against base-policy
 //! samples ([`Calibrator`], ALGORITHMS.md B.3), and the transforms Φ that adapt a calibrated
 //! reward to an inference-time procedure ([`Transform`], B.4).
 //!
@@ -21,18 +22,20 @@
 //! ```
 
 pub mod bradley_terry;
+pub mod calibrated_reward_model;
 mod calibration;
 mod error;
 pub mod preferences;
 mod reward;
 mod reward_model;
 pub mod rewards;
+pub mod rm_train;
 mod spec;
 pub mod transforms;
 
 pub use calibration::{Calibrator, calibrated_from_cdf};
 pub use error::RewardError;
 pub use reward::{Reward, RewardInput};
-pub use reward_model::RewardModel;
+pub use reward_model::{RewardModel, RewardModelOutput};
 pub use spec::{reward_from_spec, reward_from_spec_on};
 pub use transforms::{RewardTransform, Transform};

@@ -14,13 +14,34 @@ use infalign_models::{PrefixScorer, ScorerLayout, TokenBatch, Tokenizer, weights
 use crate::RewardError;
 use crate::reward::{Reward, RewardInput, finite};
 
-/// A Bradley-Terry reward model.
+/// What a reward model's scalar head means, recorded in `reward_model.json` beside its
+/// weights (absent: a score).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardModelOutput {
+    /// A Bradley-Terry score, used as it is.
+    #[default]
+    Score,
+    /// The logit of a calibrated reward: the reward is σ(s) ∈ (0, 1).
+    Calibrated,
+}
+
+/// The file that records a reward model's [`RewardModelOutput`].
+pub const REWARD_MODEL_FILE: &str = "reward_model.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RewardModelInfo {
+    output: RewardModelOutput,
+}
+
+/// A learned reward model.
 #[derive(Debug)]
 pub struct RewardModel {
     net: PrefixScorer,
     tokenizer: Tokenizer,
     pad_id: u32,
     device: Device,
+    output: RewardModelOutput,
 }
 
 impl RewardModel {
@@ -42,13 +63,52 @@ impl RewardModel {
             tokenizer,
             pad_id,
             device,
+            output: RewardModelOutput::Score,
         })
     }
 
-    /// Loads a reward-model directory.
+    /// The same model with its head read as `output`.
+    pub fn with_output(mut self, output: RewardModelOutput) -> Self {
+        self.output = output;
+        self
+    }
+
+    /// How the head is read.
+    pub fn output(&self) -> RewardModelOutput {
+        self.output
+    }
+
+    /// Loads a reward-model directory (`reward_model.json`, when present, says how its head
+    /// is read).
     pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self, RewardError> {
-        let (net, tokenizer, _) = PrefixScorer::load(dir.as_ref(), device).map_err(model_err)?;
-        Self::new(net, tokenizer, device.clone())
+        let dir = dir.as_ref();
+        let (net, tokenizer, _) = PrefixScorer::load(dir, device).map_err(model_err)?;
+        let info = dir.join(REWARD_MODEL_FILE);
+        let output = if info.exists() {
+            let text = infalign_core::io::read_to_string(&info)?;
+            serde_json::from_str::<RewardModelInfo>(&text)
+                .map_err(|e| RewardError::InvalidParameter {
+                    field: "reward model",
+                    message: format!("{}: {e}", info.display()),
+                })?
+                .output
+        } else {
+            RewardModelOutput::Score
+        };
+        Ok(Self::new(net, tokenizer, device.clone())?.with_output(output))
+    }
+
+    /// Writes the network, tokenizer and `reward_model.json` into `dir`.
+    pub fn save(&self, dir: impl AsRef<Path>, what: &str) -> Result<(), RewardError> {
+        let dir = dir.as_ref();
+        self.net.save(dir, &self.tokenizer, what)?;
+        infalign_core::io::write_json_atomic(
+            dir.join(REWARD_MODEL_FILE),
+            &RewardModelInfo {
+                output: self.output,
+            },
+        )?;
+        Ok(())
     }
 
     /// Token ids of prompt and completion, concatenated.
@@ -67,7 +127,16 @@ impl RewardModel {
         let out = read_f32(self.net.forward_last(&batch, &mut self.net.new_cache()))
             .map_err(model_err)?;
         out.into_iter()
-            .map(|x| finite("reward model", f64::from(x)))
+            .map(|x| {
+                let s = f64::from(x);
+                finite(
+                    "reward model",
+                    match self.output {
+                        RewardModelOutput::Score => s,
+                        RewardModelOutput::Calibrated => 1.0 / (1.0 + (-s).exp()),
+                    },
+                )
+            })
             .collect()
     }
 

@@ -155,9 +155,10 @@ impl Default for PolicyTrainConfig {
 pub struct RewardPipeline<'a> {
     /// The reward model or function r.
     pub reward: &'a dyn Reward,
-    /// Reference rewards per prompt for Ĉ; `None` uses the raw reward.
+    /// Reference rewards per prompt for Ĉ; `None`: the reward is used as it is (raw, or
+    /// already calibrated by a calibrated reward model).
     pub calibrator: Option<&'a Calibrator>,
-    /// Φ applied to Ĉ (identity when `None`).
+    /// Φ applied to Ĉ, or to the reward when there is no calibrator (identity when `None`).
     pub transform: Option<Transform>,
 }
 
@@ -165,13 +166,13 @@ impl RewardPipeline<'_> {
     /// `Φ(Ĉ(r))` (or `r`) of one completion, with the raw r.
     pub fn score(&self, input: &RewardInput<'_>) -> Result<(f64, f64), RlError> {
         let r = self.reward.score(input)?;
-        let shaped = match self.calibrator {
-            Some(cal) => {
-                let c = cal.calibrate(input.prompt, r)?;
-                self.transform.as_ref().map_or(c, |t| t.apply(c))
-            }
+        // Φ applies to Ĉ, or to r itself when r is already calibrated (a calibrated reward
+        // model); with neither, r is used raw.
+        let c = match self.calibrator {
+            Some(cal) => cal.calibrate(input.prompt, r)?,
             None => r,
         };
+        let shaped = self.transform.as_ref().map_or(c, |t| t.apply(c));
         Ok((r, shaped))
     }
 }

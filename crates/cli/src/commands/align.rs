@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use infalign_core::Device;
 use infalign_models::train_checkpoint::progress_bar;
 use infalign_models::{LoadedModel, save_model_dir};
-use infalign_rewards::{Calibrator, Transform, reward_from_spec};
+use infalign_rewards::{Calibrator, Transform};
 use infalign_rl::{Algo, PolicyTrainConfig, RewardPipeline, train_policy};
 
 use super::common::PromptArgs;
@@ -29,8 +29,12 @@ pub struct Args {
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// Use the raw reward (no calibration): the standard RLHF baseline.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["reference", "calibrated_reward"])]
     pub raw: bool,
+    /// The reward is already calibrated (`rm(path=DIR)` of a calibrated reward model from
+    /// `train-rm --rollouts`): apply --transform to it, no reference rollouts needed.
+    #[arg(long, conflicts_with = "reference")]
+    pub calibrated_reward: bool,
     /// Transform of the calibrated reward: identity, log, exp, negexp, power.
     #[arg(long, default_value = "identity")]
     pub transform: String,
@@ -65,13 +69,14 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     cfg.beta = a.beta;
     cfg.out_dir = a.out.clone();
     let prompts = a.prompts.collect()?;
-    let reward = reward_from_spec(&a.reward)?;
-    let calibrator = if a.raw {
+    let reward = infalign_rewards::reward_from_spec_on(&a.reward, device)?;
+    let calibrator = if a.raw || a.calibrated_reward {
         None
     } else {
         let Some(path) = &a.reference else {
             bail!(
-                "calibration needs --reference ROLLOUTS.jsonl (from `infalign rollouts`), or pass --raw"
+                "calibration needs --reference ROLLOUTS.jsonl (from `infalign rollouts`); or pass \
+                 --calibrated-reward with a calibrated reward model, or --raw"
             );
         };
         let mut cal = Calibrator::default();

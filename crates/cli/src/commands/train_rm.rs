@@ -1,16 +1,25 @@
-//! `infalign train-rm`: a Bradley-Terry reward model from preference JSONL
-//! (`{"prompt","chosen","rejected"}`, TRL's keys), initialised from the base model; reports
-//! pairwise accuracy on a held-out split.
+//! `infalign train-rm`: a reward model initialised from the base model, either
+//! - Bradley-Terry on preference JSONL (`--data`, `{"prompt","chosen","rejected"}`, TRL's keys),
+//!   reporting pairwise accuracy on held-out pairs; or
+//! - a calibrated reward model on scored rollouts (`--rollouts`, from `infalign rollouts`): it
+//!   learns Ĉ(x, y), so prompts without reference rollouts get calibrated rewards; it reports the
+//!   mean absolute error of its Ĉ on held-out prompts (against a constant ½ for scale).
+//!
+//! The result scores as `--reward rm(path=OUT)`.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use infalign_core::Device;
 use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
-use infalign_rewards::RewardModel;
-use infalign_rewards::bradley_terry::{
-    BradleyTerryConfig, EncodedPair, Preference, pairwise_accuracy, train_bradley_terry,
+use infalign_rewards::bradley_terry::{BradleyTerry, EncodedPair, Preference, pairwise_accuracy};
+use infalign_rewards::calibrated_reward_model::{
+    CalibratedExample, CalibratedRegression, calibrated_targets,
 };
+use infalign_rewards::rm_train::{RmObjective, RmTrainConfig, train_reward_model};
+use infalign_rewards::{RewardModel, RewardModelOutput};
+
+use super::samples::read_samples;
 
 /// Flags of `infalign train-rm`.
 #[derive(Debug, clap::Args)]
@@ -18,13 +27,21 @@ pub struct Args {
     /// Base model directory; default: the shipped one.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Preference JSONL.
+    /// Preference JSONL: train a Bradley-Terry reward model.
+    #[arg(
+        long,
+        conflicts_with = "rollouts",
+        required_unless_present = "rollouts"
+    )]
+    pub data: Option<PathBuf>,
+    /// Scored rollouts (two or more per prompt): train a calibrated reward model that predicts
+    /// Ĉ.
     #[arg(long)]
-    pub data: PathBuf,
-    /// Fraction of pairs held out for accuracy.
+    pub rollouts: Option<PathBuf>,
+    /// Fraction held out (pairs; for rollouts, whole prompts).
     #[arg(long, default_value_t = 0.1)]
     pub holdout: f64,
-    /// Override a key of BradleyTerryConfig, e.g. `--set steps=500` (repeatable).
+    /// Override a key of RmTrainConfig, e.g. `--set steps=500` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Output directory (the reward model, metrics.jsonl, checkpoint/).
@@ -36,30 +53,100 @@ pub struct Args {
     pub resume: bool,
 }
 
+/// Training data, encoded, with its held-out part.
+enum Data {
+    Pairs {
+        train: Vec<EncodedPair>,
+        held: Vec<EncodedPair>,
+    },
+    Calibrated {
+        train: Vec<CalibratedExample>,
+        held: Vec<CalibratedExample>,
+        held_prompts: usize,
+    },
+}
+
+fn held_count(n: usize, fraction: f64) -> usize {
+    ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
+}
+
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let cfg: BradleyTerryConfig = infalign_core::config::load_config(None, &a.set)?;
-    let prefs: Vec<Preference> = infalign_core::io::read_jsonl(&a.data)?;
-    anyhow::ensure!(
-        prefs.len() >= 2,
-        "{}: need at least two preference pairs",
-        a.data.display()
-    );
+    let cfg: RmTrainConfig = infalign_core::config::load_config(None, &a.set)?;
     let lm = crate::load_model(a.model, device)?;
-    let encode = |p: &Preference| -> Result<EncodedPair> {
-        let prompt = lm.tokenizer.encode(&p.prompt)?;
-        let join = |c: &str| -> Result<Vec<u32>> {
-            let mut ids = prompt.clone();
-            ids.extend(lm.tokenizer.encode(c)?);
-            Ok(ids)
-        };
-        Ok(EncodedPair {
-            chosen: join(&p.chosen)?,
-            rejected: join(&p.rejected)?,
-        })
+    let join = |prompt: &str, completion: &str| -> Result<Vec<u32>> {
+        let mut ids = lm.tokenizer.encode(prompt)?;
+        ids.extend(lm.tokenizer.encode(completion)?);
+        Ok(ids)
     };
-    let pairs = prefs.iter().map(encode).collect::<Result<Vec<_>>>()?;
-    let n_hold = ((pairs.len() as f64 * a.holdout).round() as usize).clamp(1, pairs.len() - 1);
-    let (held, train) = pairs.split_at(n_hold);
+    let (data, source) = match (&a.data, &a.rollouts) {
+        (Some(path), _) => {
+            let prefs: Vec<Preference> = infalign_core::io::read_jsonl(path)?;
+            anyhow::ensure!(
+                prefs.len() >= 2,
+                "{}: need at least two preference pairs",
+                path.display()
+            );
+            let mut pairs = prefs
+                .iter()
+                .map(|p| {
+                    Ok(EncodedPair {
+                        chosen: join(&p.prompt, &p.chosen)?,
+                        rejected: join(&p.prompt, &p.rejected)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let train = pairs.split_off(held_count(pairs.len(), a.holdout));
+            (Data::Pairs { train, held: pairs }, path)
+        }
+        (None, Some(path)) => {
+            let rows = read_samples(path, true)?;
+            let scored: Vec<(String, f64)> = rows
+                .iter()
+                .map(|r| (r.prompt().to_string(), r.reward().unwrap_or_default()))
+                .collect();
+            let targets = calibrated_targets(&scored)
+                .with_context(|| format!("calibrating {}", path.display()))?;
+            let mut prompts: Vec<&str> = rows.iter().map(|r| r.prompt()).collect();
+            prompts.sort_unstable();
+            prompts.dedup();
+            if prompts.len() < 2 {
+                bail!("{}: need rollouts of at least two prompts", path.display());
+            }
+            // Hold out whole prompts, chosen by a hash of their text (stable across runs).
+            let n_held = held_count(prompts.len(), a.holdout);
+            let mut by_hash: Vec<(u64, &str)> = prompts
+                .iter()
+                .map(|p| {
+                    let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+                    });
+                    (h, *p)
+                })
+                .collect();
+            by_hash.sort_unstable();
+            let held_set: std::collections::HashSet<&str> =
+                by_hash.iter().take(n_held).map(|(_, p)| *p).collect();
+            let (mut train, mut held) = (Vec::new(), Vec::new());
+            for (r, t) in rows.iter().zip(targets) {
+                let ex = CalibratedExample {
+                    ids: join(r.prompt(), r.completion())?,
+                    target: t,
+                };
+                if held_set.contains(r.prompt()) {
+                    held.push(ex);
+                } else {
+                    train.push(ex);
+                }
+            }
+            let data = Data::Calibrated {
+                train,
+                held,
+                held_prompts: n_held,
+            };
+            (data, path)
+        }
+        (None, None) => bail!("pass --data PREFERENCES.jsonl or --rollouts ROLLOUTS.jsonl"),
+    };
     let ad = device.clone().autodiff();
     let backbone =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
@@ -69,7 +156,21 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         tokenizer: &lm.tokenizer,
         resume: a.resume,
     };
-    let net = train_bradley_terry(&cfg, net, train, lm.pad_id, Some(files), |_, _| {})?;
+    let (objective, output): (Box<dyn RmObjective + '_>, _) = match &data {
+        Data::Pairs { train, .. } => (Box::new(BradleyTerry(train)), RewardModelOutput::Score),
+        Data::Calibrated { train, .. } => (
+            Box::new(CalibratedRegression(train)),
+            RewardModelOutput::Calibrated,
+        ),
+    };
+    let net = train_reward_model(
+        &cfg,
+        net,
+        objective.as_ref(),
+        lm.pad_id,
+        Some(files),
+        |_, _| {},
+    )?;
     if cfg.halts_early() {
         eprintln!(
             "halted after step {}; continue with --resume",
@@ -77,16 +178,45 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         );
         return Ok(());
     }
-    let rm = RewardModel::new(net, lm.tokenizer.clone(), device.clone())?;
-    let chosen = rm.score_ids(&held.iter().map(|p| p.chosen.clone()).collect::<Vec<_>>())?;
-    let rejected = rm.score_ids(&held.iter().map(|p| p.rejected.clone()).collect::<Vec<_>>())?;
-    let acc = pairwise_accuracy(&chosen, &rejected);
-    rm.net().save(
+    let rm = RewardModel::new(net, lm.tokenizer.clone(), device.clone())?.with_output(output);
+    let summary = match &data {
+        Data::Pairs { train, held } => {
+            let ids = |f: fn(&EncodedPair) -> &Vec<u32>| -> Vec<Vec<u32>> {
+                held.iter().map(|p| f(p).clone()).collect()
+            };
+            let chosen = rm.score_ids(&ids(|p| &p.chosen))?;
+            let rejected = rm.score_ids(&ids(|p| &p.rejected))?;
+            serde_json::json!({
+                "objective": "bradley_terry", "train_pairs": train.len(),
+                "heldout_pairs": held.len(),
+                "heldout_accuracy": pairwise_accuracy(&chosen, &rejected),
+            })
+        }
+        Data::Calibrated {
+            train,
+            held,
+            held_prompts,
+        } => {
+            let pred = rm.score_ids(&held.iter().map(|e| e.ids.clone()).collect::<Vec<_>>())?;
+            let n = held.len().max(1) as f64;
+            let mae = pred
+                .iter()
+                .zip(held)
+                .map(|(p, e)| (p - e.target).abs())
+                .sum::<f64>()
+                / n;
+            let constant = held.iter().map(|e| (0.5 - e.target).abs()).sum::<f64>() / n;
+            serde_json::json!({
+                "objective": "calibrated", "train_rollouts": train.len(),
+                "heldout_prompts": held_prompts, "heldout_rollouts": held.len(),
+                "heldout_mae": mae, "heldout_mae_of_constant_half": constant,
+            })
+        }
+    };
+    rm.save(
         &a.out,
-        &lm.tokenizer,
-        &format!("bradley-terry on {}", a.data.display()),
+        &format!("reward model trained on {}", source.display()),
     )?;
-    let summary = serde_json::json!({"heldout_pairs": held.len(), "heldout_accuracy": acc, "train_pairs": train.len()});
     infalign_core::io::write_json_atomic(a.out.join("summary.json"), &summary)?;
     println!("{summary}");
     Ok(())
