@@ -672,37 +672,19 @@ fn sweep_eval_and_report_draw_curves() {
     }
     assert!(run.join("win-rate-standard.svg").exists());
     // Bad input names the flag.
-    let e = err(&[
-        "sweep",
-        "--model",
-        m,
-        "--prompt",
-        "x",
-        "--reward",
-        "length",
-        "--strategy",
-        "bon",
-        "--param",
-        "lambda",
-        "--values",
-        "1",
-        "--out",
-        run.join("bad").to_str().unwrap(),
-    ]);
+    let bad = run.join("bad");
+    let bad_sweep = |extra: &[&str]| {
+        let mut args = vec!["sweep", "--model", m, "--prompt", "x", "--reward", "length"];
+        args.extend(["--strategy", "bon", "--out", bad.to_str().unwrap()]);
+        args.extend(extra);
+        err(&args)
+    };
+    let e = bad_sweep(&["--param", "lambda", "--values", "1"]);
     assert!(
         e.contains("--param Lambda does not apply to --strategy Bon"),
         "{e}"
     );
-    let e = err(&[
-        "sweep",
-        "--model",
-        m,
-        "--prompt",
-        "x",
-        "--reward",
-        "length",
-        "--strategy",
-        "bon",
+    let e = bad_sweep(&[
         "--param",
         "n",
         "--values",
@@ -711,8 +693,6 @@ fn sweep_eval_and_report_draw_curves() {
         "2",
         "--eval-n",
         "4",
-        "--out",
-        run.join("bad").to_str().unwrap(),
     ]);
     assert!(
         e.contains("--eval-n 4 needs --samples of at least 4"),

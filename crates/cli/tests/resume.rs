@@ -35,15 +35,7 @@ fn err(args: &[&str]) -> String {
 }
 
 fn steps_logged(metrics: &Path) -> Vec<u64> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
+    infalign_core::metrics::logged_steps(metrics).unwrap()
 }
 
 /// Runs `args --out A` whole, then `args --out B` halted after step 3 (checkpoints every 2

@@ -24,7 +24,7 @@ pub mod config;
 mod device;
 mod error;
 pub mod io;
-mod metrics;
+pub mod metrics;
 mod seed;
 
 pub use device::DeviceSpec;

@@ -9,6 +9,25 @@ use serde_json::{Map, Value};
 
 use crate::CoreError;
 
+/// The `step` of every row of a metrics file, in file order (a row without one is an error
+/// naming its line).
+pub fn logged_steps(path: impl AsRef<Path>) -> Result<Vec<u64>, CoreError> {
+    let path = path.as_ref();
+    let rows: Vec<Value> = crate::io::read_jsonl(path)?;
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.get("step")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| CoreError::Jsonl {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    message: "no whole-number `step`".into(),
+                })
+        })
+        .collect()
+}
+
 /// Appends one JSON object per call to `metrics.jsonl`.
 #[derive(Debug)]
 pub struct MetricsWriter {

@@ -3,44 +3,16 @@
 
 use infalign_core::{DeviceSpec, Seed};
 use infalign_models::weights::RandomInit;
-use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout, Tokenizer};
+use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout};
 use infalign_rewards::bradley_terry::{
     BradleyTerryConfig, EncodedPair, pairwise_accuracy, train_bradley_terry,
 };
 use infalign_rewards::preferences::label_pairs;
 use infalign_rewards::{Reward, RewardInput, RewardModel};
-use rand::Rng;
 
-const WORDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+mod common;
 
-fn tokenizer(dir: &std::path::Path) -> Tokenizer {
-    let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "unk_token": "a",
-        "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}}}"#;
-    let p = dir.join("tokenizer.json");
-    std::fs::write(&p, json).unwrap();
-    Tokenizer::from_file(&p).unwrap()
-}
-
-/// The gold reward: how many "d" minus how many "e".
-fn gold(text: &str) -> f64 {
-    text.split_whitespace()
-        .map(|w| match w {
-            "d" => 1.0,
-            "e" => -1.0,
-            _ => 0.0,
-        })
-        .sum()
-}
-
-fn random_text(rng: &mut impl Rng) -> String {
-    (0..6)
-        .map(|_| WORDS[rng.random_range(0..6)])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use common::{gold, random_text, tokenizer};
 
 #[test]
 fn bradley_terry_recovers_the_gold_ranking() {
@@ -50,7 +22,7 @@ fn bradley_terry_recovers_the_gold_ranking() {
     let mut rng = Seed(1).stream("texts");
     let raw: Vec<(String, String, f64, String, f64)> = (0..600)
         .map(|_| {
-            let (a, b) = (random_text(&mut rng), random_text(&mut rng));
+            let (a, b) = (random_text(&mut rng, 6), random_text(&mut rng, 6));
             ("f".to_string(), a.clone(), gold(&a), b.clone(), gold(&b))
         })
         .collect();
@@ -81,7 +53,7 @@ fn bradley_terry_recovers_the_gold_ranking() {
     let mut rng = Seed(9).stream("held-out");
     let (mut sc, mut sr) = (Vec::new(), Vec::new());
     while sc.len() < 300 {
-        let (a, b) = (random_text(&mut rng), random_text(&mut rng));
+        let (a, b) = (random_text(&mut rng, 6), random_text(&mut rng, 6));
         let (ga, gb) = (gold(&a), gold(&b));
         if ga == gb {
             continue;

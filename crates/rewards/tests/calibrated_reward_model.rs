@@ -4,45 +4,18 @@
 
 use infalign_core::{DeviceSpec, Seed};
 use infalign_models::weights::RandomInit;
-use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout, Tokenizer};
+use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout};
 use infalign_rewards::calibrated_reward_model::{
     CalibratedExample, CalibratedRegression, calibrated_targets,
 };
 use infalign_rewards::rm_train::{RmTrainConfig, train_reward_model};
 use infalign_rewards::{RewardInput, RewardModel, RewardModelOutput};
-use rand::Rng;
 
-const WORDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+mod common;
+
+use common::{gold, random_text, tokenizer};
+
 const LEN: usize = 6;
-
-fn tokenizer(dir: &std::path::Path) -> Tokenizer {
-    let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "unk_token": "a",
-        "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}}}"#;
-    let p = dir.join("tokenizer.json");
-    std::fs::write(&p, json).unwrap();
-    Tokenizer::from_file(&p).unwrap()
-}
-
-/// The reward: how many "d" minus how many "e".
-fn gold(text: &str) -> i32 {
-    text.split_whitespace()
-        .map(|w| match w {
-            "d" => 1,
-            "e" => -1,
-            _ => 0,
-        })
-        .sum()
-}
-
-fn random_text(rng: &mut impl Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| WORDS[rng.random_range(0..6)])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// Exact C(y) = P(g(Y) < g(y)) + ½ P(g(Y) = g(y)) for Y uniform over the 6^6 texts.
 fn exact_calibration() -> impl Fn(i32) -> f64 {
@@ -78,7 +51,7 @@ fn calibrated_reward_model_predicts_c_for_unseen_prompts() {
         let prompt = random_text(&mut rng, 2);
         for _ in 0..8 {
             let y = random_text(&mut rng, LEN);
-            let r = f64::from(gold(&y));
+            let r = gold(&y);
             rollouts.push((prompt.clone(), y, r));
         }
     }
@@ -127,7 +100,7 @@ fn calibrated_reward_model_predicts_c_for_unseen_prompts() {
         };
         let pred = loaded.score(&input).unwrap();
         assert!(pred > 0.0 && pred < 1.0);
-        let c = exact(gold(&y));
+        let c = exact(gold(&y) as i32);
         err += (pred - c).abs() / f64::from(n);
         err_half += (0.5 - c).abs() / f64::from(n);
     }

@@ -12,15 +12,9 @@ use infalign_models::{
 use infalign_rewards::bradley_terry::{BradleyTerryConfig, EncodedPair, train_bradley_terry};
 use rand::Rng;
 
-fn tokenizer(dir: &Path) -> Tokenizer {
-    let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "unk_token": "a",
-        "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5}}}"#;
-    let p = dir.join("tokenizer.json");
-    std::fs::write(&p, json).unwrap();
-    Tokenizer::from_file(&p).unwrap()
-}
+mod common;
+
+use common::tokenizer;
 
 /// Pairs whose chosen side has more 3s.
 fn pairs() -> Vec<EncodedPair> {
@@ -78,15 +72,7 @@ fn run(
 }
 
 fn steps_logged(metrics: &Path) -> Vec<u64> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
+    infalign_core::metrics::logged_steps(metrics).unwrap()
 }
 
 #[test]

@@ -57,15 +57,7 @@ impl Reward for CountD {
 }
 
 fn steps_logged(metrics: &Path) -> Vec<u64> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
+    infalign_core::metrics::logged_steps(metrics).unwrap()
 }
 
 /// The files of two directories named in `files` are byte-identical.
