@@ -6,6 +6,19 @@ use anyhow::{Result, bail};
 use infalign_decoding::SamplingConfig;
 use serde::Deserialize;
 
+/// The model, the prompts and the sampling flags of every command that decodes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DecodeInputs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json); default: the shipped
+    /// one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
 /// `--prompt` (repeatable) and `--prompts FILE`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PromptArgs {

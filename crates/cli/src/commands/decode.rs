@@ -12,7 +12,7 @@ use infalign_decoding::{
 use infalign_models::PrefixScorer;
 use infalign_rewards::{Reward, RewardInput, reward_from_spec_on};
 
-use super::common::{PromptArgs, SamplingArgs};
+use super::common::{DecodeInputs, SamplingArgs};
 
 /// The strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,13 +77,8 @@ pub struct StrategyArgs {
 pub struct Args {
     #[command(flatten)]
     pub strategy: StrategyArgs,
-    /// Model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     #[command(flatten)]
-    pub prompts: PromptArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub input: DecodeInputs,
     /// Output JSONL file.
     #[arg(long)]
     pub out: PathBuf,
@@ -253,11 +248,16 @@ pub fn sample_row(s: &Sample, strategy: Strategy) -> serde_json::Value {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let prompts = a.prompts.collect()?;
+    let prompts = a.input.prompts.collect()?;
     let decoder = Decoder::new(a.strategy, device)?;
-    let lm = crate::load_model(a.model, device)?;
+    let lm = crate::load_model(a.input.model, device)?;
     let generator = Generator::new(&lm, device.clone());
-    let samples = decoder.decode(&generator, &prompts, &a.sampling, Seed(a.sampling.seed))?;
+    let samples = decoder.decode(
+        &generator,
+        &prompts,
+        &a.input.sampling,
+        Seed(a.input.sampling.seed),
+    )?;
     let strategy = decoder.args().strategy;
     let rows: Vec<serde_json::Value> = samples.iter().map(|s| sample_row(s, strategy)).collect();
     infalign_core::io::write_jsonl_atomic(&a.out, &rows)?;

@@ -6,18 +6,13 @@ use anyhow::Result;
 use infalign_core::{Device, Seed};
 use infalign_decoding::{GenerationConfig, Generator};
 
-use super::common::{PromptArgs, SamplingArgs};
+use super::common::DecodeInputs;
 
 /// Flags of `infalign generate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model directory (config.json, model.safetensors, tokenizer.json); default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     #[command(flatten)]
-    pub prompts: PromptArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub input: DecodeInputs,
     /// Always take the most likely token.
     #[arg(long)]
     pub greedy: bool,
@@ -30,17 +25,20 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let prompts = a.prompts.collect()?;
-    let lm = crate::load_model(a.model, device)?;
+    let prompts = a.input.prompts.collect()?;
+    let lm = crate::load_model(a.input.model, device)?;
     let cfg = GenerationConfig {
-        max_new_tokens: a.sampling.max_new_tokens,
+        max_new_tokens: a.input.sampling.max_new_tokens,
         n: a.n,
-        sampling: a.sampling.sampling(a.greedy),
-        stop: a.sampling.stop.clone(),
-        prompt_batch: a.sampling.batch,
+        sampling: a.input.sampling.sampling(a.greedy),
+        stop: a.input.sampling.stop.clone(),
+        prompt_batch: a.input.sampling.batch,
     };
-    let samples =
-        Generator::new(&lm, device.clone()).generate(&prompts, &cfg, Seed(a.sampling.seed))?;
+    let samples = Generator::new(&lm, device.clone()).generate(
+        &prompts,
+        &cfg,
+        Seed(a.input.sampling.seed),
+    )?;
     match a.out {
         Some(path) => {
             let rows: Vec<serde_json::Value> = samples

@@ -19,7 +19,7 @@ use infalign_eval::kl::{best_of_n_bound, blockwise_bound};
 use infalign_eval::report::{Report, add_curves};
 use infalign_rewards::{Reward, reward_from_spec_on};
 
-use super::common::{PromptArgs, SamplingArgs};
+use super::common::{DecodeInputs, SamplingArgs};
 use super::decode::{Decoder, Strategy, StrategyArgs, sample_row};
 
 /// The parameters a sweep can vary.
@@ -67,13 +67,8 @@ pub struct Args {
     /// Method name in tables and legends; default: the strategy's.
     #[arg(long)]
     pub method: Option<String>,
-    /// Model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     #[command(flatten)]
-    pub prompts: PromptArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub input: DecodeInputs,
     /// Samples per prompt on each side (at least the largest inference-time N).
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
@@ -226,7 +221,7 @@ pub fn decode_many(
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let prompts = a.prompts.collect()?;
+    let prompts = a.input.prompts.collect()?;
     let Some(reward_spec) = a.strategy.reward.clone() else {
         bail!("sweep needs --reward: it judges every value against the base samples");
     };
@@ -241,12 +236,17 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         .unwrap_or_else(|| method_name(a.strategy.strategy).to_string());
     // Check every value before decoding anything.
     for &v in &a.values {
-        set_param(&mut a.strategy.clone(), &mut a.sampling.clone(), a.param, v)?;
+        set_param(
+            &mut a.strategy.clone(),
+            &mut a.input.sampling.clone(),
+            a.param,
+            v,
+        )?;
     }
-    let lm = crate::load_model(a.model.clone(), device)?;
+    let lm = crate::load_model(a.input.model.clone(), device)?;
     let generator = Generator::new(&lm, device.clone());
     let mut decoder = Decoder::new(a.strategy.clone(), device)?;
-    let seed = Seed(a.sampling.seed);
+    let seed = Seed(a.input.sampling.seed);
     std::fs::create_dir_all(&a.out)?;
     // The base side: plain samples with the same sampling flags.
     let mut base_decoder = Decoder::new(
@@ -262,7 +262,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         &mut base_decoder,
         &generator,
         &prompts,
-        &a.sampling,
+        &a.input.sampling,
         a.samples,
         seed.derive("sweep-base", 0),
     )?;
@@ -288,7 +288,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let mut points = Vec::new();
     for (i, &v) in a.values.iter().enumerate() {
         bar.set_message(format!("{:?} = {v}", a.param));
-        let mut sampling = a.sampling.clone();
+        let mut sampling = a.input.sampling.clone();
         set_param(decoder.args_mut(), &mut sampling, a.param, v)?;
         let samples = decode_many(
             &mut decoder,
@@ -315,7 +315,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 procedures: &procedures,
                 ties,
                 reps: a.reps,
-                seed: a.sampling.seed,
+                seed: a.input.sampling.seed,
             },
         )?;
         for (spec, r) in &measures {
@@ -345,8 +345,8 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         a.judge.as_deref().unwrap_or(&reward_spec),
         prompts.len(),
         a.samples,
-        a.sampling.temperature,
-        a.sampling.max_new_tokens
+        a.input.sampling.temperature,
+        a.input.sampling.max_new_tokens
     ));
     add_curves(&mut report, &points)?;
     let (md, html) = report.write(&a.out)?;
