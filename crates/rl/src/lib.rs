@@ -27,5 +27,6 @@ pub use policy_train::{
     VALUE_DIR, VALUE_OPTIMIZER_FILE, train_policy,
 };
 pub use scorer_train::{
-    ScorerMethod, ScorerRollout, ScorerTrainConfig, ScorerTrainState, TARGET_DIR, train_scorer,
+    ClassifierCheck, ScorerMethod, ScorerRollout, ScorerTrainConfig, ScorerTrainState, TARGET_DIR,
+    classifier_check, train_scorer,
 };

@@ -24,6 +24,7 @@ use infalign_models::train_checkpoint::{
     OPTIMIZER_FILE, load_optimizer, progress_bar, read_state, save_optimizer,
     warn_on_config_change, write_checkpoint,
 };
+use infalign_models::weights::read_f32;
 use infalign_models::{CausalLm, PrefixScorer, RunFiles, TokenBatch, Tokenizer};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -318,4 +319,62 @@ pub fn train_scorer(
 pub(crate) fn probs_on(values: Vec<f32>, dims: [usize; 3], device: &Device) -> Tensor<3> {
     let p: Vec<f32> = values.into_iter().map(f32::exp).collect();
     Tensor::from_data(TensorData::new(p, dims), device)
+}
+
+/// A prefix scorer read as a classifier of complete rollouts (the CD paper's Table 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierCheck {
+    /// Same-prompt pairs with different rewards.
+    pub pairs: usize,
+    /// Fraction of those pairs where the higher-reward rollout gets the higher value (ties ½);
+    /// `None` without pairs.
+    pub pairwise_accuracy: Option<f64>,
+    /// Mean squared error of the value against the reward; `None` without rollouts.
+    pub mse: Option<f64>,
+}
+
+/// `V([x, y])` of every complete rollout, compared within each prompt against its reward.
+pub fn classifier_check(
+    scorer: &PrefixScorer,
+    rollouts: &[ScorerRollout],
+    pad_id: u32,
+    device: &Device,
+) -> Result<ClassifierCheck, RlError> {
+    let mut values = Vec::with_capacity(rollouts.len());
+    for chunk in rollouts.chunks(32) {
+        let rows: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|r| r.prompt_ids.iter().chain(&r.tokens).copied().collect())
+            .collect();
+        let batch = TokenBatch::left_padded(&rows, pad_id, device)?;
+        let v = scorer.prefix_values(&batch, &mut scorer.new_cache());
+        let [b, l] = v.dims();
+        values.extend(read_f32(v.narrow(1, l - 1, 1).reshape([b]))?);
+    }
+    let (mut wins, mut pairs) = (0.0, 0usize);
+    for (i, a) in rollouts.iter().enumerate() {
+        for (j, b) in rollouts.iter().enumerate().skip(i + 1) {
+            if a.prompt_ids != b.prompt_ids || a.reward == b.reward {
+                continue;
+            }
+            let (hi, lo) = if a.reward > b.reward { (i, j) } else { (j, i) };
+            wins += match values[hi].total_cmp(&values[lo]) {
+                std::cmp::Ordering::Greater => 1.0,
+                std::cmp::Ordering::Equal => 0.5,
+                std::cmp::Ordering::Less => 0.0,
+            };
+            pairs += 1;
+        }
+    }
+    let mse = rollouts
+        .iter()
+        .zip(&values)
+        .map(|(r, &v)| (f64::from(v) - r.reward).powi(2))
+        .sum::<f64>()
+        / rollouts.len().max(1) as f64;
+    Ok(ClassifierCheck {
+        pairs,
+        pairwise_accuracy: (pairs > 0).then(|| wins / pairs as f64),
+        mse: (!rollouts.is_empty()).then_some(mse),
+    })
 }

@@ -5,7 +5,7 @@
 use infalign_core::{DeviceSpec, Seed};
 use infalign_models::weights::{RandomInit, read_f32};
 use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout, TokenBatch};
-use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, train_scorer};
+use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, classifier_check, train_scorer};
 use rand::Rng;
 
 const V: usize = 4;
@@ -114,6 +114,18 @@ fn train(method: ScorerMethod, data: &[ScorerRollout], m: &CausalLm) -> PrefixSc
     train_scorer(&cfg, m, init, data, 0, &device, None).unwrap()
 }
 
+/// Pairs of rollouts with equal rewards (left out of the pairwise accuracy).
+fn ties(rows: &[ScorerRollout]) -> usize {
+    let mut n = 0;
+    for (i, a) in rows.iter().enumerate() {
+        n += rows[i + 1..]
+            .iter()
+            .filter(|b| b.reward == a.reward)
+            .count();
+    }
+    n
+}
+
 #[test]
 fn cd_fudge_and_cd_q_converge_to_the_exact_value() {
     let m = base();
@@ -170,7 +182,22 @@ fn cd_fudge_and_cd_q_converge_to_the_exact_value() {
     // CD-FUDGE's guarantee is for the loss under the base policy: weight prefixes by how often
     // the base model visits them. CD-Q saw every leaf: weight them all alike.
     let fudge = rmse_by_depth(&train(ScorerMethod::Fudge, &on_policy, &m), &truth, &visit);
-    let q = rmse_by_depth(&train(ScorerMethod::Q, &off_policy, &m), &truth, &uniform);
+    let q_scorer = train(ScorerMethod::Q, &off_policy, &m);
+    let q = rmse_by_depth(&q_scorer, &truth, &uniform);
+    // Read as a classifier of the 64 complete sequences, the trained scorer ranks them by reward
+    // (pairs closer than its error may flip); the untrained one is near chance.
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let trained = classifier_check(&q_scorer, &off_policy, 0, &device).unwrap();
+    let untrained = classifier_check(&fresh, &off_policy, 0, &device).unwrap();
+    assert_eq!(trained.pairs, 64 * 63 / 2 - ties(&off_policy));
+    let (acc, acc0) = (
+        trained.pairwise_accuracy.unwrap(),
+        untrained.pairwise_accuracy.unwrap(),
+    );
+    eprintln!("pairwise accuracy: CD-Q {acc:.3}, untrained {acc0:.3}");
+    assert!(acc > 0.9, "CD-Q pairwise accuracy {acc}");
+    assert!(acc0 < 0.7, "untrained pairwise accuracy {acc0}");
+    assert!(trained.mse.unwrap() < 0.0025);
     eprintln!(
         "RMSE by depth 1/2/3: untrained {before:.3?}, CD-FUDGE (visit-weighted) {fudge:.3?}, \
          CD-Q {q:.3?}"

@@ -1,5 +1,6 @@
 //! Flags shared by the commands that sample: where prompts come from, and how tokens are drawn.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -87,4 +88,35 @@ impl SamplingArgs {
             greedy,
         }
     }
+}
+
+/// The prompts held out for evaluation: `round(fraction · n)` of the distinct prompts (at least
+/// `min` while one is left for training), chosen by a hash of their text so that the split
+/// is the same on every run and machine.
+pub fn held_out_prompts<'a>(
+    prompts: impl IntoIterator<Item = &'a str>,
+    fraction: f64,
+    min: usize,
+) -> HashSet<String> {
+    let mut distinct: Vec<&str> = prompts.into_iter().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let n = distinct.len();
+    let want = ((n as f64 * fraction).round() as usize).max(min);
+    let n_held = if n < 2 { 0 } else { want.min(n - 1) };
+    let mut by_hash: Vec<(u64, &str)> = distinct
+        .iter()
+        .map(|p| {
+            let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            (h, *p)
+        })
+        .collect();
+    by_hash.sort_unstable();
+    by_hash
+        .into_iter()
+        .take(n_held)
+        .map(|(_, p)| p.to_string())
+        .collect()
 }

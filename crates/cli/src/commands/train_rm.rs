@@ -19,6 +19,7 @@ use infalign_rewards::calibrated_reward_model::{
 use infalign_rewards::rm_train::{RmObjective, RmTrainConfig, train_reward_model};
 use infalign_rewards::{RewardModel, RewardModelOutput};
 
+use super::common::held_out_prompts;
 use super::samples::read_samples;
 
 /// Flags of `infalign train-rm`.
@@ -106,26 +107,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 .collect();
             let targets = calibrated_targets(&scored)
                 .with_context(|| format!("calibrating {}", path.display()))?;
-            let mut prompts: Vec<&str> = rows.iter().map(|r| r.prompt()).collect();
-            prompts.sort_unstable();
-            prompts.dedup();
-            if prompts.len() < 2 {
+            let held_set = held_out_prompts(rows.iter().map(|r| r.prompt()), a.holdout, 1);
+            if held_set.is_empty() {
                 bail!("{}: need rollouts of at least two prompts", path.display());
             }
-            // Hold out whole prompts, chosen by a hash of their text (stable across runs).
-            let n_held = held_count(prompts.len(), a.holdout);
-            let mut by_hash: Vec<(u64, &str)> = prompts
-                .iter()
-                .map(|p| {
-                    let h = p.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-                    });
-                    (h, *p)
-                })
-                .collect();
-            by_hash.sort_unstable();
-            let held_set: std::collections::HashSet<&str> =
-                by_hash.iter().take(n_held).map(|(_, p)| *p).collect();
+            let n_held = held_set.len();
             let (mut train, mut held) = (Vec::new(), Vec::new());
             for (r, t) in rows.iter().zip(targets) {
                 let ex = CalibratedExample {

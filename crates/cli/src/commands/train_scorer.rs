@@ -1,5 +1,8 @@
 //! `infalign train-scorer`: trains a CD prefix scorer (CD-FUDGE or CD-Q) from scored rollouts,
-//! on the raw reward, the calibrated reward, or a transform of it.
+//! on the raw reward, the calibrated reward, or a transform of it. A fraction of the prompts is
+//! held out; the scorer's value of their complete rollouts is checked as a classifier (the CD
+//! paper's Table 1): the pairwise accuracy over same-prompt pairs with different rewards, and
+//! the mean squared error against the reward, in `summary.json`.
 
 use std::path::PathBuf;
 
@@ -7,8 +10,9 @@ use anyhow::{Context, Result, bail};
 use infalign_core::Device;
 use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
 use infalign_rewards::{Calibrator, RewardTransform, Transform};
-use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, train_scorer};
+use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, classifier_check, train_scorer};
 
+use super::common::held_out_prompts;
 use super::samples::{read_samples, rewards_by_prompt};
 
 /// Flags of `infalign train-scorer`.
@@ -36,6 +40,9 @@ pub struct Args {
     /// Override a config key of ScorerTrainConfig, e.g. `--set steps=300` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Fraction of the prompts held out for the pairwise-accuracy check (0: none).
+    #[arg(long, default_value_t = 0.1)]
+    pub holdout: f64,
     /// Where to write the scorer directory (with metrics.jsonl and checkpoint/).
     #[arg(long)]
     pub out: PathBuf,
@@ -74,7 +81,8 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     } else {
         None
     };
-    let mut data = Vec::with_capacity(rows.len());
+    let held_set = held_out_prompts(rows.iter().map(|r| r.prompt()), a.holdout, 0);
+    let (mut data, mut held) = (Vec::with_capacity(rows.len()), Vec::new());
     for (i, r) in rows.iter().enumerate() {
         let mut reward = r.reward().expect("checked on read");
         if let Some(cal) = &calibrator {
@@ -93,12 +101,17 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             continue;
         }
         // Truncated rollouts are treated as ending where they stop.
-        data.push(ScorerRollout {
+        let rollout = ScorerRollout {
             prompt_ids,
             tokens,
             reward,
             terminal: true,
-        });
+        };
+        if held_set.contains(r.prompt()) {
+            held.push(rollout);
+        } else {
+            data.push(rollout);
+        }
     }
     let ad = device.clone().autodiff();
     let backbone = LoadedModel::load(&lm.dir, &ad)
@@ -129,6 +142,14 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     );
     scorer.save(&a.out, &lm.tokenizer, &what)?;
     infalign_core::io::write_json_atomic(a.out.join("train_config.json"), &cfg)?;
+    let check = classifier_check(&scorer, &held, lm.pad_id, device)?;
+    let summary = serde_json::json!({
+        "heldout_prompts": held_set.len(), "heldout_rollouts": held.len(),
+        "heldout_pairs": check.pairs, "heldout_pairwise_accuracy": check.pairwise_accuracy,
+        "heldout_mse": check.mse,
+    });
+    infalign_core::io::write_json_atomic(a.out.join("summary.json"), &summary)?;
+    println!("{summary}");
     eprintln!("wrote prefix scorer to {}", a.out.display());
     Ok(())
 }
