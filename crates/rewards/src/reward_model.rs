@@ -24,6 +24,25 @@ pub enum RewardModelOutput {
     Score,
     /// The logit of a calibrated reward: the reward is σ(s) ∈ (0, 1).
     Calibrated,
+    /// The logit of a classifier: the reward is its log-probability log σ(s) (CD's
+    /// log-probability-of-classifier reward).
+    LogProbability,
+}
+
+impl std::str::FromStr for RewardModelOutput {
+    type Err = RewardError;
+
+    fn from_str(s: &str) -> Result<Self, RewardError> {
+        match s {
+            "score" => Ok(Self::Score),
+            "calibrated" => Ok(Self::Calibrated),
+            "log_probability" => Ok(Self::LogProbability),
+            other => Err(RewardError::InvalidParameter {
+                field: "reward model output",
+                message: format!("`{other}`: expected score, calibrated or log_probability"),
+            }),
+        }
+    }
 }
 
 /// The file that records a reward model's [`RewardModelOutput`].
@@ -134,6 +153,10 @@ impl RewardModel {
                     match self.output {
                         RewardModelOutput::Score => s,
                         RewardModelOutput::Calibrated => 1.0 / (1.0 + (-s).exp()),
+                        // log σ(s) = −softplus(−s), stable for large |s|.
+                        RewardModelOutput::LogProbability => {
+                            -((-s).max(0.0) + (-s.abs()).exp().ln_1p())
+                        }
                     },
                 )
             })

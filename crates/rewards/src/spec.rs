@@ -1,5 +1,7 @@
 //! Rewards named on a command line or in a config: `length`, `length(t_max=64)`,
-//! `sentiment`, `rm(path=DIR)` (a trained reward model), and weighted sums such as `sentiment - 0.05*length(t_max=64)`.
+//! `sentiment`, `rm(path=DIR)` (a trained reward model; `read=score|calibrated|log_probability`
+//! overrides how its head is read, e.g. `log_probability` for CD's log-probability-of-classifier
+//! reward), and weighted sums such as `sentiment - 0.05*length(t_max=64)`.
 //!
 //! Grammar: `term (('+' | '-') term)*`, `term = [number '*'] name ['(' key '=' value, ... ')']`.
 //! Reward models load on the device given to [`reward_from_spec_on`] ([`reward_from_spec`]:
@@ -27,7 +29,7 @@ fn single(
     if let Some((k, _)) = args.iter().find(|(k, _)| {
         !matches!(
             (name, k.as_str()),
-            ("length", "t_max") | ("sentiment", "lexicon") | ("rm", "path")
+            ("length", "t_max") | ("sentiment", "lexicon") | ("rm", "path" | "read")
         )
     }) {
         return Err(bad(spec, format!("`{name}` takes no argument `{k}`")));
@@ -48,9 +50,12 @@ fn single(
         })),
         "rm" => {
             let path = arg("path").ok_or_else(|| bad(spec, "`rm` needs `path=DIR`".into()))?;
-            Ok(Box::new(RewardModel::load(path, device).map_err(|e| {
-                bad(spec, format!("loading the reward model {path}: {e}"))
-            })?))
+            let rm = RewardModel::load(path, device)
+                .map_err(|e| bad(spec, format!("loading the reward model {path}: {e}")))?;
+            Ok(Box::new(match arg("read") {
+                Some(read) => rm.with_output(read.parse()?),
+                None => rm,
+            }))
         }
         other => Err(bad(
             spec,
@@ -216,6 +221,29 @@ mod tests {
         }
         let missing = reward_from_spec("rm(path=/no/such/dir)").err().unwrap();
         assert!(missing.to_string().contains("/no/such/dir"), "{missing}");
+        // The same head read as a classifier's log-probability.
+        let logp = reward_from_spec(&format!(
+            "rm(path={}, read=log_probability)",
+            rm_dir.display()
+        ))
+        .unwrap();
+        let i = RewardInput {
+            prompt: "a",
+            completion: "b c",
+            tokens: 2,
+            ids: &[],
+        };
+        let s = direct.score(&i).unwrap();
+        let expect = (1.0 / (1.0 + (-s).exp())).ln();
+        assert!((logp.score(&i).unwrap() - expect).abs() < 1e-9);
+        let bad_read = format!("rm(path={}, read=odds)", rm_dir.display());
+        assert!(
+            reward_from_spec(&bad_read)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("odds")
+        );
         let no_path = reward_from_spec("rm").err().unwrap();
         assert!(no_path.to_string().contains("path=DIR"), "{no_path}");
     }
