@@ -9,7 +9,10 @@
 //! between candidates go to the first (default) or to a seeded random one.
 //!
 //! Invariants: all K candidates of a prompt restart each block from the accepted prefix (their
-//! base and scorer caches are reordered together); the KV cache of the prompt is computed once.
+//! base and scorer caches are reordered together); the KV cache of the prompt is computed once;
+//! a prompt whose accepted block ends leaves the batch (caches and values are compacted), so
+//! the others do not pay for it. Each candidate keeps its own random stream throughout, so the
+//! output does not depend on how prompts are batched.
 //! A blockwise sample's `policy_logprobs` are those of the drafting sampler; the blockwise
 //! policy's own likelihood is intractable, and its KL is bounded instead
 //! (`(ln K − (K−1)/K) · L / M`).
@@ -146,14 +149,17 @@ impl<'a> BlockwiseCd<'a> {
             })
             .collect();
         let mut tie_rng = seed.derive("tie-break", first as u64).stream("tie-break");
-        let mut done: Vec<Option<usize>> = vec![None; n_prompts];
-        while done.iter().any(Option::is_none) {
+        // The accepted sample of each finished prompt; rows hold only unfinished prompts, K
+        // each, in prompt order (`alive[i]` is the prompt of rows i*K..(i+1)*K).
+        let mut done: Vec<Option<Row>> = (0..n_prompts).map(|_| None).collect();
+        let mut alive: Vec<usize> = (0..n_prompts).collect();
+        while !alive.is_empty() {
             // Draft one block for every candidate of every unfinished prompt.
             for _ in 0..self.m {
                 let mut next = Vec::with_capacity(rows.len());
                 let mut active = vec![false; rows.len()];
                 for (r, row) in rows.iter_mut().enumerate() {
-                    if done[r / k].is_some() || row.finish.is_some() {
+                    if row.finish.is_some() {
                         next.push(lm.pad_id);
                         continue;
                     }
@@ -188,21 +194,17 @@ impl<'a> BlockwiseCd<'a> {
                         row.value = self.mix.value(r);
                     }
                 }
-                if rows
-                    .iter()
-                    .enumerate()
-                    .all(|(r, row)| done[r / k].is_some() || row.finish.is_some())
-                {
+                if rows.iter().all(|row| row.finish.is_some()) {
                     break;
                 }
             }
-            // Accept the best block of each prompt; every candidate continues from it.
-            let mut order: Vec<usize> = (0..rows.len()).collect();
-            for (p, slot) in done.iter_mut().enumerate() {
-                if slot.is_some() {
-                    continue;
-                }
-                let cands = p * k..(p + 1) * k;
+            // Accept the best block of each prompt. A finished winner ends its prompt, whose
+            // rows then leave the batch; the others' candidates all continue from the winner.
+            let mut keep = Vec::with_capacity(rows.len());
+            let mut order = Vec::with_capacity(rows.len());
+            let mut still = Vec::with_capacity(alive.len());
+            for (i, &p) in alive.iter().enumerate() {
+                let cands = i * k..(i + 1) * k;
                 let best_v = cands
                     .clone()
                     .map(|r| rows[r].value)
@@ -213,28 +215,39 @@ impl<'a> BlockwiseCd<'a> {
                     TieBreak::Random => tied[tie_rng.random_range(0..tied.len())],
                 };
                 if rows[winner].finish.is_some() {
-                    *slot = Some(winner);
+                    let w = &rows[winner];
+                    done[p] = Some(Row {
+                        tokens: w.tokens.clone(),
+                        policy: w.policy.clone(),
+                        base: w.base.clone(),
+                        finish: w.finish,
+                        value: w.value,
+                        rng: w.rng.clone(),
+                    });
                     continue;
                 }
+                still.push(p);
+                let (tokens, policy, base, value) = {
+                    let w = &rows[winner];
+                    (w.tokens.clone(), w.policy.clone(), w.base.clone(), w.value)
+                };
                 for r in cands {
-                    order[r] = winner;
-                    if r != winner {
-                        let w = &rows[winner];
-                        let (tokens, policy, base, value) =
-                            (w.tokens.clone(), w.policy.clone(), w.base.clone(), w.value);
-                        let row = &mut rows[r];
-                        row.tokens = tokens;
-                        row.policy = policy;
-                        row.base = base;
-                        row.value = value;
-                        row.finish = None;
-                    }
+                    // Each candidate keeps its own random stream.
+                    let row = &mut rows[r];
+                    row.tokens.clone_from(&tokens);
+                    row.policy.clone_from(&policy);
+                    row.base.clone_from(&base);
+                    row.value = value;
+                    row.finish = None;
+                    keep.push(r);
+                    order.push(winner);
                 }
             }
-            if done.iter().all(Option::is_some) {
+            alive = still;
+            if alive.is_empty() {
                 break;
             }
-            if order.iter().enumerate().any(|(r, &o)| r != o) {
+            if order.len() != rows.len() || order.iter().enumerate().any(|(r, &o)| r != o) {
                 let idx: Tensor<1, Int> = Tensor::from_data(
                     TensorData::new(
                         order.iter().map(|&r| r as i64).collect::<Vec<_>>(),
@@ -248,19 +261,24 @@ impl<'a> BlockwiseCd<'a> {
                     .flat_map(|&r| logp[r * vocab..(r + 1) * vocab].to_vec())
                     .collect();
                 self.mix.select(&order);
+                let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+                rows = keep
+                    .iter()
+                    .map(|&r| old[r].take().expect("each row is kept once"))
+                    .collect();
             }
         }
-        done.iter()
+        done.into_iter()
             .enumerate()
             .map(|(p, w)| {
-                let row = &rows[w.expect("every prompt is done")];
+                let row = w.expect("every prompt is done");
                 let mut s = generator.finish_sample(
                     &prompts[p],
                     first + p,
                     &ids[p],
-                    row.tokens.clone(),
-                    row.policy.clone(),
-                    row.base.clone(),
+                    row.tokens,
+                    row.policy,
+                    row.base,
                     Vec::new(),
                     row.finish.unwrap_or(Finish::Length),
                     &cfg.stop,

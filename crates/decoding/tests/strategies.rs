@@ -474,6 +474,25 @@ fn blockwise_cd_stops_at_a_stop_string() {
         .filter(|x| x.finish == infalign_decoding::Finish::Stop)
         .collect();
     assert!(!stopped.is_empty(), "no completion met the stop string");
+    assert!(
+        stopped.len() < out.len(),
+        "every prompt stopped: no compaction was exercised"
+    );
+    // Prompts that finish early leave the batch; the rest must not notice: decoding one prompt
+    // at a time gives the same completions.
+    let one_by_one = GenerationConfig {
+        prompt_batch: 1,
+        ..cfg.clone()
+    };
+    let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+    let alone = BlockwiseCd::new(3, 4, TieBreak::First, mix)
+        .unwrap()
+        .decode(&g, &ps, &one_by_one, Seed(2))
+        .unwrap();
+    for (a, b) in out.iter().zip(&alone) {
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(a.finish, b.finish);
+    }
     for x in &out {
         // The completion is cut before the stop string, and decoding ended where it appeared.
         assert!(!x.completion.contains('a'), "{:?}", x.completion);
