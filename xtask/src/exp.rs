@@ -133,7 +133,12 @@ fn bindings(step: &Step, vars: &Vars) -> Result<Vec<Vars>> {
                 step.cases.iter().map(move |case| {
                     let mut b = b.clone();
                     for (k, v) in case {
-                        b.insert(k.clone(), var(v)?);
+                        // A case value may itself use variables, e.g. `{run}/model`.
+                        let v = match var(v)? {
+                            Var::One(s) => Var::One(substitute(&s, &b)?),
+                            many => many,
+                        };
+                        b.insert(k.clone(), v);
                     }
                     Ok(b)
                 })
@@ -445,6 +450,20 @@ mod tests {
         .unwrap();
         let b = bindings(&step, &vars()).unwrap();
         assert_eq!(b.len(), 4);
+        // Case values use variables too.
+        let nested: Step = toml::from_str(
+            r#"
+            name = "n"
+            args = ["--reward", "{reward}", "{@more}"]
+            cases = [{ reward = "length(t_max={steps})", more = ["{run}/x"] }]
+            "#,
+        )
+        .unwrap();
+        let nb = bindings(&nested, &vars()).unwrap();
+        assert_eq!(
+            expand_args(&nested.args, &nb[0]).unwrap(),
+            ["--reward", "length(t_max=40)", "/r/x"]
+        );
         let names: Vec<String> = b
             .iter()
             .map(|b| substitute(&step.name, b).unwrap())
