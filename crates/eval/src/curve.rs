@@ -86,6 +86,9 @@ pub struct CurvePoint {
     pub mean_reward: f64,
     /// Mean reward of the base samples it was compared with.
     pub base_mean_reward: f64,
+    /// How ties counted in the win rates.
+    #[serde(default)]
+    pub ties: Ties,
     /// Standard win rate against the base.
     pub win_rate: Interval,
     /// Win rates with an inference-time procedure applied to both sides.
@@ -163,6 +166,7 @@ impl CurvePoint {
             kl,
             mean_reward: mean(c.policy),
             base_mean_reward: mean(c.base),
+            ties: c.ties,
             win_rate: standard,
             inference,
             measures: BTreeMap::new(),

@@ -8,9 +8,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::EvalError;
 use crate::curve::{CurvePoint, KlKind, procedure_name, procedures, reward_plot, win_rate_plot};
 use crate::plot::LinePlot;
+use crate::{EvalError, Ties};
 
 /// One block of a report.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,13 +260,23 @@ pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), Eval
         .collect();
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     report.heading("Results").table(&header_refs, rows);
-    report.paragraph(
-        "Win rates count ties as one half unless the run says otherwise; intervals are 95% \
-         bootstrap intervals over prompts. KL marked `bound` is an upper bound (best-of-N: \
-         ln N − (N−1)/N; blockwise CD: that per block), so those points sit at most that far \
-         right. Grey curves are theory: best-of-N against one base sample, and the analytic \
-         tool's prediction for the identity transform of a calibrated reward.",
-    );
+    let strict = points.iter().filter(|p| p.ties == Ties::Strict).count();
+    let ties = match strict {
+        0 => "Win rates count ties as one half".to_string(),
+        n if n == points.len() => "Win rates count ties as losses (strict, CD's convention), \
+             so a reward with many ties (a length at its cap) keeps them below what the \
+             theoretical curves, drawn for continuous rewards, show"
+            .to_string(),
+        n => format!(
+            "Win rates count ties as one half, except for {n} points that count them as losses"
+        ),
+    };
+    report.paragraph(format!(
+        "{ties}; intervals are 95% bootstrap intervals over prompts. KL marked `bound` is an \
+         upper bound (best-of-N: ln N − (N−1)/N; blockwise CD: that per block), so those points \
+         sit at most that far right. Grey curves are theory: best-of-N against one base sample, \
+         and the analytic tool's prediction for the identity transform of a calibrated reward."
+    ));
     report.heading("Curves");
     for pr in procs {
         if let Some(plot) = win_rate_plot(points, pr) {
