@@ -30,14 +30,14 @@ pub enum CoreError {
         /// Why.
         reason: String,
     },
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. (The I/O error is in the message, not chained as
+    /// a source, so that `{:#}` says it once.)
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A line of a JSONL file is not the expected JSON object.
     #[error("{path}:{line}: {message}")]
@@ -68,10 +68,10 @@ pub enum CoreError {
 
 impl CoreError {
     /// Wraps an I/O error with the path it concerns.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }
