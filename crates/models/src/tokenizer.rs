@@ -47,6 +47,32 @@ impl Tokenizer {
         })
     }
 
+    /// A word-level tokenizer over `words` (ids in order; whitespace splits words; an unknown
+    /// word encodes as the first): the tiny, exactly known vocabularies of tests and toy
+    /// experiments.
+    pub fn word_level(words: &[&str]) -> Result<Self> {
+        let vocab: serde_json::Map<String, serde_json::Value> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| ((*w).to_string(), serde_json::Value::from(i)))
+            .collect();
+        let unk = words.first().copied().unwrap_or_default();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "unk_token": unk, "vocab": vocab},
+        });
+        let inner: tokenizers::Tokenizer =
+            json.to_string()
+                .parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: None,
+                    message: format!("word-level vocabulary: {e}"),
+                })?;
+        Ok(Self { inner, path: None })
+    }
+
     /// Trains a byte-level BPE tokenizer of `vocab_size` tokens (special tokens included) on
     /// text files. `special_tokens` get the first ids, in order; [`END_OF_TEXT`] is added first
     /// when absent.
@@ -175,6 +201,19 @@ impl Tokenizer {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn word_level_ids_follow_the_word_list() {
+        let tk = Tokenizer::word_level(&["a", "b", "c"]).unwrap();
+        assert_eq!(tk.encode("a c b c").unwrap(), [0, 2, 1, 2]);
+        assert_eq!(
+            tk.encode("zzz b").unwrap(),
+            [0, 1],
+            "unknown words map to the first"
+        );
+        assert_eq!(tk.vocab_size(), 3);
+    }
+
     use super::*;
 
     #[test]

@@ -185,16 +185,7 @@ mod tests {
             CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout, Tokenizer,
         };
         let dir = tempfile::tempdir().unwrap();
-        let tk_path = dir.path().join("tokenizer.json");
-        std::fs::write(
-            &tk_path,
-            r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-            "decoder": null, "model": {"type": "WordLevel", "unk_token": "a",
-            "vocab": {"a": 0, "b": 1, "c": 2}}}"#,
-        )
-        .unwrap();
-        let tk = Tokenizer::from_file(&tk_path).unwrap();
+        let tk = Tokenizer::word_level(&["a", "b", "c"]).unwrap();
         let device = DeviceSpec::Cpu.device().unwrap();
         let config = ModelConfig::Gpt2(Gpt2Config::new(3, 16, 16, 1, 2));
         let mut init = RandomInit::with_scale(Seed(3).stream("init"), 20.0);
