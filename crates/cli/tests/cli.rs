@@ -2,36 +2,10 @@
 //! errors for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn infalign(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_infalign"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the binary runs")
-}
+mod common;
 
-fn ok(args: &[&str]) -> String {
-    let out = infalign(args);
-    assert!(
-        out.status.success(),
-        "infalign {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn err(args: &[&str]) -> String {
-    let out = infalign(args);
-    assert!(!out.status.success(), "infalign {args:?} should fail");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !stderr.contains("panicked"),
-        "a panic, not an error: {stderr}"
-    );
-    stderr
-}
+use common::{err, ok};
 
 /// A tokenizer and a tiny random GPT-2 in `dir/model`.
 fn tiny_model(dir: &Path) -> PathBuf {

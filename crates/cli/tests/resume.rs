@@ -4,35 +4,10 @@
 //! clear error naming the missing file.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn infalign(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_infalign"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the binary runs")
-}
+mod common;
 
-fn ok(args: &[&str]) {
-    let out = infalign(args);
-    assert!(
-        out.status.success(),
-        "infalign {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn err(args: &[&str]) -> String {
-    let out = infalign(args);
-    assert!(!out.status.success(), "infalign {args:?} should fail");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !stderr.contains("panicked"),
-        "a panic, not an error: {stderr}"
-    );
-    stderr
-}
+use common::{err, ok};
 
 fn steps_logged(metrics: &Path) -> Vec<u64> {
     infalign_core::metrics::logged_steps(metrics).unwrap()

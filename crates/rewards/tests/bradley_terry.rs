@@ -2,8 +2,6 @@
 //! recovers that reward's ranking on held-out pairs.
 
 use infalign_core::{DeviceSpec, Seed};
-use infalign_models::weights::RandomInit;
-use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout};
 use infalign_rewards::bradley_terry::{
     BradleyTerryConfig, EncodedPair, pairwise_accuracy, train_bradley_terry,
 };
@@ -12,7 +10,7 @@ use infalign_rewards::{Reward, RewardInput, RewardModel};
 
 mod common;
 
-use common::{gold, random_text, tokenizer};
+use common::{gold, random_text, scalar_net, tokenizer};
 
 #[test]
 fn bradley_terry_recovers_the_gold_ranking() {
@@ -36,10 +34,7 @@ fn bradley_terry_recovers_the_gold_ranking() {
         })
         .collect();
     let ad = device.clone().autodiff();
-    let config = ModelConfig::Gpt2(Gpt2Config::new(6, 16, 32, 2, 4));
-    let backbone =
-        CausalLm::init(&config, &mut RandomInit::new(Seed(4).stream("init")), &ad).unwrap();
-    let net = PrefixScorer::from_base(backbone, ScorerLayout::Scalar, &ad).unwrap();
+    let net = scalar_net(&ad);
     let cfg = BradleyTerryConfig {
         steps: 300,
         batch_size: 32,

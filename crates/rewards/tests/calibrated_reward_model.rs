@@ -3,8 +3,6 @@
 //! enumeration of the sampling distribution).
 
 use infalign_core::{DeviceSpec, Seed};
-use infalign_models::weights::RandomInit;
-use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout};
 use infalign_rewards::calibrated_reward_model::{
     CalibratedExample, CalibratedRegression, calibrated_targets,
 };
@@ -13,7 +11,7 @@ use infalign_rewards::{RewardInput, RewardModel, RewardModelOutput};
 
 mod common;
 
-use common::{gold, random_text, tokenizer};
+use common::{gold, random_text, scalar_net, tokenizer};
 
 const LEN: usize = 6;
 
@@ -66,10 +64,7 @@ fn calibrated_reward_model_predicts_c_for_unseen_prompts() {
         })
         .collect();
     let ad = device.clone().autodiff();
-    let config = ModelConfig::Gpt2(Gpt2Config::new(6, 16, 32, 2, 4));
-    let backbone =
-        CausalLm::init(&config, &mut RandomInit::new(Seed(4).stream("init")), &ad).unwrap();
-    let net = PrefixScorer::from_base(backbone, ScorerLayout::Scalar, &ad).unwrap();
+    let net = scalar_net(&ad);
     let cfg = RmTrainConfig {
         steps: 300,
         batch_size: 32,

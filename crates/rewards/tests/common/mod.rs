@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use infalign_models::Tokenizer;
+use infalign_core::Seed;
+use infalign_models::weights::RandomInit;
+use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout, Tokenizer};
 use rand::Rng;
 
 /// The vocabulary, ids 0 to 5.
@@ -31,4 +33,16 @@ pub fn random_text(rng: &mut impl Rng, n: usize) -> String {
         .map(|_| WORDS[rng.random_range(0..6)])
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A small GPT-2 over [`WORDS`] with a scalar head, on `device` (an autodiff one to train).
+pub fn scalar_net(device: &burn::tensor::Device) -> PrefixScorer {
+    let config = ModelConfig::Gpt2(Gpt2Config::new(6, 16, 32, 2, 4));
+    let backbone = CausalLm::init(
+        &config,
+        &mut RandomInit::new(Seed(4).stream("init")),
+        device,
+    )
+    .unwrap();
+    PrefixScorer::from_base(backbone, ScorerLayout::Scalar, device).unwrap()
 }
