@@ -114,6 +114,9 @@ pub struct PolicyTrainConfig {
     pub beta: f64,
     /// Adaptive β: target KL per sequence (0: fixed β).
     pub target_kl: f64,
+    /// Adaptive β: gain K_β of the proportional controller, `β ← β·(1 + K_β·e)` with the
+    /// relative KL error `e` clipped to ±0.2 (Ziegler et al. 2019 use 0.1).
+    pub kl_gain: f64,
     /// Where the KL goes.
     pub kl_mode: KlMode,
     /// Global gradient-norm clip (0 disables).
@@ -141,6 +144,7 @@ impl Default for PolicyTrainConfig {
             lr: 1e-5,
             beta: 0.05,
             target_kl: 0.0,
+            kl_gain: 0.1,
             kl_mode: KlMode::RewardK1,
             grad_clip: 1.0,
             seed: 0,
@@ -335,6 +339,16 @@ pub fn train_policy(
             message: format!("{} must be non-negative", cfg.beta),
         });
     }
+    let gain_ok = (0.0..=5.0).contains(&cfg.kl_gain) && cfg.kl_gain > 0.0;
+    if !gain_ok || cfg.target_kl.is_nan() || cfg.target_kl < 0.0 {
+        return Err(RlError::InvalidParameter {
+            field: "kl_gain",
+            message: format!(
+                "kl_gain {} must be in (0, 5] and target_kl {} non-negative",
+                cfg.kl_gain, cfg.target_kl
+            ),
+        });
+    }
     let files = !cfg.out_dir.as_os_str().is_empty();
     if resume && !files {
         return Err(RlError::InvalidParameter {
@@ -496,9 +510,9 @@ pub fn train_policy(
         policy = new_policy;
         m.loss = loss;
         if cfg.target_kl > 0.0 {
-            // Ziegler et al.'s proportional controller, clipped to ±20% per step.
+            // Ziegler et al.'s proportional controller: the error is clipped to ±0.2.
             let err = ((m.kl - cfg.target_kl) / cfg.target_kl).clamp(-0.2, 0.2);
-            beta *= 1.0 + err;
+            beta *= 1.0 + cfg.kl_gain * err;
         }
         if let Some(w) = metrics.as_mut() {
             w.log(

@@ -357,3 +357,31 @@ fn scorer_resume_refuses_missing_and_corrupt_checkpoints() {
         std::fs::write(&path, &good).unwrap();
     }
 }
+
+#[test]
+fn adaptive_beta_follows_the_proportional_controller() {
+    // At step 1 the policy is the reference: KL 0, relative error −1, clipped to −0.2; so the
+    // β logged at step 2 is β·(1 − 0.2·gain).
+    for gain in [0.1, 1.0] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = PolicyRun::new(dir.path());
+        let mut cfg = policy_cfg(Algo::Rloo, dir.path().join("run"));
+        cfg.steps = 2;
+        cfg.kl_gain = gain;
+        run.run(&cfg, false).unwrap();
+        let rows: Vec<serde_json::Value> =
+            infalign_core::io::read_jsonl(cfg.out_dir.join("metrics.jsonl")).unwrap();
+        let beta = |i: usize| rows[i]["objective/beta"].as_f64().unwrap();
+        assert!((beta(0) - 0.1).abs() < 1e-12);
+        assert!(
+            (beta(1) - 0.1 * (1.0 - 0.2 * gain)).abs() < 1e-9,
+            "gain {gain}: β {}",
+            beta(1)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = PolicyRun::new(dir.path());
+    let mut cfg = policy_cfg(Algo::Rloo, dir.path().join("bad"));
+    cfg.kl_gain = 0.0;
+    assert!(run.run(&cfg, false).unwrap_err().contains("kl_gain"));
+}
