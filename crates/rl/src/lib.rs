@@ -23,8 +23,8 @@ mod scorer_train;
 
 pub use error::RlError;
 pub use policy_train::{
-    Algo, KlMode, PolicyTrainConfig, PolicyTrainState, PpoConfig, RewardPipeline, StepMetrics,
-    VALUE_DIR, VALUE_OPTIMIZER_FILE, train_policy,
+    Algo, KlMode, PolicyTrainConfig, PolicyTrainState, PpoConfig, RewardPipeline, SNAPSHOT_DIR,
+    StepMetrics, VALUE_DIR, VALUE_OPTIMIZER_FILE, train_policy,
 };
 pub use scorer_train::{
     ClassifierCheck, ScorerMethod, ScorerRollout, ScorerTrainConfig, ScorerTrainState, TARGET_DIR,

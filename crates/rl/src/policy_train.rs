@@ -128,6 +128,9 @@ pub struct PolicyTrainConfig {
     /// Checkpoint every N steps (0: only at the end); needs `out_dir`.
     #[serde(alias = "checkpoint_every")]
     pub save_every: u64,
+    /// Keep a model directory `out_dir/snapshots/step-N` every N steps (0: none), to evaluate
+    /// the policy along its KL path.
+    pub snapshot_every: u64,
     /// Stop after this step as if the process were killed (tests of resumption); 0 = never.
     pub halt_after: u64,
 }
@@ -150,10 +153,14 @@ impl Default for PolicyTrainConfig {
             seed: 0,
             out_dir: PathBuf::new(),
             save_every: 0,
+            snapshot_every: 0,
             halt_after: 0,
         }
     }
 }
+
+/// Where policy snapshots go inside the run directory (`snapshot_every`).
+pub const SNAPSHOT_DIR: &str = "snapshots";
 
 /// How rewards become the RL reward: raw, or Φ(Ĉ(r)).
 pub struct RewardPipeline<'a> {
@@ -250,7 +257,13 @@ fn load_policy_checkpoint(
     warn_on_config_change(
         &state.config,
         cfg,
-        &["steps", "halt_after", "save_every", "out_dir"],
+        &[
+            "steps",
+            "halt_after",
+            "save_every",
+            "snapshot_every",
+            "out_dir",
+        ],
     );
     let beta = f64::from_bits(state.beta_bits);
     let policy = LoadedModel::load(dir, ad)?.model;
@@ -547,6 +560,10 @@ pub fn train_policy(
                 &lm.tokenizer,
                 &state,
             )?;
+        }
+        if files && cfg.snapshot_every > 0 && step % cfg.snapshot_every == 0 {
+            let dir = cfg.out_dir.join(SNAPSHOT_DIR).join(format!("step-{step}"));
+            save_model_dir(&dir, &policy, &lm.tokenizer)?;
         }
         if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {
             tracing::info!(step, "halting (halt_after)");

@@ -385,3 +385,28 @@ fn adaptive_beta_follows_the_proportional_controller() {
     cfg.kl_gain = 0.0;
     assert!(run.run(&cfg, false).unwrap_err().contains("kl_gain"));
 }
+
+#[test]
+fn snapshots_are_the_policy_along_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = PolicyRun::new(dir.path());
+    let mut cfg = policy_cfg(Algo::Rloo, dir.path().join("run"));
+    cfg.steps = 4;
+    cfg.snapshot_every = 2;
+    let last = run.run(&cfg, false).unwrap();
+    let snaps = cfg.out_dir.join(infalign_rl::SNAPSHOT_DIR);
+    assert!(snaps.join("step-2/model.safetensors").exists());
+    assert!(!snaps.join("step-3").exists());
+    save_model_dir(dir.path().join("last"), &last, &run.lm.tokenizer).unwrap();
+    assert_same_files(
+        &snaps.join("step-4"),
+        &dir.path().join("last"),
+        &["model.safetensors"],
+    );
+    let differs = std::fs::read(snaps.join("step-2/model.safetensors")).unwrap()
+        != std::fs::read(snaps.join("step-4/model.safetensors")).unwrap();
+    assert!(
+        differs,
+        "the snapshots of steps 2 and 4 are the same weights"
+    );
+}
