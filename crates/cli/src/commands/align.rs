@@ -11,7 +11,7 @@ use infalign_models::{LoadedModel, save_model_dir};
 use infalign_rewards::{Calibrator, Transform};
 use infalign_rl::{Algo, PolicyTrainConfig, RewardPipeline, train_policy};
 
-use super::common::PromptArgs;
+use super::common::{PromptArgs, TrainRunArgs};
 use super::samples::{read_samples, rewards_by_prompt};
 
 /// Flags of `infalign align`.
@@ -47,27 +47,19 @@ pub struct Args {
     /// Policy-optimisation algorithm: rloo or ppo.
     #[arg(long, default_value = "rloo")]
     pub algo: String,
-    /// Override a key of PolicyTrainConfig, e.g. `--set steps=200` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Run directory.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
-    /// with the weights an uninterrupted run would have.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub run: TrainRunArgs,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.set)?;
+    let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     cfg.algo = match a.algo.as_str() {
         "rloo" => Algo::Rloo,
         "ppo" => Algo::Ppo,
         other => bail!("--algo `{other}`: expected rloo or ppo"),
     };
     cfg.beta = a.beta;
-    cfg.out_dir = a.out.clone();
+    cfg.out_dir = a.run.out.clone();
     let prompts = a.prompts.collect()?;
     let reward = infalign_rewards::reward_from_spec_on(&a.reward, device)?;
     let calibrator = if a.raw || a.calibrated_reward {
@@ -113,7 +105,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         &prompts,
         &pipeline,
         device,
-        a.resume,
+        a.run.resume,
         |step, m| {
             bar.set_position(step);
             bar.set_message(format!("kl {:.3} score {:.3}", m.kl, m.scores));
@@ -128,11 +120,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         return Ok(());
     }
     bar.finish();
-    save_model_dir(a.out.join("final"), &trained, &lm.tokenizer)?;
-    infalign_core::io::write_json_atomic(a.out.join("align_config.json"), &cfg)?;
+    save_model_dir(a.run.out.join("final"), &trained, &lm.tokenizer)?;
+    infalign_core::io::write_json_atomic(a.run.out.join("align_config.json"), &cfg)?;
     eprintln!(
         "wrote the aligned model to {}",
-        a.out.join("final").display()
+        a.run.out.join("final").display()
     );
     Ok(())
 }

@@ -120,3 +120,18 @@ pub fn held_out_prompts<'a>(
         .map(|(_, p)| p.to_string())
         .collect()
 }
+
+/// `--set`, `--out` and `--resume` of the training commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainRunArgs {
+    /// Override a key of the trainer's config, e.g. `--set steps=200` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run directory: the trained model, metrics.jsonl, checkpoint/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
+    /// with the weights an uninterrupted run would have.
+    #[arg(long)]
+    pub resume: bool,
+}

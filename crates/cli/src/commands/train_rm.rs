@@ -19,7 +19,7 @@ use infalign_rewards::calibrated_reward_model::{
 use infalign_rewards::rm_train::{RmObjective, RmTrainConfig, train_reward_model};
 use infalign_rewards::{RewardModel, RewardModelOutput};
 
-use super::common::held_out_prompts;
+use super::common::{TrainRunArgs, held_out_prompts};
 use super::samples::read_samples;
 
 /// Flags of `infalign train-rm`.
@@ -42,16 +42,8 @@ pub struct Args {
     /// Fraction held out (pairs; for rollouts, whole prompts).
     #[arg(long, default_value_t = 0.1)]
     pub holdout: f64,
-    /// Override a key of RmTrainConfig, e.g. `--set steps=500` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Output directory (the reward model, metrics.jsonl, checkpoint/).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
-    /// with the weights an uninterrupted run would have.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub run: TrainRunArgs,
 }
 
 /// Training data, encoded, with its held-out part.
@@ -72,7 +64,7 @@ fn held_count(n: usize, fraction: f64) -> usize {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let cfg: RmTrainConfig = infalign_core::config::load_config(None, &a.set)?;
+    let cfg: RmTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     let lm = crate::load_model(a.model, device)?;
     let join = |prompt: &str, completion: &str| -> Result<Vec<u32>> {
         let mut ids = lm.tokenizer.encode(prompt)?;
@@ -138,9 +130,9 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
     let net = PrefixScorer::from_base(backbone.model, ScorerLayout::Scalar, &ad)?;
     let files = RunFiles {
-        dir: &a.out,
+        dir: &a.run.out,
         tokenizer: &lm.tokenizer,
-        resume: a.resume,
+        resume: a.run.resume,
     };
     let (objective, output): (Box<dyn RmObjective + '_>, _) = match &data {
         Data::Pairs { train, .. } => (Box::new(BradleyTerry(train)), RewardModelOutput::Score),
@@ -200,10 +192,10 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         }
     };
     rm.save(
-        &a.out,
+        &a.run.out,
         &format!("reward model trained on {}", source.display()),
     )?;
-    infalign_core::io::write_json_atomic(a.out.join("summary.json"), &summary)?;
+    infalign_core::io::write_json_atomic(a.run.out.join("summary.json"), &summary)?;
     println!("{summary}");
     Ok(())
 }

@@ -12,7 +12,7 @@ use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
 use infalign_rewards::{Calibrator, RewardTransform, Transform};
 use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, classifier_check, train_scorer};
 
-use super::common::held_out_prompts;
+use super::common::{TrainRunArgs, held_out_prompts};
 use super::samples::{read_samples, rewards_by_prompt};
 
 /// Flags of `infalign train-scorer`.
@@ -37,23 +37,15 @@ pub struct Args {
     /// Parameter of the transform.
     #[arg(long)]
     pub t: Option<f64>,
-    /// Override a config key of ScorerTrainConfig, e.g. `--set steps=300` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
     /// Fraction of the prompts held out for the pairwise-accuracy check (0: none).
     #[arg(long, default_value_t = 0.1)]
     pub holdout: f64,
-    /// Where to write the scorer directory (with metrics.jsonl and checkpoint/).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
-    /// with the weights an uninterrupted run would have.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub run: TrainRunArgs,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let mut cfg: ScorerTrainConfig = infalign_core::config::load_config(None, &a.set)?;
+    let mut cfg: ScorerTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     cfg.method = match a.method.as_str() {
         "fudge" => ScorerMethod::Fudge,
         "q" => ScorerMethod::Q,
@@ -118,9 +110,9 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         .with_context(|| format!("loading {} for training", lm.dir.display()))?;
     let init = PrefixScorer::from_base(backbone.model, ScorerLayout::VocabWide, &ad)?;
     let files = RunFiles {
-        dir: &a.out,
+        dir: &a.run.out,
         tokenizer: &lm.tokenizer,
-        resume: a.resume,
+        resume: a.run.resume,
     };
     let scorer = train_scorer(&cfg, &lm.model, init, &data, lm.pad_id, device, Some(files))?;
     if cfg.halts_early() {
@@ -140,16 +132,16 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             _ => "raw reward".into(),
         }
     );
-    scorer.save(&a.out, &lm.tokenizer, &what)?;
-    infalign_core::io::write_json_atomic(a.out.join("train_config.json"), &cfg)?;
+    scorer.save(&a.run.out, &lm.tokenizer, &what)?;
+    infalign_core::io::write_json_atomic(a.run.out.join("train_config.json"), &cfg)?;
     let check = classifier_check(&scorer, &held, lm.pad_id, device)?;
     let summary = serde_json::json!({
         "heldout_prompts": held_set.len(), "heldout_rollouts": held.len(),
         "heldout_pairs": check.pairs, "heldout_pairwise_accuracy": check.pairwise_accuracy,
         "heldout_mse": check.mse,
     });
-    infalign_core::io::write_json_atomic(a.out.join("summary.json"), &summary)?;
+    infalign_core::io::write_json_atomic(a.run.out.join("summary.json"), &summary)?;
     println!("{summary}");
-    eprintln!("wrote prefix scorer to {}", a.out.display());
+    eprintln!("wrote prefix scorer to {}", a.run.out.display());
     Ok(())
 }
