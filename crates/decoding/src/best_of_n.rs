@@ -51,10 +51,7 @@ pub(crate) fn pick_best(group: Vec<Sample>, sign: f64) -> Sample {
             best = i;
         }
     }
-    let mut pick = group.into_iter().nth(best).expect("n >= 1");
-    // Selection is not a tokenwise distribution: its KL is bounded, not summed per step.
-    pick.step_kl.clear();
-    pick
+    group.into_iter().nth(best).expect("n >= 1")
 }
 
 pub(crate) fn check_n(n: usize) -> Result<(), DecodingError> {

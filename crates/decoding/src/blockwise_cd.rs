@@ -168,14 +168,8 @@ impl<'a> BlockwiseCd<'a> {
                     row.tokens.push(tok);
                     row.policy.push(policy_lp);
                     row.base.push(lp[tok as usize]);
-                    if lm.eos_ids.contains(&tok) {
-                        row.finish = Some(Finish::Eos);
-                    } else if !cfg.stop.is_empty() && {
-                        let text = lm.tokenizer.decode(&row.tokens)?;
-                        cfg.stop.iter().any(|s| text.contains(s.as_str()))
-                    } {
-                        row.finish = Some(Finish::Stop);
-                    } else if row.tokens.len() >= cfg.max_new_tokens {
+                    row.finish = generator.ended(&row.tokens, &cfg.stop)?;
+                    if row.finish.is_none() && row.tokens.len() >= cfg.max_new_tokens {
                         row.finish = Some(Finish::Length);
                     }
                     active[r] = true;

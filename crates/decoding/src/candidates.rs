@@ -21,6 +21,9 @@ pub fn scored_candidates(
     let rewards = score_samples(&samples, reward)?;
     for (s, r) in samples.iter_mut().zip(rewards) {
         s.reward = Some(r);
+        // A candidate is served only through a selection, which is not a tokenwise
+        // distribution: its KL is bounded, not summed per step.
+        s.step_kl.clear();
     }
     let mut groups = Vec::with_capacity(prompts.len());
     let mut it = samples.into_iter();

@@ -238,14 +238,7 @@ impl<'a> Generator<'a> {
                 row.tokens.push(tok);
                 row.policy.push(policy_lp);
                 row.base.push(lp[tok as usize]);
-                if self.lm.eos_ids.contains(&tok) {
-                    row.finish = Some(Finish::Eos);
-                } else if !cfg.stop.is_empty() {
-                    let text = self.lm.tokenizer.decode(&row.tokens)?;
-                    if cfg.stop.iter().any(|s| text.contains(s.as_str())) {
-                        row.finish = Some(Finish::Stop);
-                    }
-                }
+                row.finish = self.ended(&row.tokens, &cfg.stop)?;
                 next.push(tok);
             }
             if rows.iter().all(|r| r.finish.is_some()) || step + 1 == cfg.max_new_tokens {
@@ -274,6 +267,25 @@ impl<'a> Generator<'a> {
                 )
             })
             .collect()
+    }
+
+    /// Whether a completion ends with its last token: an EOS token, or a stop string in its
+    /// text (the token budget is the caller's).
+    pub(crate) fn ended(
+        &self,
+        tokens: &[u32],
+        stop: &[String],
+    ) -> Result<Option<Finish>, DecodingError> {
+        if tokens.last().is_some_and(|t| self.lm.eos_ids.contains(t)) {
+            return Ok(Some(Finish::Eos));
+        }
+        if !stop.is_empty() {
+            let text = self.lm.tokenizer.decode(tokens)?;
+            if stop.iter().any(|s| text.contains(s.as_str())) {
+                return Ok(Some(Finish::Stop));
+            }
+        }
+        Ok(None)
     }
 
     /// Assembles a [`Sample`]: decodes the text and cuts it before a stop string.

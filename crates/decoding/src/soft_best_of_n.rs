@@ -68,9 +68,7 @@ impl SoftBestOfN<'_> {
                         break;
                     }
                 }
-                let mut s = g.into_iter().nth(pick).expect("n >= 1");
-                s.step_kl.clear();
-                s
+                g.into_iter().nth(pick).expect("n >= 1")
             })
             .collect())
     }

@@ -33,12 +33,33 @@ pub struct TokenwiseCd<'a> {
     candidates: Vec<(Vec<u32>, Vec<f32>)>,
 }
 
-/// The `k` most likely tokens of `logp` (ties: lowest id first).
+/// The `k` most likely tokens of `logp`, most likely first (ties: lowest id first); a
+/// selection, not a sort of the whole vocabulary.
 fn top_k_ids(logp: &[f32], k: usize) -> Vec<u32> {
+    let k = k.min(logp.len());
+    let cmp = |a: &usize, b: &usize| logp[*b].total_cmp(&logp[*a]).then(a.cmp(b));
     let mut order: Vec<usize> = (0..logp.len()).collect();
-    order.sort_by(|&a, &b| logp[b].total_cmp(&logp[a]).then(a.cmp(&b)));
-    order.truncate(k.min(logp.len()));
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, cmp);
+        order.truncate(k);
+    }
+    order.sort_by(cmp);
     order.into_iter().map(|i| i as u32).collect()
+}
+
+/// Log-softmax in place.
+fn normalise(mut logits: Vec<f32>) -> Vec<f32> {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits
+        .iter()
+        .map(|&x| f64::from(x - m).exp())
+        .sum::<f64>()
+        .ln() as f32;
+    logits.iter_mut().for_each(|x| *x -= lse);
+    logits
 }
 
 impl<'a> TokenwiseCd<'a> {
@@ -89,29 +110,29 @@ impl<'a> TokenwiseCd<'a> {
 
     /// The CD log-probs of one row given the base log-probs.
     pub fn cd_logprobs(&self, base_logp: &[f32], values: &[f32]) -> Vec<f32> {
-        let mut out: Vec<f32> = match self.top_k {
-            None => base_logp
-                .iter()
-                .zip(values)
-                .map(|(&l, &v)| l + self.lambda * v)
-                .collect(),
+        match self.top_k {
+            None => normalise(
+                base_logp
+                    .iter()
+                    .zip(values)
+                    .map(|(&l, &v)| l + self.lambda * v)
+                    .collect(),
+            ),
             Some(k) => {
-                let mut out = vec![f32::NEG_INFINITY; base_logp.len()];
-                for i in top_k_ids(base_logp, k) {
-                    let i = i as usize;
-                    out[i] = base_logp[i] + self.lambda * values[i];
-                }
-                out
+                let ids = top_k_ids(base_logp, k);
+                let v: Vec<f32> = ids.iter().map(|&z| values[z as usize]).collect();
+                self.on_candidates(base_logp, &ids, &v)
             }
-        };
-        let m = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = m + out
-            .iter()
-            .map(|&x| f64::from(x - m).exp())
-            .sum::<f64>()
-            .ln() as f32;
-        out.iter_mut().for_each(|x| *x -= lse);
-        out
+        }
+    }
+
+    /// CD log-probs restricted to the candidates `ids`, whose values are `values`.
+    fn on_candidates(&self, base_logp: &[f32], ids: &[u32], values: &[f32]) -> Vec<f32> {
+        let mut out = vec![f32::NEG_INFINITY; base_logp.len()];
+        for (&z, &v) in ids.iter().zip(values) {
+            out[z as usize] = base_logp[z as usize] + self.lambda * v;
+        }
+        normalise(out)
     }
 }
 
@@ -149,12 +170,8 @@ impl Steer for TokenwiseCd<'_> {
         if self.mix.is_vocab_wide() {
             return self.cd_logprobs(base_logp, &self.mix.next_values(row));
         }
-        // Scalar scorers: values of the top-k candidates only (the rest are masked anyway).
-        let mut values = vec![0.0f32; base_logp.len()];
-        let (ids, v) = &self.candidates[row];
-        for (&z, &x) in ids.iter().zip(v) {
-            values[z as usize] = x;
-        }
-        self.cd_logprobs(base_logp, &values)
+        // Scalar scorers: the candidates and values `prepare` found for this step.
+        let (ids, values) = &self.candidates[row];
+        self.on_candidates(base_logp, ids, values)
     }
 }

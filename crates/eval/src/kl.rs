@@ -20,18 +20,21 @@ pub struct Estimate {
     pub stderr: f64,
 }
 
-fn estimate(values: impl Iterator<Item = f64>) -> Estimate {
-    let v: Vec<f64> = values.collect();
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    Estimate {
-        mean,
-        stderr: (var / n).sqrt(),
+impl Estimate {
+    /// The mean of `values` with its standard error (0 for a single value).
+    pub fn of(values: impl Iterator<Item = f64>) -> Self {
+        let v: Vec<f64> = values.collect();
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = if v.len() > 1 {
+            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Estimate {
+            mean,
+            stderr: (var / n).sqrt(),
+        }
     }
 }
 
@@ -70,9 +73,9 @@ pub fn kl_estimates(logp_policy: &[f64], logp_ref: &[f64]) -> Result<KlEstimates
         .map(|(p, q)| p - q)
         .collect();
     Ok(KlEstimates {
-        k1: estimate(r.iter().copied()),
-        k2: estimate(r.iter().map(|x| 0.5 * x * x)),
-        k3: estimate(r.iter().map(|x| (-x).exp() - 1.0 + x)),
+        k1: Estimate::of(r.iter().copied()),
+        k2: Estimate::of(r.iter().map(|x| 0.5 * x * x)),
+        k3: Estimate::of(r.iter().map(|x| (-x).exp() - 1.0 + x)),
     })
 }
 

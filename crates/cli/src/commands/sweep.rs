@@ -15,7 +15,7 @@ use infalign_decoding::{Generator, Sample, score_samples};
 use infalign_eval::Ties;
 use infalign_eval::analytic::Procedure;
 use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind};
-use infalign_eval::kl::{best_of_n_bound, blockwise_bound};
+use infalign_eval::kl::{Estimate, best_of_n_bound, blockwise_bound};
 use infalign_eval::report::{Report, add_curves};
 use infalign_rewards::{Reward, reward_from_spec_on};
 
@@ -166,17 +166,15 @@ fn decoder_kl(a: &StrategyArgs, samples: &[Sample]) -> Kl {
         .map(Sample::path_kl)
         .collect::<Option<Vec<f64>>>()
     {
-        let n = paths.len() as f64;
-        let mean = paths.iter().sum::<f64>() / n;
-        let var = paths.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        let kind = if mean == 0.0 {
+        let e = Estimate::of(paths.into_iter());
+        let kind = if e.mean == 0.0 {
             KlKind::Zero
         } else {
             KlKind::ExactPerToken
         };
         return Kl {
-            value: mean,
-            stderr: Some((var / n).sqrt()),
+            value: e.mean,
+            stderr: Some(e.stderr),
             kind,
         };
     }
