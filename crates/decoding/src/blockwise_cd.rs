@@ -151,7 +151,7 @@ impl<'a> BlockwiseCd<'a> {
         let mut tie_rng = seed.derive("tie-break", first as u64).stream("tie-break");
         // The accepted sample of each finished prompt; rows hold only unfinished prompts, K
         // each, in prompt order (`alive[i]` is the prompt of rows i*K..(i+1)*K).
-        let mut done: Vec<Option<Row>> = (0..n_prompts).map(|_| None).collect();
+        let mut done: Vec<Option<Sample>> = (0..n_prompts).map(|_| None).collect();
         let mut alive: Vec<usize> = (0..n_prompts).collect();
         while !alive.is_empty() {
             // Draft one block for every candidate of every unfinished prompt.
@@ -208,16 +208,20 @@ impl<'a> BlockwiseCd<'a> {
                     TieBreak::First => tied[0],
                     TieBreak::Random => tied[tie_rng.random_range(0..tied.len())],
                 };
-                if rows[winner].finish.is_some() {
-                    let w = &rows[winner];
-                    done[p] = Some(Row {
-                        tokens: w.tokens.clone(),
-                        policy: w.policy.clone(),
-                        base: w.base.clone(),
-                        finish: w.finish,
-                        value: w.value,
-                        rng: w.rng.clone(),
-                    });
+                if let Some(finish) = rows[winner].finish {
+                    // The prompt's rows leave the batch below: its winner can be taken apart.
+                    let w = &mut rows[winner];
+                    done[p] = Some(generator.finish_sample(
+                        &prompts[p],
+                        first + p,
+                        &ids[p],
+                        std::mem::take(&mut w.tokens),
+                        std::mem::take(&mut w.policy),
+                        std::mem::take(&mut w.base),
+                        Vec::new(),
+                        finish,
+                        &cfg.stop,
+                    )?);
                     continue;
                 }
                 still.push(p);
@@ -262,24 +266,9 @@ impl<'a> BlockwiseCd<'a> {
                     .collect();
             }
         }
-        done.into_iter()
-            .enumerate()
-            .map(|(p, w)| {
-                let row = w.expect("every prompt is done");
-                let mut s = generator.finish_sample(
-                    &prompts[p],
-                    first + p,
-                    &ids[p],
-                    row.tokens,
-                    row.policy,
-                    row.base,
-                    Vec::new(),
-                    row.finish.unwrap_or(Finish::Length),
-                    &cfg.stop,
-                )?;
-                s.reward = None;
-                Ok(s)
-            })
-            .collect()
+        Ok(done
+            .into_iter()
+            .map(|s| s.expect("every prompt is done"))
+            .collect())
     }
 }
