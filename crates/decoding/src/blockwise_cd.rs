@@ -17,7 +17,6 @@
 //! policy's own likelihood is intractable, and its KL is bounded instead
 //! (`(ln K − (K−1)/K) · L / M`).
 
-use burn::tensor::{Int, Tensor, TensorData};
 use infalign_core::Seed;
 use infalign_models::{TokenBatch, weights::read_f32};
 use rand::Rng;
@@ -132,6 +131,7 @@ impl<'a> BlockwiseCd<'a> {
             .chunks(vocab)
             .flat_map(|row| std::iter::repeat_n(row, k).flatten().copied())
             .collect();
+        cache.reserve(cfg.max_new_tokens);
         if k > 1 {
             cache = cache.repeat_interleave(k);
         }
@@ -246,14 +246,7 @@ impl<'a> BlockwiseCd<'a> {
                 break;
             }
             if order.len() != rows.len() || order.iter().enumerate().any(|(r, &o)| r != o) {
-                let idx: Tensor<1, Int> = Tensor::from_data(
-                    TensorData::new(
-                        order.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                        [order.len()],
-                    ),
-                    &device,
-                );
-                cache = cache.select(idx);
+                cache = cache.select(crate::generate::row_indices(&order, &device));
                 logp = order
                     .iter()
                     .flat_map(|&r| logp[r * vocab..(r + 1) * vocab].to_vec())

@@ -9,7 +9,7 @@
 //! sample's `base_logprobs` are the unprocessed model's, its `policy_logprobs` those of the
 //! distribution it was actually drawn from.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use infalign_core::Seed;
 use infalign_models::{LoadedModel, TokenBatch, weights::read_f32};
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,15 @@ pub trait Steer {
     }
     /// The log-probs to sample row `row` from, given the base log-probs (normalised).
     fn adjust(&self, row: usize, base_logp: &[f32]) -> Vec<f32>;
+    /// Called when rows leave the batch (their completions ended): keep the rows `keep`, in
+    /// that order, before the next [`Steer::feed`].
+    fn select(&mut self, keep: &[usize]);
+}
+
+/// The batch positions `rows` as an index tensor, for [`infalign_models::KvCache::select`].
+pub(crate) fn row_indices(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [rows.len()]), device)
 }
 
 /// Generates completions from a loaded model.
@@ -185,6 +194,7 @@ impl<'a> Generator<'a> {
             .chunks(vocab)
             .flat_map(|row| std::iter::repeat_n(row, n).flatten().copied())
             .collect();
+        cache.reserve(cfg.max_new_tokens);
         if n > 1 {
             cache = cache.repeat_interleave(n);
         }
@@ -200,19 +210,24 @@ impl<'a> Generator<'a> {
                     .stream("sampling"),
             })
             .collect();
+        // Batch position i decodes `rows[live[i]]`. Rows whose completions ended leave the
+        // batch (cache, log-probs and steer alike) once they are an eighth of it: until then
+        // they are fed padding, which costs less than copying the cache at every step.
+        let mut live: Vec<usize> = (0..rows.len()).collect();
         for step in 0..cfg.max_new_tokens {
             if let Some(s) = steer.as_deref_mut() {
                 s.prepare(&logp, vocab)?;
             }
-            let mut next = Vec::with_capacity(rows.len());
-            for (r, row) in rows.iter_mut().enumerate() {
+            let mut next = Vec::with_capacity(live.len());
+            for (i, &r) in live.iter().enumerate() {
+                let row = &mut rows[r];
                 if row.finish.is_some() {
                     next.push(self.lm.pad_id);
                     continue;
                 }
-                let lp = &logp[r * vocab..(r + 1) * vocab];
+                let lp = &logp[i * vocab..(i + 1) * vocab];
                 // The distribution this token is drawn from, and its exact KL to the base.
-                let steered = steer.as_deref().map(|s| s.adjust(r, lp));
+                let steered = steer.as_deref().map(|s| s.adjust(i, lp));
                 let dist = steered.as_deref().unwrap_or(lp);
                 let (tok, policy_lp, kl) = if cfg.sampling.greedy {
                     let (tok, _) = sample_token(dist, &cfg.sampling, &mut row.rng);
@@ -241,8 +256,22 @@ impl<'a> Generator<'a> {
                 row.finish = self.ended(&row.tokens, &cfg.stop)?;
                 next.push(tok);
             }
-            if rows.iter().all(|r| r.finish.is_some()) || step + 1 == cfg.max_new_tokens {
+            if step + 1 == cfg.max_new_tokens {
                 break;
+            }
+            let keep: Vec<usize> = (0..live.len())
+                .filter(|&i| rows[live[i]].finish.is_none())
+                .collect();
+            if keep.is_empty() {
+                break;
+            }
+            if (live.len() - keep.len()) * 8 >= live.len() {
+                cache = cache.select(row_indices(&keep, &self.device));
+                if let Some(s) = steer.as_deref_mut() {
+                    s.select(&keep);
+                }
+                next = keep.iter().map(|&i| next[i]).collect();
+                live = keep.iter().map(|&i| live[i]).collect();
             }
             let step_batch = TokenBatch::step(&next, &self.device);
             logp = read_f32(model.next_token_logprobs(&step_batch, &mut cache))?;

@@ -12,7 +12,7 @@
 //! Invariant: rows are prompt-major like the base model's; `select` reorders scorer caches and
 //! values exactly as the base cache is reordered.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use infalign_models::{KvCache, PrefixScorer, ScorerLayout, TokenBatch, weights::read_f32};
 
 use crate::DecodingError;
@@ -163,13 +163,7 @@ impl<'a> ScorerMix<'a> {
 
     /// Keeps rows `rows` (in that order; rows may repeat).
     pub fn select(&mut self, rows: &[usize]) {
-        let idx: Tensor<1, Int> = Tensor::from_data(
-            TensorData::new(
-                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [rows.len()],
-            ),
-            &self.device,
-        );
+        let idx = crate::generate::row_indices(rows, &self.device);
         for t in &mut self.tracks {
             t.cache = t.cache.select(idx.clone());
             t.next = rows

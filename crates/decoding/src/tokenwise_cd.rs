@@ -174,4 +174,8 @@ impl Steer for TokenwiseCd<'_> {
         let (ids, values) = &self.candidates[row];
         self.on_candidates(base_logp, ids, values)
     }
+
+    fn select(&mut self, keep: &[usize]) {
+        self.mix.select(keep);
+    }
 }

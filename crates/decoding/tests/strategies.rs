@@ -506,3 +506,69 @@ fn blockwise_cd_stops_at_a_stop_string() {
         }
     }
 }
+
+/// Samples, their log-probs and their per-step KL agree between two decodings of the same
+/// prompts (tolerance relative to the log-probs' magnitude: the batch size changes only the
+/// rounding of the matmuls).
+fn assert_same_samples(a: &[infalign_decoding::Sample], b: &[infalign_decoding::Sample]) {
+    assert_eq!(a.len(), b.len());
+    let close = |x: &[f32], y: &[f32]| {
+        x.len() == y.len()
+            && x.iter()
+                .zip(y)
+                .all(|(p, q)| (p - q).abs() <= 1e-5 * (1.0 + p.abs().max(q.abs())))
+    };
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.tokens, y.tokens);
+        assert_eq!(x.finish, y.finish);
+        assert!(close(&x.policy_logprobs, &y.policy_logprobs));
+        assert!(close(&x.base_logprobs, &y.base_logprobs));
+        assert!(close(&x.step_kl, &y.step_kl));
+    }
+}
+
+#[test]
+fn sampling_and_tokenwise_cd_do_not_depend_on_batching() {
+    // Completions that end (here at a stop string) leave the batch while the others go on;
+    // the others must not notice. Batched decoding equals one prompt at a time, for base
+    // sampling and for tokenwise CD, whose scorer caches leave the batch with the rows.
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(3.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let s = scorer(&lm.model, ScorerLayout::VocabWide, 4);
+    let ps: Vec<String> = (0..6).map(|i| format!("the dog {i}")).collect();
+    let batched = GenerationConfig {
+        max_new_tokens: 16,
+        n: 4,
+        stop: vec!["a".into()],
+        prompt_batch: 6,
+        ..Default::default()
+    };
+    let alone = GenerationConfig {
+        prompt_batch: 1,
+        ..batched.clone()
+    };
+    let together = g.generate(&ps, &batched, Seed(3)).unwrap();
+    let ends: Vec<usize> = together.iter().map(|x| x.tokens.len()).collect();
+    assert!(
+        ends.iter().filter(|&&l| l < 16).count() >= 4 && ends.contains(&16),
+        "rows must end at different steps for rows to leave the batch: {ends:?}"
+    );
+    assert_same_samples(&together, &g.generate(&ps, &alone, Seed(3)).unwrap());
+    let cd = |cfg: &GenerationConfig| {
+        let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+        TokenwiseCd::new(2.0, None, mix)
+            .unwrap()
+            .decode(&g, &ps, cfg, Seed(3))
+            .unwrap()
+    };
+    let steered = cd(&batched);
+    assert!(
+        steered
+            .iter()
+            .zip(&together)
+            .any(|(a, b)| a.tokens != b.tokens)
+    );
+    assert_same_samples(&steered, &cd(&alone));
+}

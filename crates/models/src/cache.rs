@@ -7,26 +7,74 @@
 
 use burn::tensor::{Int, Tensor};
 
-/// Keys and values of one layer, `[B, H_kv, T, hd]` each.
+/// Keys and values of one layer, `[B, H_kv, capacity, hd]` each, of which the first `len`
+/// positions are filled. Positions are written in place (a uniquely owned tensor is not copied
+/// by `slice_assign`), so a decoding step costs O(new positions), not O(cached positions);
+/// the buffer grows by doubling when a step does not fit, or once by [`KvCache::reserve`].
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
     kv: Option<(Tensor<4>, Tensor<4>)>,
+    len: usize,
 }
 
 impl LayerCache {
-    /// Appends the new positions and returns the full keys and values.
+    /// Appends the new positions and returns the keys and values of every filled position
+    /// (views into the buffer, `[B, H_kv, len, hd]`).
     pub(crate) fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, l, d] = k.dims();
         let (k, v) = match self.kv.take() {
             None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            Some((pk, pv)) => {
+                let (pk, pv) = self.grown(pk, pv, l);
+                let at = [0..b, 0..h, self.len..self.len + l, 0..d];
+                (pk.slice_assign(at.clone(), k), pv.slice_assign(at, v))
+            }
         };
+        self.len += l;
         self.kv = Some((k.clone(), v.clone()));
-        (k, v)
+        (k.narrow(2, 0, self.len), v.narrow(2, 0, self.len))
     }
 
+    /// The buffers, with room for `extra` more positions (doubling the capacity when they
+    /// must grow, so that growth costs O(1) per position over a whole decode).
+    fn grown(&self, k: Tensor<4>, v: Tensor<4>, extra: usize) -> (Tensor<4>, Tensor<4>) {
+        let cap = k.dims()[2];
+        let need = self.len + extra;
+        if need <= cap {
+            return (k, v);
+        }
+        self.with_capacity(k, v, need.max(2 * cap))
+    }
+
+    /// The filled positions of `k` and `v` in buffers of `capacity` positions.
+    fn with_capacity(&self, k: Tensor<4>, v: Tensor<4>, capacity: usize) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, _, d] = k.dims();
+        let pad = capacity - self.len;
+        let extend = |x: Tensor<4>| {
+            let zeros = Tensor::zeros([b, h, pad, d], &x.device());
+            Tensor::cat(vec![x.narrow(2, 0, self.len), zeros], 2)
+        };
+        (extend(k), extend(v))
+    }
+
+    /// Makes room for `extra` more positions in one allocation.
+    fn reserve(&mut self, extra: usize) {
+        if let Some((k, v)) = self.kv.take() {
+            let need = self.len + extra;
+            self.kv = Some(if need > k.dims()[2] {
+                self.with_capacity(k, v, need)
+            } else {
+                (k, v)
+            });
+        }
+    }
+
+    /// Applies `f` (a reordering or repetition of rows) to the whole buffers, spare room
+    /// included, so that decoding after it still writes in place.
     fn map(&self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
         Self {
             kv: self.kv.as_ref().map(|(k, v)| (f(k.clone()), f(v.clone()))),
+            len: self.len,
         }
     }
 }
@@ -67,6 +115,14 @@ impl KvCache {
         self.mask.as_ref()
     }
 
+    /// Makes room for `extra` more positions in every layer, so that the next `extra` decoding
+    /// steps write in place without growing the buffers.
+    pub fn reserve(&mut self, extra: usize) {
+        for l in &mut self.layers {
+            l.reserve(extra);
+        }
+    }
+
     /// Appends the mask of new positions and returns the full mask.
     pub(crate) fn push_mask(&mut self, new: Tensor<2>) -> Tensor<2> {
         let full = match self.mask.take() {
@@ -77,8 +133,8 @@ impl KvCache {
         full
     }
 
-    /// Repeats every row `n` times, in place (`r0 ×n, r1 ×n, ...`): the N samples of each
-    /// prompt then continue from one shared prefill.
+    /// Repeats every row `n` times (`r0 ×n, r1 ×n, ...`): the N samples of each prompt then
+    /// continue from one shared prefill. Spare room is kept.
     pub fn repeat_interleave(&self, n: usize) -> Self {
         let rep4 = |x: Tensor<4>| {
             let [b, h, t, d] = x.dims();
@@ -98,7 +154,7 @@ impl KvCache {
         }
     }
 
-    /// Keeps the rows `indices`, in that order (rows may repeat).
+    /// Keeps the rows `indices`, in that order (rows may repeat); spare room is kept.
     pub fn select(&self, indices: Tensor<1, Int>) -> Self {
         Self {
             layers: self
