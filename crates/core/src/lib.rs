@@ -27,7 +27,7 @@ pub mod io;
 pub mod metrics;
 mod seed;
 
-pub use device::DeviceSpec;
+pub use device::{DeviceSpec, host_workers};
 pub use error::CoreError;
 pub use metrics::MetricsWriter;
 pub use seed::Seed;

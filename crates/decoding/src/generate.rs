@@ -128,19 +128,65 @@ impl<'a> Generator<'a> {
             .iter()
             .map(|p| self.encode_prompt(p, cfg.max_new_tokens))
             .collect::<Result<Vec<_>, _>>()?;
+        let workers = match steer {
+            Some(_) => 1,
+            None => infalign_core::host_workers(&self.device),
+        };
+        // With several workers, chunks are small enough that every worker gets one.
+        let chunk = cfg
+            .prompt_batch
+            .max(1)
+            .min(encoded.len().div_ceil(workers).max(1));
+        let chunks: Vec<(usize, &[Vec<u32>])> = encoded
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, ids)| (c * chunk, ids))
+            .collect();
+        let run = |first: usize, ids: &[Vec<u32>], steer: Option<&mut (dyn Steer + 's)>| {
+            let prompts = &prompts[first..first + ids.len()];
+            self.generate_chunk(prompts, ids, first, cfg, seed, steer)
+        };
         let mut out = Vec::with_capacity(prompts.len() * cfg.n);
-        let chunk = cfg.prompt_batch.max(1);
-        for (c, ids) in encoded.chunks(chunk).enumerate() {
-            let first = c * chunk;
-            out.extend(self.generate_chunk(
-                &prompts[first..first + ids.len()],
-                ids,
-                first,
-                cfg,
-                seed,
-                steer.as_deref_mut(),
-            )?);
+        if workers <= 1 || chunks.len() <= 1 {
+            for &(first, ids) in &chunks {
+                out.extend(run(first, ids, steer.as_deref_mut())?);
+            }
+            return Ok(out);
         }
+        // Chunks are independent (each sample has its own random stream), so the result is
+        // the same as one after the other; each worker runs its chunks single-threaded.
+        let workers = workers.min(chunks.len());
+        let done: Vec<Result<Vec<(usize, Vec<Sample>)>, DecodingError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let (chunks, run) = (&chunks, &run);
+                    s.spawn(move || {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .build()
+                            .map_err(|e| DecodingError::Worker(e.to_string()))?;
+                        pool.install(|| {
+                            chunks
+                                .iter()
+                                .skip(w)
+                                .step_by(workers)
+                                .map(|&(first, ids)| Ok((first, run(first, ids, None)?)))
+                                .collect()
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut parts = Vec::with_capacity(chunks.len());
+        for d in done {
+            parts.extend(d?);
+        }
+        parts.sort_by_key(|(first, _)| *first);
+        out.extend(parts.into_iter().flat_map(|(_, samples)| samples));
         Ok(out)
     }
 
