@@ -28,7 +28,8 @@ pub struct GenerationConfig {
     pub sampling: SamplingConfig,
     /// Strings that end a completion when they appear in its text.
     pub stop: Vec<String>,
-    /// Prompts prefilled together (each expands to `n` rows).
+    /// Prompts prefilled together (each expands to `n` rows); on the CPU, chunks of this many
+    /// prompts are also what the cores decode in parallel.
     pub prompt_batch: usize,
 }
 
@@ -132,11 +133,9 @@ impl<'a> Generator<'a> {
             Some(_) => 1,
             None => infalign_core::host_workers(&self.device),
         };
-        // With several workers, chunks are small enough that every worker gets one.
-        let chunk = cfg
-            .prompt_batch
-            .max(1)
-            .min(encoded.len().div_ceil(workers).max(1));
+        // Chunks are `prompt_batch` prompts whatever the number of workers: the padding of a
+        // prefill batch changes rounding, and results must not depend on the machine's cores.
+        let chunk = cfg.prompt_batch.max(1);
         let chunks: Vec<(usize, &[Vec<u32>])> = encoded
             .chunks(chunk)
             .enumerate()

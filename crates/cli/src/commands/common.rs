@@ -66,7 +66,8 @@ pub struct SamplingArgs {
     /// New tokens per completion at most.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Prompts prefilled together.
+    /// Prompts prefilled together (each with its `--n` samples); on the CPU, batches run in
+    /// parallel, one per core.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Seed of all randomness.
