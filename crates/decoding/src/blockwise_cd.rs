@@ -178,11 +178,16 @@ impl<'a> BlockwiseCd<'a> {
                 if !active.iter().any(|&a| a) {
                     break;
                 }
-                logp = read_f32(
-                    lm.model
-                        .next_token_logprobs(&TokenBatch::step(&next, &device), &mut cache),
-                )?;
-                self.mix.feed(&next)?;
+                // The scorers' forwards need only the chosen tokens: they run beside the base
+                // model's.
+                let step = TokenBatch::step(&next, &device);
+                let mix = &mut self.mix;
+                let (lp, fed) = rayon::join(
+                    || read_f32(lm.model.next_token_logprobs(&step, &mut cache)),
+                    || mix.feed(&next),
+                );
+                fed?;
+                logp = lp?;
                 for (r, row) in rows.iter_mut().enumerate() {
                     if active[r] {
                         row.value = self.mix.value(r);

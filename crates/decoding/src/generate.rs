@@ -47,7 +47,7 @@ impl Default for GenerationConfig {
 
 /// Adjusts the base model's next-token log-probs step by step (tokenwise controlled decoding).
 /// It sees the same prompt batch and the same chosen tokens as the base model, row for row.
-pub trait Steer {
+pub trait Steer: Send {
     /// Called once per prompt chunk with the prompts' ids; each will be repeated `repeat`
     /// times, prompt-major.
     fn prefill(
@@ -318,11 +318,18 @@ impl<'a> Generator<'a> {
                 next = keep.iter().map(|&i| next[i]).collect();
                 live = keep.iter().map(|&i| live[i]).collect();
             }
+            // The steer's forward (a scorer's) needs only the chosen tokens, not the base
+            // model's next log-probs: the two run at once.
             let step_batch = TokenBatch::step(&next, &self.device);
-            logp = read_f32(model.next_token_logprobs(&step_batch, &mut cache))?;
-            if let Some(s) = steer.as_deref_mut() {
-                s.feed(&next)?;
-            }
+            let mut base_step = || read_f32(model.next_token_logprobs(&step_batch, &mut cache));
+            logp = match steer.as_deref_mut() {
+                None => base_step()?,
+                Some(s) => {
+                    let (lp, fed) = rayon::join(base_step, || s.feed(&next));
+                    fed?;
+                    lp?
+                }
+            };
         }
         rows.into_iter()
             .enumerate()

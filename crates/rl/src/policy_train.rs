@@ -174,17 +174,23 @@ pub struct RewardPipeline<'a> {
 }
 
 impl RewardPipeline<'_> {
-    /// `Φ(Ĉ(r))` (or `r`) of one completion, with the raw r.
-    pub fn score(&self, input: &RewardInput<'_>) -> Result<(f64, f64), RlError> {
-        let r = self.reward.score(input)?;
-        // Φ applies to Ĉ, or to r itself when r is already calibrated (a calibrated reward
-        // model); with neither, r is used raw.
-        let c = match self.calibrator {
-            Some(cal) => cal.calibrate(input.prompt, r)?,
-            None => r,
-        };
-        let shaped = self.transform.as_ref().map_or(c, |t| t.apply(c));
-        Ok((r, shaped))
+    /// `Φ(Ĉ(r))` (or `r`) of each completion, with the raw r; the reward scores them all in
+    /// one batch (one forward pass for a reward model).
+    pub fn score(&self, inputs: &[RewardInput<'_>]) -> Result<Vec<(f64, f64)>, RlError> {
+        let raw = self.reward.score_batch(inputs)?;
+        inputs
+            .iter()
+            .zip(raw)
+            .map(|(input, r)| {
+                // Φ applies to Ĉ, or to r itself when r is already calibrated (a calibrated
+                // reward model); with neither, r is used raw.
+                let c = match self.calibrator {
+                    Some(cal) => cal.calibrate(input.prompt, r)?,
+                    None => r,
+                };
+                Ok((r, self.transform.as_ref().map_or(c, |t| t.apply(c))))
+            })
+            .collect()
     }
 }
 
@@ -420,7 +426,8 @@ pub fn train_policy(
         let gen_cfg = GenerationConfig {
             max_new_tokens: cfg.max_new_tokens,
             n: cfg.k,
-            prompt_batch: cfg.prompts_per_step,
+            // One prompt (its k samples) per chunk: chunks decode in parallel on the CPU.
+            prompt_batch: 1,
             ..Default::default()
         };
         let samples = Generator::new(&current, device.clone()).generate(
@@ -440,14 +447,17 @@ pub fn train_policy(
         };
         let mut scores = Vec::with_capacity(samples.len());
         let mut shaped_scores = Vec::with_capacity(samples.len());
-        for (s, rlp) in samples.iter().zip(&ref_lp) {
-            let input = RewardInput {
+        let inputs: Vec<RewardInput<'_>> = samples
+            .iter()
+            .map(|s| RewardInput {
                 prompt: &s.prompt,
                 completion: &s.completion,
                 tokens: s.tokens.len(),
                 ids: &s.tokens,
-            };
-            let (raw, shaped) = pipeline.score(&input)?;
+            })
+            .collect();
+        let scored = pipeline.score(&inputs)?;
+        for ((s, rlp), (raw, shaped)) in samples.iter().zip(&ref_lp).zip(scored) {
             let n_prompt = s.prompt_ids.len();
             let ref_sum: f64 = rlp[n_prompt - 1..].iter().map(|&x| f64::from(x)).sum();
             let kl = s.policy_logprob() - ref_sum;
