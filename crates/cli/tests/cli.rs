@@ -494,7 +494,7 @@ fn rollouts_calibrate_and_train_a_scorer() {
 fn analytic_prints_closed_forms() {
     let json =
         |args: &[&str]| -> serde_json::Value { serde_json::from_str(ok(args).trim()).unwrap() };
-    // Identity at λ = 10: win rate 0.9, KL 1.3031 (ALGORITHMS.md B.5).
+    // Identity at λ = 10: win rate 0.9, KL 1.3031 (docs/ALGORITHMS.md B.5).
     let v = json(&["analytic", "--transform", "identity", "--lambda", "10"]);
     assert!((v["win_rate"].as_f64().unwrap() - 0.9).abs() < 1e-4);
     assert!((v["kl"].as_f64().unwrap() - 1.3031).abs() < 1e-4);

@@ -1,4 +1,4 @@
-//! Best-of-N (ALGORITHMS.md A.5.2, B.1): draw N samples from the policy, return the one with
+//! Best-of-N (docs/ALGORITHMS.md A.5.2, B.1): draw N samples from the policy, return the one with
 //! the highest reward (the first on ties). Its KL to the policy is at most ln N − (N−1)/N and
 //! its win rate against one policy sample at most N/(N+1) (Beirami et al. 2024).
 

@@ -1,4 +1,4 @@
-//! Blockwise controlled decoding (Mudgal et al. 2024, eq. 7; ALGORITHMS.md A.5.2): at each
+//! Blockwise controlled decoding (Mudgal et al. 2024, eq. 7; docs/ALGORITHMS.md A.5.2): at each
 //! step draw K continuations of M tokens from the base model, keep the one whose extended
 //! prefix the scorer values most, append it, and repeat until an accepted block ends the
 //! sequence (EOS, a stop string, or the token budget). With M at least the budget and a perfect scorer this is

@@ -54,7 +54,7 @@ impl Sample {
 
     /// The exact per-token KL summed along this path, `Σ_t KL(π(· | y<t) ‖ π_ref(· | y<t))`:
     /// its mean over samples is an unbiased, low-variance estimate of the sequence KL
-    /// (ALGORITHMS.md A.6). `None` when the strategy records no per-step distributions.
+    /// (docs/ALGORITHMS.md A.6). `None` when the strategy records no per-step distributions.
     pub fn path_kl(&self) -> Option<f64> {
         if self.step_kl.len() != self.tokens.len() {
             return None;

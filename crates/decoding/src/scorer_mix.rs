@@ -1,4 +1,4 @@
-//! Multi-objective prefix scoring (CD, ALGORITHMS.md A.5.3): several prefix scorers, each
+//! Multi-objective prefix scoring (CD, docs/ALGORITHMS.md A.5.3): several prefix scorers, each
 //! trained for its own reward, combined linearly at decode time,
 //! `V_mix([x, y^t]) = Σ_i w_i V_i([x, y^t])`, with weights that may be negative and may change
 //! between calls without retraining.

@@ -1,4 +1,4 @@
-//! Soft best-of-N (Verdun et al. 2025; ALGORITHMS.md C): draw N samples, then return sample i
+//! Soft best-of-N (Verdun et al. 2025; docs/ALGORITHMS.md C): draw N samples, then return sample i
 //! with probability `exp(r_i / τ) / Σ_j exp(r_j / τ)`. τ → 0 recovers best-of-N, τ → ∞ plain
 //! sampling. The draw uses the seeded stream `seed.derive("soft-bon", prompt_index)`.
 

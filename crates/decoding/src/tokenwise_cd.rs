@@ -1,4 +1,4 @@
-//! Tokenwise controlled decoding (Mudgal et al. 2024, eq. 6; ALGORITHMS.md A.5.1):
+//! Tokenwise controlled decoding (Mudgal et al. 2024, eq. 6; docs/ALGORITHMS.md A.5.1):
 //! `π_θ(z | [x, y^t]) ∝ π_ref(z | [x, y^t]) · exp(λ · V_θ([x, y^t, z]))`, the unique maximiser of
 //! the tokenwise KL-regularised objective (Theorem 2.1). In log space: `log p + λ V`, then
 //! normalise and sample.

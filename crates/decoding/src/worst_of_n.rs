@@ -1,4 +1,4 @@
-//! Worst-of-N (InfAlign, ALGORITHMS.md B.1): draw N samples, return the one with the lowest
+//! Worst-of-N (InfAlign, docs/ALGORITHMS.md B.1): draw N samples, return the one with the lowest
 //! reward (the first on ties). It models best-of-N jailbreaking: an adversary samples N times
 //! and keeps the worst response, so an aligned model's worst-of-N response should still win.
 

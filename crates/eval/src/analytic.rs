@@ -1,4 +1,4 @@
-//! The calibrated-space analytic tool (InfAlign; our reconstruction, ALGORITHMS.md B.5).
+//! The calibrated-space analytic tool (InfAlign; our reconstruction, docs/ALGORITHMS.md B.5).
 //!
 //! If the aligned policy is `π ∝ π_ref · exp(λ Φ(C))` and the calibrated reward C is uniform on
 //! [0, 1] under π_ref (continuous rewards), then C has density `f(u) = exp(λΦ(u)) / Z` under π,
@@ -180,8 +180,8 @@ pub fn search_t(
     Ok((table, best))
 }
 
-/// The optimal transform for `procedure` at `λ` (ALGORITHMS.md B.2, B.4), by damped fixed-point
-/// iteration of `R_T(c) = ∂W/∂π` evaluated at `π ∝ π_ref exp(λ R_T)`:
+/// The optimal transform for `procedure` at `λ` (docs/ALGORITHMS.md B.2, B.4), by damped
+/// fixed-point iteration of `R_T(c) = ∂W/∂π` evaluated at `π ∝ π_ref exp(λ R_T)`:
 /// best-of-N `R(c) = N² ∫_0^c F^{N−1} v^{N−1} dv`, worst-of-N
 /// `R(c) = N² ∫_0^c (1−F)^{N−1} (1−v)^{N−1} dv`, standard `R(c) = c`. Returned tabulated on
 /// `points` values.
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn transforms_rank_as_the_paper_says_at_matched_kl() {
-        // ALGORITHMS.md B.5 takeaways, at KL = 1: for BoN_4, exp (tuned t) beats identity,
+        // docs/ALGORITHMS.md B.5 takeaways, at KL = 1: for BoN_4, exp (tuned t) beats identity,
         // which beats log; for WoN_4, negexp beats identity and log beats identity.
         let kl = 1.0;
         let at = |phi: Transform, proc| {

@@ -1,4 +1,4 @@
-//! Points on the win-rate/KL plane and the plots made of them (ALGORITHMS.md A.6, B.1): every
+//! Points on the win-rate/KL plane and the plots made of them (docs/ALGORITHMS.md A.6, B.1): every
 //! evaluated configuration (a decoder at one λ, K or N; a policy aligned at one β) becomes a
 //! [`CurvePoint`]; points of the same method form a curve, drawn next to theoretical references.
 //!

@@ -1,4 +1,4 @@
-//! KL(π ‖ π_ref) estimates and bounds (ALGORITHMS.md A.6).
+//! KL(π ‖ π_ref) estimates and bounds (docs/ALGORITHMS.md A.6).
 //!
 //! From samples `y ~ π` with sequence log-ratios `r = log π(y) − log π_ref(y)`:
 //! k1 = `r` (unbiased, can be negative per sample), k2 = `r²/2` (biased, low variance),

@@ -3,15 +3,16 @@
 //! Honest evaluation: win rates against the base model, standard or under an inference-time
 //! procedure applied to both sides, with bootstrap intervals ([`win_rate`],
 //! [`inference_win_rate`]); KL estimators and bounds ([`kl`]); and the calibrated-space
-//! analytic tool of InfAlign ([`analytic`], ALGORITHMS.md B.5), which predicts KL and win rates
-//! of any transform without a model; curves of win rate against KL ([`curve`]), plots
+//! analytic tool of InfAlign ([`analytic`], docs/ALGORITHMS.md B.5), which predicts KL and win
+//! rates of any transform without a model; curves of win rate against KL ([`curve`]), plots
 //! ([`plot`], SVG and PNG) and run reports ([`report`], Markdown and self-contained HTML).
 //!
 //! ```
 //! use infalign_eval::analytic::{Procedure, evaluate};
 //! use infalign_rewards::Transform;
 //!
-//! // The identity transform at λ = 3: standard win rate 0.7191, KL 0.3069 (ALGORITHMS.md B.5).
+//! // The identity transform at λ = 3: standard win rate 0.7191, KL 0.3069
+//! // (docs/ALGORITHMS.md B.5).
 //! let r = evaluate(&Transform::from_name("identity", None).unwrap(), 3.0, Procedure::Standard);
 //! assert!((r.win_rate - 0.7191).abs() < 1e-3 && (r.kl - 0.3069).abs() < 1e-3);
 //! ```

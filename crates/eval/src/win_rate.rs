@@ -1,4 +1,4 @@
-//! Win rates against the base model (ALGORITHMS.md A.6, B.1), with bootstrap intervals over
+//! Win rates against the base model (docs/ALGORITHMS.md A.6, B.1), with bootstrap intervals over
 //! prompts.
 //!
 //! Per prompt, every policy reward is compared with every base reward (ties count ½, or lose in

@@ -1,4 +1,4 @@
-//! The prefix scorer of Controlled Decoding (Mudgal et al. 2024, §3; ALGORITHMS.md A.4): a
+//! The prefix scorer of Controlled Decoding (Mudgal et al. 2024, §3; docs/ALGORITHMS.md A.4): a
 //! language-model backbone (initialised from the base model) with a value head.
 //!
 //! Two layouts behind one type:

@@ -1,4 +1,4 @@
-//! Bradley-Terry reward-model training (ALGORITHMS.md A.7, B.9): for a preference
+//! Bradley-Terry reward-model training (docs/ALGORITHMS.md A.7, B.9): for a preference
 //! `(x, y_w ≻ y_l)`, minimise `−log σ(r(x, y_w) − r(x, y_l))` (cross-entropy against the label);
 //! report pairwise accuracy on held-out pairs. The loop, checkpoints and resume are
 //! `rm_train.rs`'s.

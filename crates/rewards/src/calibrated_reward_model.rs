@@ -1,4 +1,4 @@
-//! A calibrated reward model (InfAlign, ALGORITHMS.md B.3, "as an option"): a network trained
+//! A calibrated reward model (InfAlign, docs/ALGORITHMS.md B.3, "as an option"): a network trained
 //! to predict the calibrated reward Ĉ(x, y) directly, so that prompts without reference rollouts
 //! get a calibrated reward too. Targets are the leave-one-out Ĉ of every reference rollout among
 //! the other rollouts of its prompt; the loss is the cross-entropy of σ(s) against the target,

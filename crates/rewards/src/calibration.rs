@@ -1,4 +1,4 @@
-//! Reward calibration against the base policy (InfAlign, ALGORITHMS.md B.3):
+//! Reward calibration against the base policy (InfAlign, docs/ALGORITHMS.md B.3):
 //!
 //! `Ĉ(x, y) = (1/K) Σ_i [1{r(x,y) > s_i} + ½·1{r(x,y) = s_i}]`
 //!

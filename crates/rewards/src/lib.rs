@@ -5,8 +5,8 @@
 //! the Bradley-Terry loss ([`RewardModel`], [`bradley_terry`]) on real or synthetic
 //! ([`preferences`]) preference pairs or trained to predict calibrated rewards
 //! ([`calibrated_reward_model`]), calibration against base-policy
-//! samples ([`Calibrator`], ALGORITHMS.md B.3), and the transforms Φ that adapt a calibrated
-//! reward to an inference-time procedure ([`Transform`], B.4).
+//! samples ([`Calibrator`], docs/ALGORITHMS.md B.3), and the transforms Φ that adapt a calibrated
+//! reward to an inference-time procedure ([`Transform`], docs/ALGORITHMS.md B.4).
 //!
 //! ```
 //! use infalign_rewards::{Calibrator, RewardTransform, Transform};

@@ -1,7 +1,7 @@
-//! The training loop shared by reward models (ALGORITHMS.md A.7): a scalar-head network read at
-//! the last token, AdamW, global-norm clipping, metrics, checkpoints and exact resume. What is
-//! learned is an [`RmObjective`]: Bradley-Terry on preference pairs (`bradley_terry.rs`) or
-//! regression onto calibrated rewards (`calibrated_reward_model.rs`).
+//! The training loop shared by reward models (docs/ALGORITHMS.md A.7): a scalar-head network
+//! read at the last token, AdamW, global-norm clipping, metrics, checkpoints and exact resume.
+//! What is learned is an [`RmObjective`]: Bradley-Terry on preference pairs (`bradley_terry.rs`)
+//! or regression onto calibrated rewards (`calibrated_reward_model.rs`).
 //!
 //! Invariants: the examples of step `s` are drawn from `seed.derive("rm-data", s)`; the same
 //! data and seed give the same model on the CPU. A checkpoint (`checkpoint/` of the run

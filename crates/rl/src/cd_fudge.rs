@@ -1,4 +1,4 @@
-//! CD-FUDGE (Mudgal et al. 2024, eq. 4; ALGORITHMS.md A.3.1): on rollouts of the base model,
+//! CD-FUDGE (Mudgal et al. 2024, eq. 4; docs/ALGORITHMS.md A.3.1): on rollouts of the base model,
 //! every prefix of the completion regresses onto the sequence's final reward,
 //! `ℓ_F = ½ Σ_t (V_θ([x, y^t]) − r([x, y]))²`.
 //!

@@ -1,4 +1,4 @@
-//! CD-Q (Mudgal et al. 2024, eq. 5; ALGORITHMS.md A.3.2): the Bellman identity of the base
+//! CD-Q (Mudgal et al. 2024, eq. 5; docs/ALGORITHMS.md A.3.2): the Bellman identity of the base
 //! policy's value as a regression target under stop-gradient,
 //! `v_t = Σ_z π_ref(z | [x, y^t]) · V_θ([x, y^t, z])` for a non-terminal prefix and
 //! `v_t = r([x, y^t])` at the end, with `ℓ_Q = ½ Σ_t (V_θ([x, y^t]) − stopgrad(v_t))²`.

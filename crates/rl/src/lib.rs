@@ -1,10 +1,10 @@
 //! # infalign-rl
 //!
-//! Training against rewards. Prefix scorers for controlled decoding (ALGORITHMS.md A.3):
+//! Training against rewards. Prefix scorers for controlled decoding (docs/ALGORITHMS.md A.3):
 //! [`ScorerMethod::Fudge`] (every prefix of a base rollout regresses onto the final reward,
 //! eq. 4) and [`ScorerMethod::Q`] (a Bellman target under stop-gradient, eq. 5), both in
 //! [`train_scorer`]. KL-regularised policy optimisation with calibrated, transformed rewards
-//! (InfAlign-CTRL, B.4): [`train_policy`] with the RLOO objective ([`rloo`]).
+//! (InfAlign-CTRL, docs/ALGORITHMS.md B.4): [`train_policy`] with the RLOO objective ([`rloo`]).
 //!
 //! ```no_run
 //! # // Needs a base model and rollouts; see crates/rl/tests for a runnable example.

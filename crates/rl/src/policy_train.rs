@@ -1,5 +1,5 @@
 //! KL-regularised policy optimisation against a frozen reference (InfAlign-CTRL, Algorithm 1;
-//! ALGORITHMS.md B.4): sample from the policy, score with the reward, calibrate against the
+//! docs/ALGORITHMS.md B.4): sample from the policy, score with the reward, calibrate against the
 //! reference rollouts of each prompt (Ĉ), transform (Φ), and take a policy-gradient step on
 //! `Φ(Ĉ(r)) − β · KL`. Without a calibrator the raw reward is used (the standard RLHF baseline).
 //!

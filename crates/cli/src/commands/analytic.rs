@@ -1,5 +1,5 @@
-//! `infalign analytic`: the calibrated-space analytic tool (ALGORITHMS.md B.5). Prints one JSON
-//! object with `lambda`, `kl`, `win_rate` (under the procedure) and `standard_win_rate`.
+//! `infalign analytic`: the calibrated-space analytic tool (docs/ALGORITHMS.md B.5). Prints one
+//! JSON object with `lambda`, `kl`, `win_rate` (under the procedure) and `standard_win_rate`.
 
 use anyhow::{Result, bail};
 use infalign_eval::analytic::{Procedure, evaluate, lambda_for_kl, optimal_transform};

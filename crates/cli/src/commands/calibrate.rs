@@ -1,5 +1,5 @@
 //! `infalign calibrate`: adds the calibrated reward Ĉ (and optionally Φ(Ĉ)) to every sample,
-//! against the reference rollouts of its prompt (InfAlign, ALGORITHMS.md B.3).
+//! against the reference rollouts of its prompt (InfAlign, docs/ALGORITHMS.md B.3).
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! A weighted sum of rewards, `Σ_i w_i r_i(x, y)`; weights may be negative (CD's
-//! multi-objective experiment penalises length with a negative weight, ALGORITHMS.md A.5.3).
+//! multi-objective experiment penalises length with a negative weight, docs/ALGORITHMS.md A.5.3).
 
 use crate::RewardError;
 use crate::reward::{Reward, RewardInput, finite};

@@ -1,4 +1,4 @@
-//! Φ(u) = exp(t·u), t > 0: InfAlign's transform for best-of-N (ALGORITHMS.md B.4). It is
+//! Φ(u) = exp(t·u), t > 0: InfAlign's transform for best-of-N (docs/ALGORITHMS.md B.4). It is
 //! convex and concentrates reward on the top quantiles, matching the shape `c^(2N-1)` of the
 //! optimal best-of-N transform near the base policy; a larger N wants a larger t.
 

@@ -1,5 +1,5 @@
 //! Φ(u) = u. With calibrated rewards, KL-regularised RL on the identity transform solves the
-//! standard win-rate objective exactly (ALGORITHMS.md B.2): the "calibrated RLHF" baseline.
+//! standard win-rate objective exactly (docs/ALGORITHMS.md B.2): the "calibrated RLHF" baseline.
 
 use serde::{Deserialize, Serialize};
 

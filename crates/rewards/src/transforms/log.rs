@@ -1,5 +1,5 @@
 //! Φ(u) = log(u + eps). The policy `π ∝ π_ref · u^(1/β)` it induces is, for `1/β = N - 1`,
-//! exactly the best-of-N policy (ALGORITHMS.md B.4, verified numerically in B.5): the
+//! exactly the best-of-N policy (docs/ALGORITHMS.md B.4, verified numerically in B.5): the
 //! transform behind best-of-N distillation (BoNBoN, BOND, vBoN). `eps` keeps Φ(0) finite.
 
 use serde::{Deserialize, Serialize};

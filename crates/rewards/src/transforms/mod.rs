@@ -1,4 +1,4 @@
-//! Reward transforms Φ (InfAlign, ALGORITHMS.md B.4), applied to a calibrated reward
+//! Reward transforms Φ (InfAlign, docs/ALGORITHMS.md B.4), applied to a calibrated reward
 //! `u ∈ [0, 1]` before KL-regularised RL. One file per transform; [`Transform`] is the
 //! serializable config that names one (`{"kind": "exp", "t": 4.0}`).
 //!

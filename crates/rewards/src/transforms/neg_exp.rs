@@ -1,5 +1,5 @@
 //! Φ(u) = -exp(-t·u), t > 0: InfAlign's transform for worst-of-N (best-of-N jailbreaking,
-//! ALGORITHMS.md B.4). It is concave and penalises the bottom quantiles most, matching the
+//! docs/ALGORITHMS.md B.4). It is concave and penalises the bottom quantiles most, matching the
 //! shape `-(1-c)^(2N-1)` of the optimal worst-of-N transform near the base policy.
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,6 @@
 //! Φ(u) = u^k, k > 0: a one-parameter family between the identity (k = 1) and the
 //! top-quantile-seeking shapes of best-of-N (k = 2N - 1 matches the optimal best-of-N transform
-//! near the base policy, ALGORITHMS.md B.4).
+//! near the base policy, docs/ALGORITHMS.md B.4).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! Φ given by values on a uniform grid of [0, 1], linearly interpolated: the form in which the
 //! evaluation crate hands over the optimal transform it computes by fixed point
-//! (ALGORITHMS.md B.4, B.5).
+//! (docs/ALGORITHMS.md B.4, B.5).
 //!
 //! Invariants: at least two grid values, all finite and non-decreasing; Φ is continuous and
 //! piecewise linear; `u` outside [0, 1] is clamped.
