@@ -2,10 +2,12 @@
 //!
 //! Honest evaluation: win rates against the base model, standard or under an inference-time
 //! procedure applied to both sides, with bootstrap intervals ([`win_rate`],
-//! [`inference_win_rate`]); KL estimators and bounds ([`kl`]); and the calibrated-space
-//! analytic tool of InfAlign ([`analytic`], docs/ALGORITHMS.md B.5), which predicts KL and win
-//! rates of any transform without a model; curves of win rate against KL ([`curve`]), plots
-//! ([`plot`], SVG and PNG) and run reports ([`report`], Markdown and self-contained HTML).
+//! [`inference_win_rate`]); paired comparisons of methods on the same prompts and base samples,
+//! at matched KL along policy paths, and the fraction of the analytic optimum's gain reached
+//! ([`paired`]); KL estimators and bounds ([`kl`]); and the calibrated-space analytic tool of
+//! InfAlign ([`analytic`], docs/ALGORITHMS.md B.5), which predicts KL and win rates of any
+//! transform without a model; curves of win rate against KL ([`curve`]), plots ([`plot`], SVG
+//! and PNG) and run reports ([`report`], Markdown and self-contained HTML).
 //!
 //! ```
 //! use infalign_eval::analytic::{Procedure, evaluate};
@@ -21,9 +23,15 @@ pub mod analytic;
 pub mod curve;
 mod error;
 pub mod kl;
+pub mod paired;
 pub mod plot;
 pub mod report;
 mod win_rate;
 
 pub use error::EvalError;
-pub use win_rate::{Interval, Ties, inference_win_rate, win_rate};
+pub use paired::{
+    Difference, Measure, Outcomes, Path, PathPoint, common_kl_range, gain_fraction,
+    paired_difference, paired_difference_at_kl, paired_mean_reward_difference,
+    paired_win_rate_difference,
+};
+pub use win_rate::{Interval, Ties, inference_win_rate, per_prompt_win_rates, win_rate};

@@ -6,6 +6,10 @@
 //! inference-time procedure the same procedure is applied to both sides: N rewards are drawn
 //! without replacement from each side's pool for the prompt, the best (or worst) of each is kept,
 //! and the two are compared; repeated with a seeded generator.
+//!
+//! One per-prompt loop ([`per_prompt_win_rates`]) and one bootstrap serve the marginal win rates
+//! here and the paired comparisons of [`crate::paired`]. Invariant: the bootstrap's resampled
+//! prompt indices depend only on the seed and the number of prompts.
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -74,18 +78,35 @@ fn check(policy: &[Vec<f64>], base: &[Vec<f64>], need: usize) -> Result<(), Eval
     Ok(())
 }
 
-fn bootstrap(per_prompt: &[f64], seed: u64) -> Interval {
+/// Bootstrap replicates drawn by [`bootstrap_replicates`]; the 95% percentile interval takes the
+/// 25th and the 975th of them in sorted order.
+pub(crate) const REPLICATES: usize = 1000;
+
+/// The mean of `per_prompt` over each of [`REPLICATES`] resamplings of the prompts with
+/// replacement, in drawing order. The prompt indices drawn depend only on `seed` and the number
+/// of prompts, so two vectors of the same length bootstrapped with one seed see the same
+/// resampled prompts in every replicate: the bootstrap of any per-prompt linear combination of
+/// them is, replicate by replicate, that combination of their bootstraps (what the paired
+/// comparisons of [`crate::paired`] rest on).
+pub(crate) fn bootstrap_replicates(per_prompt: &[f64], seed: u64) -> Vec<f64> {
     let n = per_prompt.len();
-    let mean = per_prompt.iter().sum::<f64>() / n as f64;
     let mut rng = infalign_core::Seed(seed).stream("bootstrap");
-    let mut means: Vec<f64> = (0..1000)
+    (0..REPLICATES)
         .map(|_| {
             (0..n)
                 .map(|_| per_prompt[rng.random_range(0..n)])
                 .sum::<f64>()
                 / n as f64
         })
-        .collect();
+        .collect()
+}
+
+/// The mean of `per_prompt` (equal weight per prompt, at least one prompt) with the 95%
+/// percentile-bootstrap interval over prompts.
+pub(crate) fn bootstrap(per_prompt: &[f64], seed: u64) -> Interval {
+    let n = per_prompt.len();
+    let mean = per_prompt.iter().sum::<f64>() / n as f64;
+    let mut means = bootstrap_replicates(per_prompt, seed);
     means.sort_by(f64::total_cmp);
     Interval {
         mean,
@@ -101,18 +122,7 @@ pub fn win_rate(
     ties: Ties,
     seed: u64,
 ) -> Result<Interval, EvalError> {
-    check(policy, base, 1)?;
-    let per_prompt: Vec<f64> = policy
-        .iter()
-        .zip(base)
-        .map(|(p, b)| {
-            let total: f64 = p
-                .iter()
-                .map(|&x| b.iter().map(|&y| outcome(x, y, ties)).sum::<f64>())
-                .sum();
-            total / (p.len() * b.len()) as f64
-        })
-        .collect();
+    let per_prompt = per_prompt_win_rates(policy, base, Procedure::Standard, ties, 1, seed)?;
     Ok(bootstrap(&per_prompt, seed))
 }
 
@@ -126,8 +136,41 @@ pub fn inference_win_rate(
     reps: usize,
     seed: u64,
 ) -> Result<Interval, EvalError> {
+    let per_prompt = per_prompt_win_rates(policy, base, procedure, ties, reps, seed)?;
+    Ok(bootstrap(&per_prompt, seed))
+}
+
+/// The win rate of each prompt, before averaging: what [`win_rate`] and [`inference_win_rate`]
+/// bootstrap, and what the paired comparisons of [`crate::paired`] difference.
+///
+/// [`Procedure::Standard`] is exact (every policy reward against every base reward; `reps` and
+/// `seed` unused). Best-of-N and worst-of-N draw N rewards without replacement from each side's
+/// pool `reps` times per prompt (at least once) from the seeded stream `inference-win-rate`;
+/// the draws depend only on `seed` and the pool sizes, so two policies with pools of equal sizes
+/// evaluated with one seed meet the same base draws (common random numbers).
+pub fn per_prompt_win_rates(
+    policy: &[Vec<f64>],
+    base: &[Vec<f64>],
+    procedure: Procedure,
+    ties: Ties,
+    reps: usize,
+    seed: u64,
+) -> Result<Vec<f64>, EvalError> {
     let (n, sign) = match procedure {
-        Procedure::Standard => return win_rate(policy, base, ties, seed),
+        Procedure::Standard => {
+            check(policy, base, 1)?;
+            return Ok(policy
+                .iter()
+                .zip(base)
+                .map(|(p, b)| {
+                    let total: f64 = p
+                        .iter()
+                        .map(|&x| b.iter().map(|&y| outcome(x, y, ties)).sum::<f64>())
+                        .sum();
+                    total / (p.len() * b.len()) as f64
+                })
+                .collect());
+        }
         Procedure::BestOfN { n } => (n as usize, 1.0),
         Procedure::WorstOfN { n } => (n as usize, -1.0),
     };
@@ -143,7 +186,7 @@ pub fn inference_win_rate(
                 if sign * x > sign * a { x } else { a }
             })
     };
-    let per_prompt: Vec<f64> = policy
+    Ok(policy
         .iter()
         .zip(base)
         .map(|(p, b)| {
@@ -155,8 +198,7 @@ pub fn inference_win_rate(
                 .sum::<f64>()
                 / reps.max(1) as f64
         })
-        .collect();
-    Ok(bootstrap(&per_prompt, seed))
+        .collect())
 }
 
 #[cfg(test)]
