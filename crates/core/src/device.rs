@@ -120,19 +120,6 @@ impl DeviceSpec {
     }
 }
 
-/// How many independent batches to run at once on `device`: one per available core on the CPU
-/// (flex), where each batch then runs single-threaded, and 1 elsewhere (a GPU parallelises
-/// within a batch). On a CPU, splitting work between batches uses the cores better than
-/// splitting each matrix product: at the sizes of decoding, flex's per-operation threading
-/// costs more than it gains (measured in `cargo xtask bench`).
-pub fn host_workers(device: &Device) -> usize {
-    if *device == Device::flex() {
-        std::thread::available_parallelism().map_or(1, usize::from)
-    } else {
-        1
-    }
-}
-
 /// Whether a CUDA driver library can be found where the dynamic loader would look.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn cuda_driver_present() -> bool {

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// An error from device selection, file I/O or JSONL parsing.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// The system refused a worker thread.
+    #[error("could not start a worker thread: {0}")]
+    Worker(String),
     /// The device string did not parse.
     #[error("unknown device `{given}`: expected one of cpu, flex, ndarray, wgpu, cuda, cuda:N")]
     UnknownDevice {

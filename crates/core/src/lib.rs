@@ -26,11 +26,13 @@ mod error;
 pub mod io;
 pub mod metrics;
 mod seed;
+pub mod workers;
 
-pub use device::{DeviceSpec, host_workers};
+pub use device::DeviceSpec;
 pub use error::CoreError;
 pub use metrics::MetricsWriter;
 pub use seed::Seed;
+pub use workers::{host_workers, run_on_workers};
 
 /// burn's runtime device handle, re-exported so that downstream crates name one type.
 pub use burn::tensor::Device;

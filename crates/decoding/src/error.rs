@@ -23,8 +23,8 @@ pub enum DecodingError {
         max: usize,
     },
     /// A decoding parameter is impossible.
-    #[error("could not start a decoding worker thread: {0}")]
-    Worker(String),
+    #[error(transparent)]
+    Core(#[from] infalign_core::CoreError),
     #[error("invalid `{field}`: {message}")]
     InvalidParameter {
         /// The parameter (as the command line spells it).

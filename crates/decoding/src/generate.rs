@@ -116,7 +116,7 @@ impl<'a> Generator<'a> {
         prompts: &[String],
         cfg: &GenerationConfig,
         seed: Seed,
-        mut steer: Option<&mut (dyn Steer + 's)>,
+        steer: Option<&mut (dyn Steer + 's)>,
     ) -> Result<Vec<Sample>, DecodingError> {
         cfg.sampling.validate()?;
         if cfg.n == 0 {
@@ -129,10 +129,6 @@ impl<'a> Generator<'a> {
             .iter()
             .map(|p| self.encode_prompt(p, cfg.max_new_tokens))
             .collect::<Result<Vec<_>, _>>()?;
-        let workers = match steer {
-            Some(_) => 1,
-            None => infalign_core::host_workers(&self.device),
-        };
         // Chunks are `prompt_batch` prompts whatever the number of workers: the padding of a
         // prefill batch changes rounding, and results must not depend on the machine's cores.
         let chunk = cfg.prompt_batch.max(1);
@@ -146,46 +142,24 @@ impl<'a> Generator<'a> {
             self.generate_chunk(prompts, ids, first, cfg, seed, steer)
         };
         let mut out = Vec::with_capacity(prompts.len() * cfg.n);
-        if workers <= 1 || chunks.len() <= 1 {
-            for &(first, ids) in &chunks {
-                out.extend(run(first, ids, steer.as_deref_mut())?);
+        match steer {
+            // A steer tracks the rows of one batch: its chunks go one after the other.
+            Some(s) => {
+                for &(first, ids) in &chunks {
+                    out.extend(run(first, ids, Some(&mut *s))?);
+                }
             }
-            return Ok(out);
+            // Chunks are independent (each sample has its own random stream): on the CPU they
+            // decode in parallel, with the same result as one after the other.
+            None => {
+                let done = infalign_core::run_on_workers(&self.device, chunks.len(), |c| {
+                    run(chunks[c].0, chunks[c].1, None)
+                })?;
+                for d in done {
+                    out.extend(d?);
+                }
+            }
         }
-        // Chunks are independent (each sample has its own random stream), so the result is
-        // the same as one after the other; each worker runs its chunks single-threaded.
-        let workers = workers.min(chunks.len());
-        let done: Vec<Result<Vec<(usize, Vec<Sample>)>, DecodingError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..workers)
-                .map(|w| {
-                    let (chunks, run) = (&chunks, &run);
-                    s.spawn(move || {
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(1)
-                            .build()
-                            .map_err(|e| DecodingError::Worker(e.to_string()))?;
-                        pool.install(|| {
-                            chunks
-                                .iter()
-                                .skip(w)
-                                .step_by(workers)
-                                .map(|&(first, ids)| Ok((first, run(first, ids, None)?)))
-                                .collect()
-                        })
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        let mut parts = Vec::with_capacity(chunks.len());
-        for d in done {
-            parts.extend(d?);
-        }
-        parts.sort_by_key(|(first, _)| *first);
-        out.extend(parts.into_iter().flat_map(|(_, samples)| samples));
         Ok(out)
     }
 

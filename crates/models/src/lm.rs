@@ -168,7 +168,8 @@ impl CausalLm {
     }
 
     /// For each row, `log p(row[i + 1] | row[..=i])` for every `i`: the per-token log-probs
-    /// used for scoring and KL. Rows are left-padded into one batch with `pad_id`.
+    /// used for scoring and KL. The rows are split into [`crate::optim::SHARDS`] contiguous
+    /// batches, each left-padded with `pad_id` (on the CPU, one per core).
     pub fn sequence_logprobs(
         &self,
         rows: &[Vec<u32>],
@@ -178,6 +179,25 @@ impl CausalLm {
         for row in rows {
             self.check_ids(row, row.len())?;
         }
+        let shards = crate::optim::SHARDS.min(rows.len()).max(1);
+        let parts = infalign_core::run_on_workers(device, shards, |s| {
+            let (lo, hi) = crate::optim::shard_rows(rows.len(), shards, s);
+            self.batch_logprobs(&rows[lo..hi], pad_id, device)
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for p in parts {
+            out.extend(p?);
+        }
+        Ok(out)
+    }
+
+    /// [`CausalLm::sequence_logprobs`] of rows left-padded into one batch.
+    fn batch_logprobs(
+        &self,
+        rows: &[Vec<u32>],
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Vec<Vec<f32>>> {
         let batch = TokenBatch::left_padded(rows, pad_id, device)?;
         let [b, l] = batch.tokens.dims();
         if l < 2 {

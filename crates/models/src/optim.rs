@@ -1,6 +1,7 @@
-//! Training utilities shared by every trainer: the warmup-then-cosine learning-rate schedule and
+//! Training utilities shared by every trainer: the warmup-then-cosine learning-rate schedule,
 //! clipping by the global gradient norm (PyTorch's `clip_grad_norm_`, over all parameters at
-//! once, not per tensor).
+//! once, not per tensor), and optimizer steps whose batch is split into shards that run on
+//! separate cores ([`descend_sharded`]).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -87,6 +88,89 @@ pub fn scale_and_clip<M: Module>(
         model.visit(&mut Scale { grads, factor });
     }
     norm
+}
+
+struct SumInto<'a> {
+    parts: &'a mut [GradientsParams],
+    total: GradientsParams,
+}
+
+impl ModuleVisitor for SumInto<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let mut sum: Option<Tensor<D>> = None;
+        for part in self.parts.iter_mut() {
+            if let Some(g) = part.remove::<D>(param.id) {
+                sum = Some(match sum.take() {
+                    Some(s) => s + g,
+                    None => g,
+                });
+            }
+        }
+        if let Some(s) = sum {
+            self.total.register(param.id, s);
+        }
+    }
+}
+
+/// Shards of a training batch: its rows split into this many contiguous parts, each part's
+/// forward and backward on its own core ([`descend_sharded`]). A constant, so that results do
+/// not depend on the machine's core count.
+pub const SHARDS: usize = 2;
+
+/// Rows `lo..hi` of shard `s` when `rows` rows are split into `shards` contiguous parts.
+pub fn shard_rows(rows: usize, shards: usize, s: usize) -> (usize, usize) {
+    (s * rows / shards, (s + 1) * rows / shards)
+}
+
+/// One optimizer step on a loss that is a sum over `shards` parts of the batch:
+/// `loss_of(module, s)` is shard `s`'s term (normalised by the whole batch). Each shard's
+/// forward and backward run on a fork of `module` (its own autodiff graph, the same parameter
+/// ids), on the CPU on separate cores ([`infalign_core::run_on_workers`]); the gradients are
+/// summed in shard order, clipped to `clip` (0 disables) and applied. Returns the updated module,
+/// the summed loss and the gradient norm before clipping.
+///
+/// The result depends on `shards` (how the batch is split), never on the machine's cores.
+pub fn descend_sharded<M, F, E>(
+    module: M,
+    optim: &mut burn::optim::ModuleOptimizer,
+    shards: usize,
+    loss_of: F,
+    lr: f64,
+    clip: f64,
+) -> Result<(M, f64, f64), E>
+where
+    M: Module + Clone + Send + Sync,
+    F: Fn(&M, usize) -> Result<Tensor<1>, E> + Sync,
+    E: From<crate::ModelError> + Send,
+{
+    let device = module
+        .devices()
+        .into_iter()
+        .next()
+        .ok_or_else(|| crate::ModelError::Input("a module without parameters".into()))?;
+    let shards = shards.max(1);
+    let done = infalign_core::run_on_workers(&device, shards, |s| {
+        let fork = module.clone().fork(&device);
+        let loss = loss_of(&fork, s)?;
+        let value = f64::from(crate::weights::read_f32(loss.clone())?[0]);
+        Ok::<_, E>((value, GradientsParams::from_grads(loss.backward(), &fork)))
+    })
+    .map_err(crate::ModelError::from)?;
+    let mut value = 0.0;
+    let mut parts = Vec::with_capacity(shards);
+    for d in done {
+        let (v, g) = d?;
+        value += v;
+        parts.push(g);
+    }
+    let mut sum = SumInto {
+        parts: &mut parts,
+        total: GradientsParams::new(),
+    };
+    module.visit(&mut sum);
+    let mut grads = sum.total;
+    let norm = scale_and_clip(&module, &mut grads, 1.0, (clip > 0.0).then_some(clip));
+    Ok((optim.step(lr, module, grads), value, norm))
 }
 
 /// One optimizer step on `loss`: backward, clip the global gradient norm to `clip` (0 disables),

@@ -14,5 +14,5 @@ use crate::scorer_train::ScorerBatch;
 pub(crate) fn loss(scorer: &PrefixScorer, b: &ScorerBatch) -> Tensor<1> {
     let values = scorer.prefix_values(&b.batch, &mut scorer.new_cache());
     let err = values - b.reward.clone();
-    (err.square() * b.weight.clone()).sum() * 0.5 / b.weight.clone().sum().clamp_min(1.0)
+    (err.square() * b.weight.clone()).sum() * (0.5 / b.prefixes)
 }

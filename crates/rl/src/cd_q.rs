@@ -63,7 +63,7 @@ pub(crate) fn loss(
     let term = b.terminal.clone();
     let target_v = (term.clone() * b.reward.clone() + (term.neg() + 1.0) * boot).detach();
     let err = pred - target_v;
-    Ok((err.square() * b.weight.clone()).sum() * 0.5 / b.weight.clone().sum().clamp_min(1.0))
+    Ok((err.square() * b.weight.clone()).sum() * (0.5 / b.prefixes))
 }
 
 /// The same tokens and mask on a plain (non-autodiff) device, for the frozen networks.

@@ -23,7 +23,7 @@ use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use infalign_core::{MetricsWriter, Seed};
 use infalign_decoding::{GenerationConfig, Generator};
-use infalign_models::optim::descend;
+use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
 use infalign_models::train_checkpoint::{
     CHECKPOINT_DIR, OPTIMIZER_FILE, STATE_FILE, load_optimizer, open_metrics, read_state,
     save_optimizer, warn_on_config_change, write_checkpoint,
@@ -623,17 +623,41 @@ impl TokenTable {
         logp.narrow(1, 0, l - 1).gather(2, next).reshape([b, l - 1])
     }
 
-    /// `β · mean k3` over completion tokens (the KL-in-the-loss term), given the policy's token
-    /// log-probs.
-    pub(crate) fn k3_penalty(&self, tok_lp: Tensor<2>, beta: f64) -> Tensor<1> {
+    /// `β · Σ k3 / tokens` over this table's completion tokens (the KL-in-the-loss term),
+    /// given the policy's token log-probs; `tokens` is the completion-token count of the whole
+    /// batch, so that the terms of a batch's shards add up to the batch's mean.
+    pub(crate) fn k3_penalty(&self, tok_lp: Tensor<2>, beta: f64, tokens: f64) -> Tensor<1> {
         let weight = self.tensor(&self.weight);
         let log_ratio = self.tensor(&self.ref_cols) - tok_lp;
         let k3 = log_ratio.clone().exp() - 1.0 - log_ratio;
-        (k3 * weight.clone()).sum() * beta / weight.sum().clamp_min(1.0)
+        (k3 * weight).sum() * beta / tokens.max(1.0)
+    }
+
+    /// Completion tokens in the table.
+    pub(crate) fn completion_tokens(&self) -> f64 {
+        self.weight.iter().filter(|&&w| w > 0.0).count() as f64
+    }
+
+    /// The rows `lo..hi` as a table of their own (same columns).
+    pub(crate) fn rows(&self, lo: usize, hi: usize) -> TokenTable {
+        let (c, n) = (self.cols, hi - lo);
+        TokenTable {
+            batch: TokenBatch {
+                tokens: self.batch.tokens.clone().narrow(0, lo, n),
+                mask: self.batch.mask.clone().narrow(0, lo, n),
+                pad_left: self.batch.pad_left[lo..hi].to_vec(),
+            },
+            cols: c,
+            weight: self.weight[lo * c..hi * c].to_vec(),
+            old_lp: self.old_lp[lo * c..hi * c].to_vec(),
+            ref_cols: self.ref_cols[lo * c..hi * c].to_vec(),
+            spans: self.spans[lo..hi].to_vec(),
+        }
     }
 }
 
-/// One REINFORCE step `−Σ A_t log π(y_t) / B` (+ β k3), with per-token advantages.
+/// One REINFORCE step `−Σ A_t log π(y_t) / B` (+ β k3), with per-token advantages; the rows
+/// are split into [`SHARDS`] shards whose gradients add up to the batch's.
 fn policy_gradient_step(
     policy: CausalLm,
     optim: &mut burn::optim::ModuleOptimizer,
@@ -648,11 +672,20 @@ fn policy_gradient_step(
         .zip(&table.weight)
         .map(|(a, w)| (*a as f32) * w)
         .collect();
-    let tok_lp = table.token_logprobs(&policy);
-    let mut loss = (tok_lp.clone() * table.tensor(&adv)).sum().neg() / b as f64;
-    if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
-        loss = loss + table.k3_penalty(tok_lp, beta);
-    }
-    let (policy, value, _) = descend(policy, optim, loss, cfg.lr, cfg.grad_clip)?;
+    let tokens = table.completion_tokens();
+    let shards = SHARDS.min(b);
+    let loss_of = |p: &CausalLm, s: usize| {
+        let (lo, hi) = shard_rows(b, shards, s);
+        let part = table.rows(lo, hi);
+        let tok_lp = part.token_logprobs(p);
+        let adv = part.tensor(&adv[lo * table.cols..hi * table.cols]);
+        let mut loss = (tok_lp.clone() * adv).sum().neg() / b as f64;
+        if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
+            loss = loss + part.k3_penalty(tok_lp, beta, tokens);
+        }
+        Ok::<_, RlError>(loss)
+    };
+    let (policy, value, _) =
+        descend_sharded(policy, optim, shards, loss_of, cfg.lr, cfg.grad_clip)?;
     Ok((policy, value))
 }

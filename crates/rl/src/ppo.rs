@@ -7,10 +7,12 @@
 //! Invariant: rewards and advantages exist only on completion tokens (never on prompt or
 //! padding); the terminal token of each completion carries its score.
 
+use std::sync::Mutex;
+
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
-use infalign_models::optim::descend;
+use infalign_models::optim::{SHARDS, descend, shard_rows};
 use infalign_models::weights::read_f32;
 use infalign_models::{CausalLm, PrefixScorer};
 
@@ -86,7 +88,19 @@ pub(crate) fn update(
             rewards[i * cols + end - 1] += scores[i];
         }
     }
-    let old_v = read_f32(values(&value_net.valid(), &TokenTableOn::plain(table)))?;
+    // The value network's estimates before the update, row shards on separate cores.
+    let frozen = value_net.valid();
+    let rows = table.spans.len();
+    let shards = SHARDS.min(rows).max(1);
+    let plain_device = table.batch.tokens.device().without_autodiff();
+    let parts = infalign_core::run_on_workers(&plain_device, shards, |s| {
+        let (lo, hi) = shard_rows(rows, shards, s);
+        read_f32(values(&frozen, &TokenTableOn::plain(&table.rows(lo, hi))))
+    })?;
+    let mut old_v = Vec::with_capacity(rows * cols);
+    for p in parts {
+        old_v.extend(p?);
+    }
     let (mut adv, ret) = gae(table, &rewards, &old_v, p.gamma, p.gae_lambda);
     // Whiten the advantages over completion tokens.
     let count = table.weight.iter().filter(|&&w| w > 0.0).count().max(1) as f64;
@@ -118,7 +132,10 @@ pub(crate) fn update(
         clipfrac: 0.0,
         value_loss: 0.0,
     };
-    for _ in 0..p.epochs.max(1) {
+    // The policy's and the value network's updates of an epoch are independent: on the CPU
+    // they run at once, one per core.
+    let device = table.batch.tokens.device();
+    let policy_step = |policy: CausalLm, optim: &mut ModuleOptimizer| {
         let tok_lp = table.token_logprobs(&policy);
         let ratio = (tok_lp.clone() - old_lp_t.clone()).exp();
         let unclipped = adv_t.clone() * ratio.clone();
@@ -126,31 +143,74 @@ pub(crate) fn update(
         let surrogate = unclipped.clone().min_pair(clipped.clone());
         let mut loss = (surrogate * weight.clone()).sum().neg() / denom;
         if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
-            loss = loss + table.k3_penalty(tok_lp, beta);
+            loss = loss + table.k3_penalty(tok_lp, beta, denom);
         }
         let ratio_host = read_f32(ratio)?;
-        metrics.clipfrac = ratio_host
+        let clipfrac = ratio_host
             .iter()
             .zip(&table.weight)
             .filter(|(r, w)| **w > 0.0 && (f64::from(**r) - 1.0).abs() > p.clip)
             .count() as f64
             / denom;
         let (updated, value, _) = descend(policy, optim, loss, cfg.lr, cfg.grad_clip)?;
-        policy = updated;
-        metrics.loss = value;
-
+        Ok::<_, RlError>((updated, value, clipfrac))
+    };
+    let value_step = |value_net: PrefixScorer, value_optim: &mut ModuleOptimizer| {
         let v = values(&value_net, table);
         let v_clipped =
             old_v_t.clone() + (v.clone() - old_v_t.clone()).clamp(-p.value_clip, p.value_clip);
         let l1 = (v - ret_t.clone()).square();
         let l2 = (v_clipped - ret_t.clone()).square();
         let vloss = (l1.max_pair(l2) * weight.clone()).sum() * 0.5 / denom;
-        let (updated, value, _) =
-            descend(value_net, value_optim, vloss, p.value_lr, cfg.grad_clip)?;
-        value_net = updated;
-        metrics.value_loss = value;
+        Ok::<_, RlError>(descend(
+            value_net,
+            value_optim,
+            vloss,
+            p.value_lr,
+            cfg.grad_clip,
+        )?)
+    };
+    for _ in 0..p.epochs.max(1) {
+        let slots = (
+            Mutex::new(Some((policy, &mut *optim))),
+            Mutex::new(Some((value_net, &mut *value_optim))),
+        );
+        let done = infalign_core::run_on_workers(&device, 2, |job| {
+            Ok::<_, RlError>(if job == 0 {
+                let (policy, optim) = taken(&slots.0).expect("job 0 runs once");
+                Updated::Policy(policy_step(policy, optim)?)
+            } else {
+                let (value_net, value_optim) = taken(&slots.1).expect("job 1 runs once");
+                Updated::Value(value_step(value_net, value_optim)?)
+            })
+        })?;
+        let (mut new_policy, mut new_value) = (None, None);
+        for d in done {
+            match d? {
+                Updated::Policy(x) => new_policy = Some(x),
+                Updated::Value(x) => new_value = Some(x),
+            }
+        }
+        let ((p_new, loss, clipfrac), (v_new, value_loss, _)) = new_policy
+            .zip(new_value)
+            .expect("each job returned its module");
+        (policy, value_net) = (p_new, v_new);
+        metrics.loss = loss;
+        metrics.clipfrac = clipfrac;
+        metrics.value_loss = value_loss;
     }
     Ok((policy, value_net, metrics))
+}
+
+/// What a job finds in its slot (each slot is taken by one job, once).
+fn taken<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().ok().and_then(|mut g| g.take())
+}
+
+/// What one job of a PPO epoch returns.
+enum Updated {
+    Policy((CausalLm, f64, f64)),
+    Value((PrefixScorer, f64, f64)),
 }
 
 /// The table's batch on the plain device (for the no-gradient value pass).

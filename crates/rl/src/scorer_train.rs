@@ -19,7 +19,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use infalign_core::Seed;
-use infalign_models::optim::descend;
+use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
 use infalign_models::train_checkpoint::{
     OPTIMIZER_FILE, load_optimizer, progress_bar, read_state, save_optimizer,
     warn_on_config_change, write_checkpoint,
@@ -185,6 +185,9 @@ pub(crate) struct ScorerBatch {
     pub terminal: Tensor<2>,
     /// `[B, L - 1]`: the row's reward, broadcast.
     pub reward: Tensor<2>,
+    /// What the loss's sum over prefixes is divided by: the number of completion prefixes of
+    /// the whole step's batch (of which this may be a shard), at least 1.
+    pub prefixes: f64,
 }
 
 impl ScorerBatch {
@@ -212,7 +215,9 @@ impl ScorerBatch {
             }
         }
         let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [b, l - 1]), device);
+        let prefixes = w.iter().filter(|&&x| x > 0.0).count().max(1) as f64;
         Ok(Self {
+            prefixes,
             batch,
             weight: t(w),
             terminal: t(term),
@@ -277,13 +282,26 @@ pub fn train_scorer(
         let rows: Vec<&ScorerRollout> = (0..cfg.batch_size.min(data.len()).max(1))
             .map(|_| &data[rng.random_range(0..data.len())])
             .collect();
-        let b = ScorerBatch::new(&rows, pad_id, &ad)?;
-        let loss = match cfg.method {
-            ScorerMethod::Fudge => crate::cd_fudge::loss(&scorer, &b),
-            ScorerMethod::Q => crate::cd_q::loss(&scorer, target.as_ref(), base, &b, device)?,
+        // The batch's rows in SHARDS shards (one per core on the CPU), each normalised by the
+        // whole batch's prefixes so that the shards' losses add up to the batch's.
+        let shards = SHARDS.min(rows.len());
+        let mut parts = (0..shards)
+            .map(|s| {
+                let (lo, hi) = shard_rows(rows.len(), shards, s);
+                ScorerBatch::new(&rows[lo..hi], pad_id, &ad)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefixes: f64 = parts.iter().map(|p| p.prefixes).sum();
+        parts.iter_mut().for_each(|p| p.prefixes = prefixes);
+        let loss_of = |scorer: &PrefixScorer, s: usize| {
+            let b = &parts[s];
+            match cfg.method {
+                ScorerMethod::Fudge => Ok(crate::cd_fudge::loss(scorer, b)),
+                ScorerMethod::Q => crate::cd_q::loss(scorer, target.as_ref(), base, b, device),
+            }
         };
         let (updated, loss_value, grad_norm) =
-            descend(scorer, &mut optim, loss, cfg.lr, cfg.grad_clip)?;
+            descend_sharded(scorer, &mut optim, shards, loss_of, cfg.lr, cfg.grad_clip)?;
         scorer = updated;
         if let Some(m) = metrics.as_mut()
             && (step % cfg.log_every.max(1) == 0 || step == cfg.steps)
