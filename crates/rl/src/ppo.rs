@@ -156,6 +156,9 @@ pub(crate) fn update(
         Ok::<_, RlError>((updated, value, clipfrac))
     };
     let value_step = |value_net: PrefixScorer, value_optim: &mut ModuleOptimizer| {
+        // A fork: its own autodiff leaves (the same parameter ids), so that its graph never
+        // merges with the policy's, whose backward runs at the same time.
+        let value_net = value_net.fork(&device);
         let v = values(&value_net, table);
         let v_clipped =
             old_v_t.clone() + (v.clone() - old_v_t.clone()).clamp(-p.value_clip, p.value_clip);
