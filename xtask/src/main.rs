@@ -2,13 +2,16 @@
 //!
 //! - `cargo xtask test-backends`: the backend-swapping tests (ndarray; wgpu where Mesa's
 //!   software Vulkan driver or a GPU is present; cuda with `--cuda`).
-//! - `cargo xtask bench`: decoding and training throughput, written to `target/bench/`.
+//! - `cargo xtask bench`: decoding and training throughput, written to `target/bench/`;
+//!   `--against transformers` compares the same tasks with Hugging Face transformers.
+//! - `cargo xtask bandwidth`: the memory read bandwidth that the bench's floor uses.
 //! - `cargo xtask assets`: rebuilds the corpus, prompts, tokenizer and base model in `assets/`.
 //! - `cargo xtask demo`: the main job on the shipped model (the `demo` preset).
 //! - `cargo xtask exp <preset>`: an experiment preset (`xtask/presets/*.toml`).
 //! - `cargo xtask ci`: what `.ci/run` runs.
 
 mod assets;
+mod bench;
 mod demo;
 mod exp;
 
@@ -23,7 +26,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("test-backends") => test_backends(&rest),
-        Some("bench") => bench(&rest),
+        Some("bench") => bench::run(&root(), &rest),
+        Some("bandwidth") => bench::bandwidth_command(),
         Some("assets") => build_assets(&rest),
         Some("demo") => demo::run(&root(), &rest),
         Some("exp") => exp::run(&root(), &rest).map(|_| ()),
@@ -34,7 +38,9 @@ fn main() -> Result<()> {
                  commands:\n  \
                  ci              format check, clippy, tests, docs (what .ci/run runs)\n  \
                  test-backends   backend-swapping tests: ndarray, and wgpu [--wgpu], cuda [--cuda]\n  \
-                 bench           decoding and training throughput into target/bench/\n  \
+                 bench           decoding and training throughput into target/bench/\n                  \
+                 [--against transformers]: the same tasks in transformers, as ratios\n  \
+                 bandwidth       memory read bandwidth (the bench's batch-1 floor)\n  \
                  assets          corpus, prompts, tokenizer and base model in assets/ [--corpus-only]\n  \
                  demo            the main job on the shipped model: runs/demo/report.{{md,html}}\n  \
                  exp <preset>    an experiment preset of xtask/presets into runs/<preset>/\n                  \
@@ -92,23 +98,6 @@ fn test_backends(rest: &[String]) -> Result<()> {
         "--",
         "--nocapture",
     ])
-}
-
-/// Runs `infalign bench` in the dev profile, whose dependencies (burn) are optimized at
-/// opt-level 3 like a release build; `--release` builds everything in release first.
-fn bench(rest: &[String]) -> Result<()> {
-    let release = rest.iter().any(|a| a == "--release");
-    let mut args = vec!["run"];
-    if release {
-        args.push("--release");
-    }
-    args.extend(["-p", "infalign", "--", "bench"]);
-    args.extend(
-        rest.iter()
-            .filter(|a| *a != "--release")
-            .map(String::as_str),
-    );
-    cargo(&args)
 }
 
 fn root() -> PathBuf {
