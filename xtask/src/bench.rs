@@ -442,10 +442,10 @@ fn infalign_generate(
     out: &Path,
     n: usize,
     max_new: usize,
-    batch: usize,
+    batch: Option<usize>,
 ) -> Result<Timing> {
     let model = root.join("assets/base-model");
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "generate",
         "--model",
         &model.display().to_string(),
@@ -455,8 +455,6 @@ fn infalign_generate(
         &n.to_string(),
         "--max-new-tokens",
         &max_new.to_string(),
-        "--batch",
-        &batch.to_string(),
         "--seed",
         "0",
         "--out",
@@ -464,6 +462,9 @@ fn infalign_generate(
     ]
     .map(String::from)
     .to_vec();
+    if let Some(b) = batch {
+        args.extend(["--batch".to_string(), b.to_string()]);
+    }
     let shown = format!("{} {}", bin.display(), args.join(" "));
     eprintln!("$ {shown}");
     let start = Instant::now();
@@ -565,7 +566,10 @@ fn against(root: &Path, o: &Options) -> Result<()> {
     }
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let batch = o.batch.unwrap_or(o.prompts);
+    // Each side as its users run it: infalign with its default `--batch` (prompts per chunk,
+    // chunks decoded in parallel on the CPU), transformers with one `generate` call over all
+    // prompts; `--batch N` sets both.
+    let hf_batch = o.batch.unwrap_or(o.prompts);
 
     let bw = (!o.quick).then(|| bandwidth(threads));
 
@@ -575,10 +579,17 @@ fn against(root: &Path, o: &Options) -> Result<()> {
     let warm_prompts = dir.join("prompts-warm-up.jsonl");
     write_prompts(root, &warm_prompts, o.prompts.min(2))?;
     let samples = dir.join("infalign-samples.jsonl");
-    infalign_generate(&bin, root, &warm_prompts, &samples, 2, 4, 2)
+    infalign_generate(&bin, root, &warm_prompts, &samples, 2, 4, None)
         .context("the untimed warm-up run")?;
-    let inf_shipped =
-        infalign_generate(&bin, root, &prompts, &samples, o.n, o.max_new_tokens, batch)?;
+    let inf_shipped = infalign_generate(
+        &bin,
+        root,
+        &prompts,
+        &samples,
+        o.n,
+        o.max_new_tokens,
+        o.batch,
+    )?;
     eprintln!(
         "infalign shipped model: {} tokens in {:.2} s",
         inf_shipped.tokens, inf_shipped.seconds
@@ -600,7 +611,7 @@ fn against(root: &Path, o: &Options) -> Result<()> {
         "--max-new-tokens".into(),
         o.max_new_tokens.to_string(),
         "--batch".into(),
-        batch.to_string(),
+        hf_batch.to_string(),
         "--seed".into(),
         "0".into(),
         "--prompt-tokens".into(),
@@ -643,8 +654,12 @@ fn against(root: &Path, o: &Options) -> Result<()> {
 
     let mut rows = vec![Compared {
         task: format!(
-            "shipped model: {} prompts x {} samples x <= {} tokens, T = 1 (batch {batch})",
-            o.prompts, o.n, o.max_new_tokens
+            "shipped model: {} prompts x {} samples x <= {} tokens, T = 1 (infalign --batch {}, \
+             transformers {hf_batch} prompts per generate call)",
+            o.prompts,
+            o.n,
+            o.max_new_tokens,
+            o.batch.map_or("default (8)".to_string(), |b| b.to_string()),
         ),
         infalign: inf_shipped,
         transformers: hf_row("shipped", None)?,
@@ -786,7 +801,7 @@ fn against(root: &Path, o: &Options) -> Result<()> {
             "prompts": o.prompts,
             "n": o.n,
             "max_new_tokens": o.max_new_tokens,
-            "batch": batch,
+            "infalign_batch": o.batch, "transformers_batch": hf_batch,
             "prompt_tokens": o.prompt_tokens,
             "new_tokens": o.new_tokens,
             "quick": o.quick,

@@ -136,6 +136,20 @@ pub(crate) fn attend(
         .reshape([b, l, h * hd])
 }
 
+/// Products with at most this many rows are skinny (decoding steps): they stream a weight matrix
+/// for few rows.
+const SKINNY_ROWS: usize = 64;
+
+/// `x · eᵀ`, `x` `[M, K]`, `e` `[N, K]` (an output head stored like the token embedding). A
+/// skinny product on untracked weights is computed as `(e · xᵀ)ᵀ`: the gemm then streams `e`
+/// row-major, which at 16 rows of GPT-2-small's head took half the time of the transposed view.
+pub(crate) fn matmul_head(x: Tensor<2>, e: Tensor<2>) -> Tensor<2> {
+    if x.dims()[0] > SKINNY_ROWS || e.is_require_grad() {
+        return x.matmul(e.transpose());
+    }
+    e.matmul(x.transpose()).transpose()
+}
+
 /// Splits `[B, L, H * hd]` into heads `[B, H, L, hd]`.
 pub(crate) fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, l, d] = x.dims();
@@ -175,5 +189,29 @@ impl Rotary {
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
         x * cos.clone() + rotated * sin.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn max_abs_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn the_head_in_either_orientation_is_the_same_product() {
+        // The skinny orientation computes the same sums in another order: equal within f32
+        // rounding of values of order 10.
+        let device = Device::flex();
+        let u = Distribution::Uniform(-1.0, 1.0);
+        for rows in [1, 3, 16, 65] {
+            let x: Tensor<2> = Tensor::random([rows, 96], u, &device);
+            let e: Tensor<2> = Tensor::random([1030, 96], u, &device);
+            let d = max_abs_diff(matmul_head(x.clone(), e.clone()), x.matmul(e.transpose()));
+            assert!(d < 1e-4, "{rows} rows: {d}");
+        }
     }
 }

@@ -128,10 +128,7 @@ impl CausalLm {
         let [b, l, d] = hidden.dims();
         let w = self.head_weight();
         let [v, _] = w.dims();
-        hidden
-            .reshape([b * l, d])
-            .matmul(w.transpose())
-            .reshape([b, l, v])
+        crate::layers::matmul_head(hidden.reshape([b * l, d]), w).reshape([b, l, v])
     }
 
     /// Next-token log-probs at every new position, `[B, L, vocab]`; appends to `cache`.
