@@ -41,7 +41,8 @@ const USAGE: &str = "usage: cargo xtask bench [--release] [--infalign-bin PATH] 
 [--prompt-tokens N] [--new-tokens N] [--out FILE]\n       \
 cargo xtask bench --against transformers [--release] [--infalign-bin PATH] [--quick] \
 [--python PATH] [--prompts N] [--n N] [--max-new-tokens N] [--batch N] [--prompt-tokens N] \
-[--new-tokens N]";
+[--new-tokens N]\n       \
+cargo xtask bench --training [--release] [--infalign-bin PATH] [--baseline-bin PATH]";
 
 /// The venv `--against transformers` creates on first use, under `$HOME`.
 const VENV: &str = ".cache/infalign-bench-venv";
@@ -54,7 +55,37 @@ pub fn run(root: &Path, rest: &[String]) -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     }
-    if rest.iter().any(|a| a == "--against") {
+    if rest.iter().any(|a| a == "--training") {
+        let mut bin = None;
+        let mut baseline = None;
+        let mut release = false;
+        let mut it = rest.iter();
+        while let Some(a) = it.next() {
+            let mut path = || -> Result<PathBuf> {
+                Ok(it
+                    .next()
+                    .with_context(|| format!("{a} needs a path\n{USAGE}"))?
+                    .into())
+            };
+            match a.as_str() {
+                "--training" => {}
+                "--release" => release = true,
+                "--infalign-bin" => bin = Some(path()?),
+                "--baseline-bin" => baseline = Some(path()?),
+                other => bail!("unexpected argument `{other}`\n{USAGE}"),
+            }
+        }
+        if let Some(b) = baseline.as_ref().filter(|b| !b.is_file()) {
+            bail!("--baseline-bin {}: no such file", b.display());
+        }
+        let o = Options {
+            release,
+            infalign_bin: bin,
+            ..parse(&[])?
+        };
+        let bin = infalign_binary(root, &o)?;
+        crate::training_bench::run(root, &bin, baseline.as_deref())
+    } else if rest.iter().any(|a| a == "--against") {
         against(root, &parse(rest)?)
     } else {
         plain(root, rest)

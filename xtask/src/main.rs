@@ -14,6 +14,7 @@ mod assets;
 mod bench;
 mod demo;
 mod exp;
+mod training_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
-use infalign_models::optim::{SHARDS, descend, shard_rows};
+use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
 use infalign_models::weights::read_f32;
 use infalign_models::{CausalLm, PrefixScorer};
 
@@ -121,99 +121,73 @@ pub(crate) fn update(
         *a = if w > 0.0 { (*a - mean) / sd } else { 0.0 };
     }
     let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-    let weight = table.tensor(&table.weight);
-    let adv_t = table.tensor(&to32(&adv));
-    let ret_t = table.tensor(&to32(&ret));
-    let old_lp_t = table.tensor(&table.old_lp);
-    let old_v_t = table.tensor(&old_v);
+    let (adv, ret) = (to32(&adv), to32(&ret));
     let denom = count;
     let mut metrics = PpoMetrics {
         loss: 0.0,
         clipfrac: 0.0,
         value_loss: 0.0,
     };
-    // The policy's and the value network's updates of an epoch are independent: on the CPU
-    // they run at once, one per core.
-    let device = table.batch.tokens.device();
-    let policy_step = |policy: CausalLm, optim: &mut ModuleOptimizer| {
-        let tok_lp = table.token_logprobs(&policy);
-        let ratio = (tok_lp.clone() - old_lp_t.clone()).exp();
-        let unclipped = adv_t.clone() * ratio.clone();
-        let clipped = adv_t.clone() * ratio.clone().clamp(1.0 - p.clip, 1.0 + p.clip);
-        let surrogate = unclipped.clone().min_pair(clipped.clone());
-        let mut loss = (surrogate * weight.clone()).sum().neg() / denom;
-        if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
-            loss = loss + table.k3_penalty(tok_lp, beta, denom);
-        }
-        let ratio_host = read_f32(ratio)?;
-        let clipfrac = ratio_host
-            .iter()
-            .zip(&table.weight)
-            .filter(|(r, w)| **w > 0.0 && (f64::from(**r) - 1.0).abs() > p.clip)
-            .count() as f64
-            / denom;
-        let (updated, value, _) = descend(policy, optim, loss, cfg.lr, cfg.grad_clip)?;
-        Ok::<_, RlError>((updated, value, clipfrac))
-    };
-    let value_step = |value_net: PrefixScorer, value_optim: &mut ModuleOptimizer| {
-        // A fork: its own autodiff leaves (the same parameter ids), so that its graph never
-        // merges with the policy's, whose backward runs at the same time.
-        let value_net = value_net.fork(&device);
-        let v = values(&value_net, table);
-        let v_clipped =
-            old_v_t.clone() + (v.clone() - old_v_t.clone()).clamp(-p.value_clip, p.value_clip);
-        let l1 = (v - ret_t.clone()).square();
-        let l2 = (v_clipped - ret_t.clone()).square();
-        let vloss = (l1.max_pair(l2) * weight.clone()).sum() * 0.5 / denom;
-        Ok::<_, RlError>(descend(
-            value_net,
-            value_optim,
-            vloss,
-            p.value_lr,
-            cfg.grad_clip,
-        )?)
+    // Each update runs on the batch's row shards, one per core (`descend_sharded`); every
+    // shard's term is normalised by the whole batch's completion tokens.
+    let rows = table.spans.len();
+    let shards = SHARDS.min(rows).max(1);
+    let shard = |s: usize| {
+        let (lo, hi) = shard_rows(rows, shards, s);
+        (table.rows(lo, hi), lo * cols..hi * cols)
     };
     for _ in 0..p.epochs.max(1) {
-        let slots = (
-            Mutex::new(Some((policy, &mut *optim))),
-            Mutex::new(Some((value_net, &mut *value_optim))),
-        );
-        let done = infalign_core::run_on_workers(&device, 2, |job| {
-            Ok::<_, RlError>(if job == 0 {
-                let (policy, optim) = taken(&slots.0).expect("job 0 runs once");
-                Updated::Policy(policy_step(policy, optim)?)
-            } else {
-                let (value_net, value_optim) = taken(&slots.1).expect("job 1 runs once");
-                Updated::Value(value_step(value_net, value_optim)?)
-            })
-        })?;
-        let (mut new_policy, mut new_value) = (None, None);
-        for d in done {
-            match d? {
-                Updated::Policy(x) => new_policy = Some(x),
-                Updated::Value(x) => new_value = Some(x),
+        let clipped_tokens = Mutex::new(0usize);
+        let policy_loss = |policy: &CausalLm, s: usize| {
+            let (part, span) = shard(s);
+            let tok_lp = part.token_logprobs(policy);
+            let ratio = (tok_lp.clone() - part.tensor(&part.old_lp)).exp();
+            let adv_t = part.tensor(&adv[span]);
+            let unclipped = adv_t.clone() * ratio.clone();
+            let clipped = adv_t * ratio.clone().clamp(1.0 - p.clip, 1.0 + p.clip);
+            let surrogate = unclipped.min_pair(clipped);
+            let mut loss = (surrogate * part.tensor(&part.weight)).sum().neg() / denom;
+            if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
+                loss = loss + part.k3_penalty(tok_lp, beta, denom);
             }
-        }
-        let ((p_new, loss, clipfrac), (v_new, value_loss, _)) = new_policy
-            .zip(new_value)
-            .expect("each job returned its module");
-        (policy, value_net) = (p_new, v_new);
+            let outside = read_f32(ratio)?
+                .iter()
+                .zip(&part.weight)
+                .filter(|(r, w)| **w > 0.0 && (f64::from(**r) - 1.0).abs() > p.clip)
+                .count();
+            if let Ok(mut n) = clipped_tokens.lock() {
+                *n += outside;
+            }
+            Ok::<_, RlError>(loss)
+        };
+        let (updated, loss, _) =
+            descend_sharded(policy, optim, shards, policy_loss, cfg.lr, cfg.grad_clip)?;
+        policy = updated;
         metrics.loss = loss;
-        metrics.clipfrac = clipfrac;
+        metrics.clipfrac = clipped_tokens.into_inner().unwrap_or(0) as f64 / denom;
+
+        let value_loss = |value_net: &PrefixScorer, s: usize| {
+            let (part, span) = shard(s);
+            let (old_v_t, ret_t) = (part.tensor(&old_v[span.clone()]), part.tensor(&ret[span]));
+            let v = values(value_net, &part);
+            let v_clipped =
+                old_v_t.clone() + (v.clone() - old_v_t).clamp(-p.value_clip, p.value_clip);
+            let l1 = (v - ret_t.clone()).square();
+            let l2 = (v_clipped - ret_t).square();
+            Ok::<_, RlError>((l1.max_pair(l2) * part.tensor(&part.weight)).sum() * 0.5 / denom)
+        };
+        let (updated, value_loss, _) = descend_sharded(
+            value_net,
+            value_optim,
+            shards,
+            value_loss,
+            p.value_lr,
+            cfg.grad_clip,
+        )?;
+        value_net = updated;
         metrics.value_loss = value_loss;
     }
     Ok((policy, value_net, metrics))
-}
-
-/// What a job finds in its slot (each slot is taken by one job, once).
-fn taken<T>(slot: &Mutex<Option<T>>) -> Option<T> {
-    slot.lock().ok().and_then(|mut g| g.take())
-}
-
-/// What one job of a PPO epoch returns.
-enum Updated {
-    Policy((CausalLm, f64, f64)),
-    Value((PrefixScorer, f64, f64)),
 }
 
 /// The table's batch on the plain device (for the no-gradient value pass).

@@ -1,0 +1,202 @@
+//! `cargo xtask bench --training [--infalign-bin PATH] [--baseline-bin PATH] [--release]`: the
+//! training commands on the shipped model, timed as whole processes, as a user runs them.
+//!
+//! The tasks are the demo's settings at a few steps: reference rollouts (24 prompts × 8), 10
+//! `align` steps with RLOO on the calibrated exp reward and 10 with PPO on the raw reward (6
+//! prompts × 4 samples, 32 new tokens), and 50 `train-scorer` steps of CD-Q (batch 16). With
+//! `--baseline-bin`, another build runs the same tasks right after each task of this one, so the
+//! table's ratios compare two builds on the same machine in the same run (for example the
+//! commit before a change, built into another target directory).
+//!
+//! Invariant: every number comes from this run; nothing is compared with a figure measured
+//! elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+/// One timed task: its name and the infalign arguments (`{run}` is its scratch directory).
+const TASKS: [(&str, &[&str]); 4] = [
+    (
+        "rollouts: 24 prompts x 8, 32 new tokens",
+        &[
+            "rollouts",
+            "--prompts",
+            "{prompts}",
+            "--k",
+            "8",
+            "--reward",
+            "sentiment",
+            "--max-new-tokens",
+            "32",
+            "--out",
+            "{run}/reference.jsonl",
+        ],
+    ),
+    (
+        "align RLOO, calibrated exp(4u): 10 steps of 6 prompts x 4",
+        &[
+            "align",
+            "--prompts",
+            "{prompts}",
+            "--reward",
+            "sentiment",
+            "--set",
+            "steps=10",
+            "--set",
+            "lr=1e-4",
+            "--set",
+            "max_new_tokens=32",
+            "--set",
+            "k=4",
+            "--set",
+            "prompts_per_step=6",
+            "--beta",
+            "1.0",
+            "--reference",
+            "{run}/reference.jsonl",
+            "--transform",
+            "exp",
+            "--t",
+            "4",
+            "--out",
+            "{run}/rloo",
+        ],
+    ),
+    (
+        "align PPO, raw reward: 10 steps of 6 prompts x 4",
+        &[
+            "align",
+            "--prompts",
+            "{prompts}",
+            "--reward",
+            "sentiment",
+            "--set",
+            "steps=10",
+            "--set",
+            "lr=1e-4",
+            "--set",
+            "max_new_tokens=32",
+            "--set",
+            "k=4",
+            "--set",
+            "prompts_per_step=6",
+            "--algo",
+            "ppo",
+            "--beta",
+            "0.05",
+            "--raw",
+            "--out",
+            "{run}/ppo",
+        ],
+    ),
+    (
+        "train-scorer CD-Q: 50 steps of 16 rollouts",
+        &[
+            "train-scorer",
+            "--rollouts",
+            "{run}/reference.jsonl",
+            "--method",
+            "q",
+            "--calibrate",
+            "--set",
+            "steps=50",
+            "--set",
+            "batch_size=16",
+            "--set",
+            "lr=3e-4",
+            "--out",
+            "{run}/cdq",
+        ],
+    ),
+];
+
+/// Runs one task with `bin` in a fresh `run` directory; returns its wall time in seconds.
+fn time_task(bin: &Path, args: &[&str], prompts: &Path, run: &Path) -> Result<f64> {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            a.replace("{run}", &run.display().to_string())
+                .replace("{prompts}", &prompts.display().to_string())
+        })
+        .collect();
+    let shown = format!("{} {}", bin.display(), args.join(" "));
+    eprintln!("$ {shown}");
+    let start = Instant::now();
+    let out = Command::new(bin)
+        .args(&args)
+        .output()
+        .with_context(|| format!("running `{shown}`"))?;
+    let seconds = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(seconds)
+}
+
+/// `cargo xtask bench --training ...`.
+pub fn run(root: &Path, bin: &Path, baseline: Option<&Path>) -> Result<()> {
+    let dir = root.join("target/bench/training");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let prompts = dir.join("prompts.jsonl");
+    let all = std::fs::read_to_string(root.join("assets/prompts.jsonl"))
+        .context("reading assets/prompts.jsonl")?;
+    let first: Vec<&str> = all
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(24)
+        .collect();
+    std::fs::write(&prompts, first.join("\n") + "\n")
+        .with_context(|| format!("writing {}", prompts.display()))?;
+    let builds: Vec<(&str, &Path)> = std::iter::once(("this build", bin))
+        .chain(baseline.map(|b| ("baseline", b)))
+        .collect();
+    let mut rows = Vec::new();
+    for (task, args) in TASKS {
+        let mut times = Vec::new();
+        for (name, b) in &builds {
+            let run: PathBuf = dir.join(name.replace(' ', "-"));
+            std::fs::create_dir_all(&run)?;
+            times.push(time_task(b, args, &prompts, &run)?);
+        }
+        rows.push((task, times));
+    }
+    let header = if baseline.is_some() {
+        "| task | this build (s) | baseline (s) | speed-up |\n|---|---:|---:|---:|"
+    } else {
+        "| task | this build (s) |\n|---|---:|"
+    };
+    println!("{header}");
+    for (task, t) in &rows {
+        match t.as_slice() {
+            [a, b] => println!("| {task} | {a:.2} | {b:.2} | {:.2} |", b / a),
+            [a] => println!("| {task} | {a:.2} |"),
+            _ => {}
+        }
+    }
+    println!(
+        "\nWhole processes (model load included), on the shipped model; binaries: {}{}",
+        bin.display(),
+        baseline.map_or(String::new(), |b| format!(" and {}", b.display()))
+    );
+    let json = json!({
+        "binary": bin.display().to_string(),
+        "baseline": baseline.map(|b| b.display().to_string()),
+        "rows": rows.iter().map(|(task, t)| json!({"task": task, "seconds": t})).collect::<Vec<_>>(),
+    });
+    let path = root.join("target/bench/training.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
