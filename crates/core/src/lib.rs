@@ -26,6 +26,7 @@ mod error;
 pub mod io;
 pub mod metrics;
 mod seed;
+mod tidy;
 pub mod workers;
 
 pub use device::DeviceSpec;

@@ -111,6 +111,17 @@ pub enum ModelError {
     /// A tensor could not be read back from the device.
     #[error("reading a tensor from the device failed: {0}")]
     Read(String),
+    /// A training step produced a non-finite loss or gradient; nothing was applied.
+    #[error(
+        "the {quantity} is {value}: the step was not applied (a learning rate, reward or \
+         transform too large for this model?)"
+    )]
+    NonFinite {
+        /// What was not finite (`loss`, `gradient norm`).
+        quantity: &'static str,
+        /// Its value.
+        value: f64,
+    },
     /// Malformed input to an API (for example ragged batches).
     #[error("{0}")]
     Input(String),

@@ -169,7 +169,9 @@ where
     };
     module.visit(&mut sum);
     let mut grads = sum.total;
+    finite("loss", value)?;
     let norm = scale_and_clip(&module, &mut grads, 1.0, (clip > 0.0).then_some(clip));
+    finite("gradient norm", norm)?;
     Ok((optim.step(lr, module, grads), value, norm))
 }
 
@@ -183,9 +185,21 @@ pub fn descend<M: Module>(
     clip: f64,
 ) -> crate::Result<(M, f64, f64)> {
     let value = f64::from(crate::weights::read_f32(loss.clone())?[0]);
+    finite("loss", value)?;
     let mut grads = GradientsParams::from_grads(loss.backward(), &module);
     let norm = scale_and_clip(&module, &mut grads, 1.0, (clip > 0.0).then_some(clip));
+    finite("gradient norm", norm)?;
     Ok((optim.step(lr, module, grads), value, norm))
+}
+
+/// A non-finite loss or gradient norm stops training before the step is applied, so that no
+/// NaN reaches the weights.
+fn finite(quantity: &'static str, value: f64) -> crate::Result<()> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(crate::ModelError::NonFinite { quantity, value })
+    }
 }
 
 #[cfg(test)]
@@ -208,5 +222,41 @@ mod tests {
         );
         assert!((s.at(110) - 0.1).abs() < 1e-12);
         assert!((s.at(500) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_non_finite_loss_or_gradient_stops_the_step() {
+        use burn::module::Module;
+        use burn::nn::Linear;
+        let device = burn::tensor::Device::flex().autodiff();
+        // Fixed weights: the output for x is 1·0.5 + 2·0.25 = 1.
+        let net = Linear {
+            weight: Param::from_tensor(Tensor::from_floats([[0.5], [0.25]], &device)),
+            bias: None,
+        };
+        let x: Tensor<2> = Tensor::from_floats([[1.0, 2.0]], &device);
+        let mut optim = burn::optim::AdamWConfig::new().init();
+        // A finite loss trains; NaN in the loss, and a loss whose gradient overflows, do not.
+        let loss = |net: &Linear, scale: f32| net.forward(x.clone()).sum() * scale;
+        let (net, _, _) = descend(net.clone(), &mut optim, loss(&net, 1.0), 1e-3, 0.0).unwrap();
+        let e = descend(net.clone(), &mut optim, loss(&net, f32::NAN), 1e-3, 0.0).unwrap_err();
+        assert!(e.to_string().contains("loss is NaN"), "{e}");
+        let square = net.forward(x.clone()).sum().powf_scalar(2.0) * 1e30;
+        let e = descend(net.clone(), &mut optim, square, 1e-3, 1.0).unwrap_err();
+        assert!(
+            e.to_string().contains("is inf") || e.to_string().contains("NaN"),
+            "{e}"
+        );
+        let e = descend_sharded(
+            net.clone(),
+            &mut optim,
+            2,
+            |n: &Linear, _| Ok::<_, crate::ModelError>(loss(n, f32::INFINITY)),
+            1e-3,
+            0.0,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("loss is inf"), "{e}");
+        let _ = net.num_params();
     }
 }
