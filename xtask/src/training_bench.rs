@@ -18,27 +18,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-/// One timed task: its name and the infalign arguments (`{run}` is its scratch directory).
-const TASKS: [(&str, &[&str]); 4] = [
-    (
-        "rollouts: 24 prompts x 8, 32 new tokens",
-        &[
-            "rollouts",
-            "--prompts",
-            "{prompts}",
-            "--k",
-            "8",
-            "--reward",
-            "sentiment",
-            "--max-new-tokens",
-            "32",
-            "--out",
-            "{run}/reference.jsonl",
-        ],
-    ),
-    (
-        "align RLOO, calibrated exp(4u): 10 steps of 6 prompts x 4",
-        &[
+/// The timed tasks: a name and the infalign arguments (`{run}` is the build's scratch
+/// directory, `{prompts}` the prompt file).
+fn tasks() -> Vec<(&'static str, Vec<&'static str>)> {
+    let align = |rest: &[&'static str]| -> Vec<&'static str> {
+        let mut args = vec![
             "align",
             "--prompts",
             "{prompts}",
@@ -54,65 +38,75 @@ const TASKS: [(&str, &[&str]); 4] = [
             "k=4",
             "--set",
             "prompts_per_step=6",
-            "--beta",
-            "1.0",
-            "--reference",
-            "{run}/reference.jsonl",
-            "--transform",
-            "exp",
-            "--t",
-            "4",
-            "--out",
-            "{run}/rloo",
-        ],
-    ),
-    (
-        "align PPO, raw reward: 10 steps of 6 prompts x 4",
-        &[
-            "align",
-            "--prompts",
-            "{prompts}",
-            "--reward",
-            "sentiment",
-            "--set",
-            "steps=10",
-            "--set",
-            "lr=1e-4",
-            "--set",
-            "max_new_tokens=32",
-            "--set",
-            "k=4",
-            "--set",
-            "prompts_per_step=6",
-            "--algo",
-            "ppo",
-            "--beta",
-            "0.05",
-            "--raw",
-            "--out",
-            "{run}/ppo",
-        ],
-    ),
-    (
-        "train-scorer CD-Q: 50 steps of 16 rollouts",
-        &[
-            "train-scorer",
-            "--rollouts",
-            "{run}/reference.jsonl",
-            "--method",
-            "q",
-            "--calibrate",
-            "--set",
-            "steps=50",
-            "--set",
-            "batch_size=16",
-            "--set",
-            "lr=3e-4",
-            "--out",
-            "{run}/cdq",
-        ],
-    ),
-];
+        ];
+        args.extend(rest);
+        args
+    };
+    vec![
+        (
+            "rollouts: 24 prompts x 8, 32 new tokens",
+            vec![
+                "rollouts",
+                "--prompts",
+                "{prompts}",
+                "--k",
+                "8",
+                "--reward",
+                "sentiment",
+                "--max-new-tokens",
+                "32",
+                "--out",
+                "{run}/reference.jsonl",
+            ],
+        ),
+        (
+            "align RLOO, calibrated exp(4u): 10 steps of 6 prompts x 4",
+            align(&[
+                "--beta",
+                "1.0",
+                "--reference",
+                "{run}/reference.jsonl",
+                "--transform",
+                "exp",
+                "--t",
+                "4",
+                "--out",
+                "{run}/rloo",
+            ]),
+        ),
+        (
+            "align PPO, raw reward: 10 steps of 6 prompts x 4",
+            align(&[
+                "--algo",
+                "ppo",
+                "--beta",
+                "0.05",
+                "--raw",
+                "--out",
+                "{run}/ppo",
+            ]),
+        ),
+        (
+            "train-scorer CD-Q: 50 steps of 16 rollouts",
+            vec![
+                "train-scorer",
+                "--rollouts",
+                "{run}/reference.jsonl",
+                "--method",
+                "q",
+                "--calibrate",
+                "--set",
+                "steps=50",
+                "--set",
+                "batch_size=16",
+                "--set",
+                "lr=3e-4",
+                "--out",
+                "{run}/cdq",
+            ],
+        ),
+    ]
+}
 
 /// Runs one task with `bin` in a fresh `run` directory; returns its wall time in seconds.
 fn time_task(bin: &Path, args: &[&str], prompts: &Path, run: &Path) -> Result<f64> {
@@ -162,12 +156,12 @@ pub fn run(root: &Path, bin: &Path, baseline: Option<&Path>) -> Result<()> {
         .chain(baseline.map(|b| ("baseline", b)))
         .collect();
     let mut rows = Vec::new();
-    for (task, args) in TASKS {
+    for (task, args) in tasks() {
         let mut times = Vec::new();
         for (name, b) in &builds {
             let run: PathBuf = dir.join(name.replace(' ', "-"));
             std::fs::create_dir_all(&run)?;
-            times.push(time_task(b, args, &prompts, &run)?);
+            times.push(time_task(b, &args, &prompts, &run)?);
         }
         rows.push((task, times));
     }
