@@ -762,3 +762,86 @@ fn calibrated_reward_model_trains_and_aligns() {
     ]);
     assert!(e.contains("cannot be used with"), "{e}");
 }
+
+#[test]
+fn align_set_keys_are_not_overwritten_by_flag_defaults() {
+    // `--set beta=0.3 --set algo=ppo` with neither flag trains PPO at β = 0.3, and PPO's own
+    // metrics reach metrics.jsonl.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("ppo");
+    ok(&[
+        "align",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "the cat",
+        "--prompt",
+        "a dog",
+        "--reward",
+        "length(t_max=4)",
+        "--raw",
+        "--set",
+        "beta=0.3",
+        "--set",
+        "algo=ppo",
+        "--set",
+        "steps=2",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "prompts_per_step=2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r["objective/beta"].as_f64(), Some(0.3), "{r}");
+        let clipfrac = r["policy/clipfrac"]
+            .as_f64()
+            .expect("PPO logs its clip fraction");
+        assert!((0.0..=1.0).contains(&clipfrac), "{r}");
+        assert!(r["loss/value"].as_f64().is_some_and(f64::is_finite), "{r}");
+    }
+    // The flag still wins over the key.
+    let rloo = dir.path().join("rloo");
+    ok(&[
+        "align",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "the cat",
+        "--reward",
+        "length(t_max=4)",
+        "--raw",
+        "--set",
+        "algo=ppo",
+        "--algo",
+        "rloo",
+        "--beta",
+        "0.2",
+        "--set",
+        "steps=1",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "prompts_per_step=1",
+        "--out",
+        rloo.to_str().unwrap(),
+    ]);
+    let row: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(rloo.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(row["objective/beta"].as_f64(), Some(0.2));
+    assert!(row.get("policy/clipfrac").is_none(), "{row}");
+}

@@ -538,20 +538,24 @@ pub fn train_policy(
             beta *= 1.0 + cfg.kl_gain * err;
         }
         if let Some(w) = metrics.as_mut() {
-            w.log(
-                step,
-                &[
-                    ("objective/kl", m.kl),
-                    ("objective/scores", m.scores),
-                    ("objective/raw_reward", m.raw_reward),
-                    ("objective/entropy", m.entropy),
-                    ("objective/rlhf_reward", m.rlhf_reward),
-                    ("objective/beta", m.beta),
-                    ("loss/policy", m.loss),
-                    ("response_length", m.response_length),
-                    ("eos_rate", m.eos_rate),
-                ],
-            )?;
+            let mut row = vec![
+                ("objective/kl", m.kl),
+                ("objective/scores", m.scores),
+                ("objective/raw_reward", m.raw_reward),
+                ("objective/entropy", m.entropy),
+                ("objective/rlhf_reward", m.rlhf_reward),
+                ("objective/beta", m.beta),
+                ("loss/policy", m.loss),
+                ("response_length", m.response_length),
+                ("eos_rate", m.eos_rate),
+            ];
+            if cfg.algo == Algo::Ppo {
+                row.extend([
+                    ("policy/clipfrac", m.clipfrac),
+                    ("loss/value", m.value_loss),
+                ]);
+            }
+            w.log(step, &row)?;
         }
         on_step(step, &m);
         let save_now = (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps;

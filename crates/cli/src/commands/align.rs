@@ -41,24 +41,29 @@ pub struct Args {
     /// Parameter of the transform (t of exp/negexp).
     #[arg(long)]
     pub t: Option<f64>,
-    /// KL weight β.
-    #[arg(long, default_value_t = 0.05)]
-    pub beta: f64,
-    /// Policy-optimisation algorithm: rloo or ppo.
-    #[arg(long, default_value = "rloo")]
-    pub algo: String,
+    /// KL weight β (default 0.05; `--set beta=B` works too, the flag wins when both are given).
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Policy-optimisation algorithm: rloo (default) or ppo (`--set algo=ppo` works too).
+    #[arg(long)]
+    pub algo: Option<String>,
     #[command(flatten)]
     pub run: TrainRunArgs,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
-    cfg.algo = match a.algo.as_str() {
-        "rloo" => Algo::Rloo,
-        "ppo" => Algo::Ppo,
-        other => bail!("--algo `{other}`: expected rloo or ppo"),
-    };
-    cfg.beta = a.beta;
+    // Flags override the config (and its `--set` keys) only when given.
+    if let Some(algo) = &a.algo {
+        cfg.algo = match algo.as_str() {
+            "rloo" => Algo::Rloo,
+            "ppo" => Algo::Ppo,
+            other => bail!("--algo `{other}`: expected rloo or ppo"),
+        };
+    }
+    if let Some(beta) = a.beta {
+        cfg.beta = beta;
+    }
     cfg.out_dir = a.run.out.clone();
     let prompts = a.prompts.collect()?;
     let reward = infalign_rewards::reward_from_spec_on(&a.reward, device)?;
