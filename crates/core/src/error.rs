@@ -5,6 +5,15 @@ use std::path::PathBuf;
 /// An error from device selection, file I/O or JSONL parsing.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// An output path names something other than a regular file (a link, a FIFO, a device, a
+    /// directory): writing would replace it.
+    #[error("refusing to write {path}: it is {what}; outputs replace only regular files")]
+    NotAFile {
+        /// The output path.
+        path: PathBuf,
+        /// What is there.
+        what: &'static str,
+    },
     /// The system refused a worker thread.
     #[error("could not start a worker thread: {0}")]
     Worker(String),

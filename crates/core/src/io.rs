@@ -16,12 +16,34 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<(), CoreErro
     write_atomic_with(path, |w| w.write_all(bytes))
 }
 
-/// Like [`write_atomic`], with the content produced by a writer callback.
+/// What stands at `path` if it is not a regular file: the rename of an atomic write would
+/// replace it (a link with a file, `/dev/null` with a file), so such outputs are refused.
+fn not_a_file(path: &Path) -> Option<&'static str> {
+    let kind = fs::symlink_metadata(path).ok()?.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_symlink() {
+        Some("a symbolic link (give its target instead)")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else {
+        Some("a special file (FIFO, device or socket)")
+    }
+}
+
+/// Like [`write_atomic`], with the content produced by a writer callback. A path that holds
+/// anything but a regular file is refused before anything is written.
 pub fn write_atomic_with(
     path: impl AsRef<Path>,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), CoreError> {
     let path = path.as_ref();
+    if let Some(what) = not_a_file(path) {
+        return Err(CoreError::NotAFile {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -110,6 +132,36 @@ mod tests {
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
     struct Row {
         prompt: String,
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_replace_only_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.json");
+        write_atomic(&file, b"1").unwrap();
+        write_atomic(&file, b"2").unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"2");
+        // A link, a directory and a device stay what they are.
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = write_atomic(&link, b"3").unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link") && e.contains("link.json"),
+            "{e}"
+        );
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&file).unwrap(), b"2");
+        let e = write_atomic(dir.path(), b"3").unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        let e = write_atomic("/dev/null", b"3").unwrap_err().to_string();
+        assert!(e.contains("special file"), "{e}");
+        assert!(!fs::metadata("/dev/null").unwrap().file_type().is_file());
     }
 
     #[test]
