@@ -845,3 +845,62 @@ fn align_set_keys_are_not_overwritten_by_flag_defaults() {
     assert_eq!(row["objective/beta"].as_f64(), Some(0.2));
     assert!(row.get("policy/clipfrac").is_none(), "{row}");
 }
+
+#[test]
+fn non_finite_numbers_stop_training_naming_the_step() {
+    // A transform whose values overflow, and a learning rate that blows the weights up, stop
+    // `align` with an error naming the step and the quantity, and no final model is written.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let refs = p("ref.jsonl");
+    ok(&[
+        "rollouts",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--k",
+        "4",
+        "--reward",
+        "length(t_max=4)",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        &refs,
+    ]);
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "align",
+            "--model",
+            m,
+            "--prompt",
+            "the cat",
+            "--reward",
+            "length(t_max=4)",
+            "--set",
+            "steps=3",
+            "--set",
+            "max_new_tokens=4",
+            "--set",
+            "prompts_per_step=1",
+            "--out",
+            out,
+        ];
+        args.extend(extra);
+        err(&args)
+    };
+    let e = run(
+        &["--reference", &refs, "--transform", "exp", "--t", "1e30"],
+        &p("overflow"),
+    );
+    assert!(e.contains("step 1: the transformed reward is inf"), "{e}");
+    assert!(!dir.path().join("overflow/final").exists());
+    let e = run(&["--raw", "--set", "lr=1e30"], &p("lr"));
+    assert!(
+        e.contains("step ") && (e.contains("is NaN") || e.contains("is inf")),
+        "{e}"
+    );
+    assert!(!dir.path().join("lr/final").exists());
+}

@@ -457,6 +457,17 @@ pub fn train_policy(
             })
             .collect();
         let scored = pipeline.score(&inputs)?;
+        for &(raw, shaped) in &scored {
+            for (quantity, value) in [("reward", raw), ("transformed reward", shaped)] {
+                if !value.is_finite() {
+                    return Err(RlError::NonFinite {
+                        step,
+                        quantity,
+                        value,
+                    });
+                }
+            }
+        }
         for ((s, rlp), (raw, shaped)) in samples.iter().zip(&ref_lp).zip(scored) {
             let n_prompt = s.prompt_ids.len();
             let ref_sum: f64 = rlp[n_prompt - 1..].iter().map(|&x| f64::from(x)).sum();
@@ -509,7 +520,8 @@ pub fn train_policy(
                 let adv = crate::rloo::advantages(&scores, cfg.k)?;
                 let adv_tok: Vec<f64> = (0..b * cols).map(|x| adv[x / cols]).collect();
                 let (p, loss) =
-                    policy_gradient_step(policy, &mut optim, &table, &adv_tok, cfg, beta)?;
+                    policy_gradient_step(policy, &mut optim, &table, &adv_tok, cfg, beta)
+                        .map_err(RlError::at_step(step))?;
                 (p, loss)
             }
             Algo::Ppo => {
@@ -523,7 +535,8 @@ pub fn train_policy(
                     &shaped_scores,
                     cfg,
                     beta,
-                )?;
+                )
+                .map_err(RlError::at_step(step))?;
                 value_net = Some(v);
                 m.clipfrac = ppo_m.clipfrac;
                 m.value_loss = ppo_m.value_loss;

@@ -301,7 +301,8 @@ pub fn train_scorer(
             }
         };
         let (updated, loss_value, grad_norm) =
-            descend_sharded(scorer, &mut optim, shards, loss_of, cfg.lr, cfg.grad_clip)?;
+            descend_sharded(scorer, &mut optim, shards, loss_of, cfg.lr, cfg.grad_clip)
+                .map_err(RlError::at_step(step))?;
         scorer = updated;
         if let Some(m) = metrics.as_mut()
             && (step % cfg.log_every.max(1) == 0 || step == cfg.steps)
