@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::analytic::{Procedure, evaluate};
+use crate::paired::Outcomes;
 use crate::plot::{LinePlot, Series};
-use crate::{EvalError, Interval, Ties, inference_win_rate, win_rate};
+use crate::{EvalError, Interval, Ties};
 
 /// How a KL value was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +70,39 @@ pub struct ProcedureWinRate {
     pub win_rate: Interval,
 }
 
+/// A point's outcomes on each prompt: what a paired comparison of two points differences
+/// ([`crate::paired`]). Points are paired only when their `prompts_key`s are equal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerPrompt {
+    /// Identifies the prompts and their order (FNV-1a of the prompt texts, hexadecimal).
+    pub prompts_key: String,
+    /// Mean reward of the method's samples on each prompt.
+    pub mean_reward: Vec<f64>,
+    /// Win rate on each prompt, standard first, then each measured procedure.
+    pub win_rates: Vec<ProcedureOutcomes>,
+}
+
+/// Per-prompt win rates under one procedure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcedureOutcomes {
+    /// The procedure.
+    #[serde(flatten)]
+    pub procedure: Procedure,
+    /// The win rate on each prompt.
+    pub per_prompt: Vec<f64>,
+}
+
+/// The key of a prompt list in [`PerPrompt::prompts_key`].
+pub fn prompts_key(prompts: &[String]) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in prompts {
+        for b in p.bytes().chain([0xff]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
 /// One evaluated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurvePoint {
@@ -102,6 +136,9 @@ pub struct CurvePoint {
     pub prompts: usize,
     /// Samples per prompt on the method's side.
     pub samples_per_prompt: usize,
+    /// Outcomes per prompt, for paired comparisons with other points on the same prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_prompt: Option<PerPrompt>,
 }
 
 /// What [`CurvePoint::measure`] compares.
@@ -120,6 +157,9 @@ pub struct Comparison<'a> {
     pub reps: usize,
     /// Seed of the bootstrap and the Monte Carlo draws.
     pub seed: u64,
+    /// The prompts, in the order of `policy` and `base`: with them the point keeps its
+    /// per-prompt outcomes ([`PerPrompt`]).
+    pub prompts: Option<&'a [String]>,
 }
 
 fn mean(v: &[Vec<f64>]) -> f64 {
@@ -137,7 +177,12 @@ impl CurvePoint {
     ) -> Result<Self, EvalError> {
         let per_prompt = c.policy.iter().map(Vec::len).min().unwrap_or(0);
         let base_per_prompt = c.base.iter().map(Vec::len).min().unwrap_or(0);
-        let standard = win_rate(c.policy, c.base, c.ties, c.seed)?;
+        let standard =
+            Outcomes::win_rates(c.policy, c.base, Procedure::Standard, c.ties, 1, c.seed)?;
+        let mut outcomes = vec![ProcedureOutcomes {
+            procedure: Procedure::Standard,
+            per_prompt: standard.values().to_vec(),
+        }];
         let mut inference = Vec::new();
         for &procedure in c.procedures {
             let n = match procedure {
@@ -153,12 +198,22 @@ impl CurvePoint {
                 );
                 continue;
             }
-            let w = inference_win_rate(c.policy, c.base, procedure, c.ties, c.reps, c.seed)?;
+            // The same per-prompt outcomes and bootstrap as `inference_win_rate`.
+            let o = Outcomes::win_rates(c.policy, c.base, procedure, c.ties, c.reps, c.seed)?;
             inference.push(ProcedureWinRate {
                 procedure,
-                win_rate: w,
+                win_rate: o.estimate(c.seed),
+            });
+            outcomes.push(ProcedureOutcomes {
+                procedure,
+                per_prompt: o.values().to_vec(),
             });
         }
+        let per_prompt_rewards = c
+            .policy
+            .iter()
+            .map(|r| r.iter().sum::<f64>() / r.len().max(1) as f64)
+            .collect();
         Ok(Self {
             method: method.into(),
             param: param.map(|(p, _)| p.to_string()),
@@ -167,12 +222,27 @@ impl CurvePoint {
             mean_reward: mean(c.policy),
             base_mean_reward: mean(c.base),
             ties: c.ties,
-            win_rate: standard,
+            win_rate: standard.estimate(c.seed),
             inference,
             measures: BTreeMap::new(),
             prompts: c.policy.len(),
             samples_per_prompt: per_prompt,
+            per_prompt: c.prompts.map(|p| PerPrompt {
+                prompts_key: prompts_key(p),
+                mean_reward: per_prompt_rewards,
+                win_rates: outcomes,
+            }),
         })
+    }
+
+    /// This point's per-prompt outcomes under `procedure`, if kept.
+    pub fn outcomes_under(&self, procedure: Procedure) -> Option<&[f64]> {
+        self.per_prompt
+            .as_ref()?
+            .win_rates
+            .iter()
+            .find(|o| o.procedure == procedure)
+            .map(|o| o.per_prompt.as_slice())
     }
 
     /// The win rate under `procedure`, if it was measured.
@@ -346,6 +416,7 @@ mod tests {
             ties: Ties::Half,
             reps: 16,
             seed: 1,
+            prompts: None,
         };
         let kl = Kl {
             value: 0.3,

@@ -290,8 +290,234 @@ pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), Eval
     Ok(())
 }
 
+/// The point a comparison names: `METHOD`, or `METHOD@VALUE` when the method has several
+/// points (its swept parameter's value).
+pub fn find_point<'a>(
+    points: &'a [CurvePoint],
+    selector: &str,
+) -> Result<&'a CurvePoint, EvalError> {
+    let (method, value) = match selector.rsplit_once('@') {
+        Some((m, v)) => {
+            let v: f64 = v.trim().parse().map_err(|_| EvalError::Invalid {
+                field: "compare",
+                message: format!("`{selector}`: `{v}` after @ is not a number"),
+            })?;
+            (m.trim(), Some(v))
+        }
+        None => (selector.trim(), None),
+    };
+    let found: Vec<&CurvePoint> = points
+        .iter()
+        .filter(|p| p.method == method && value.is_none_or(|v| p.value == Some(v)))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => {
+            let mut methods: Vec<&str> = points.iter().map(|p| p.method.as_str()).collect();
+            methods.dedup();
+            Err(EvalError::Invalid {
+                field: "compare",
+                message: format!(
+                    "`{selector}` names no point; methods: {}",
+                    methods.join(", ")
+                ),
+            })
+        }
+        many => Err(EvalError::Invalid {
+            field: "compare",
+            message: format!(
+                "`{selector}` names {} points; add @VALUE (one of {})",
+                many.len(),
+                many.iter()
+                    .filter_map(|p| p.value.map(|v| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+/// The paired differences `A − B` of two points evaluated on the same prompts: mean reward and
+/// the win rate under every procedure both measured, each with a bootstrap interval over
+/// prompts that resamples the same prompts for both ([`crate::paired`]).
+pub fn paired_rows(
+    a: &CurvePoint,
+    b: &CurvePoint,
+    seed: u64,
+) -> Result<Vec<Vec<String>>, EvalError> {
+    let (Some(pa), Some(pb)) = (&a.per_prompt, &b.per_prompt) else {
+        return Err(EvalError::Invalid {
+            field: "compare",
+            message: format!(
+                "`{}` and `{}`: per-prompt outcomes missing (evaluated by an older infalign?)",
+                a.method, b.method
+            ),
+        });
+    };
+    if pa.prompts_key != pb.prompts_key {
+        return Err(EvalError::Invalid {
+            field: "compare",
+            message: format!(
+                "`{}` and `{}` were evaluated on different prompts: no paired comparison",
+                a.method, b.method
+            ),
+        });
+    }
+    let name = |p: &CurvePoint| {
+        let kl = match p.kl.kind {
+            KlKind::Bound => format!("KL ≤ {:.2}", p.kl.value),
+            _ => format!("KL {:.2}", p.kl.value),
+        };
+        match (&p.param, p.value) {
+            (Some(k), Some(v)) => format!("{} ({k} = {v}; {kl})", p.method),
+            _ => format!("{} ({kl})", p.method),
+        }
+    };
+    let label = format!("{} − {}", name(a), name(b));
+    let cell = |d: &crate::paired::Difference| {
+        let verdict = if d.excludes_zero() {
+            if d.mean > 0.0 { "A better" } else { "B better" }
+        } else {
+            "inconclusive"
+        };
+        vec![
+            format!("{:+.3} [{:+.3}, {:+.3}]", d.mean, d.low, d.high),
+            verdict.to_string(),
+        ]
+    };
+    let mut rows = Vec::new();
+    let ra =
+        crate::paired::Outcomes::new(crate::paired::Measure::MeanReward, pa.mean_reward.clone())?;
+    let rb =
+        crate::paired::Outcomes::new(crate::paired::Measure::MeanReward, pb.mean_reward.clone())?;
+    let d = crate::paired::paired_difference(&ra, &rb, seed)?;
+    let mut row = vec![label.clone(), "mean reward".into(), d.prompts.to_string()];
+    row.extend(cell(&d));
+    rows.push(row);
+    for oa in &pa.win_rates {
+        let Some(vb) = b.outcomes_under(oa.procedure) else {
+            continue;
+        };
+        let measure = crate::paired::Measure::WinRate {
+            procedure: oa.procedure,
+            ties: a.ties,
+        };
+        let d = crate::paired::paired_difference(
+            &crate::paired::Outcomes::new(measure, oa.per_prompt.clone())?,
+            &crate::paired::Outcomes::new(measure, vb.to_vec())?,
+            seed,
+        )?;
+        let mut row = vec![
+            label.clone(),
+            format!("{} win rate", procedure_name(oa.procedure)),
+            d.prompts.to_string(),
+        ];
+        row.extend(cell(&d));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Adds a table of paired comparisons, one `(A, B)` selector pair each ([`find_point`]).
+pub fn add_paired(
+    report: &mut Report,
+    points: &[CurvePoint],
+    pairs: &[(String, String)],
+    seed: u64,
+) -> Result<(), EvalError> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for (a, b) in pairs {
+        rows.extend(paired_rows(
+            find_point(points, a)?,
+            find_point(points, b)?,
+            seed,
+        )?);
+    }
+    report.heading("Paired comparisons");
+    report.paragraph(
+        "A − B on the same prompts: the difference of the two methods' per-prompt outcomes, with \
+         a 95% percentile-bootstrap interval over prompts that resamples the same prompts for \
+         both. \"inconclusive\" when the interval contains 0. Each side's KL is in its name: a \
+         difference between points at different KL mixes how well each method spends its KL \
+         with how far it moved, so compare at similar KL to compare the methods.",
+    );
+    report.table(
+        &[
+            "A − B",
+            "measure",
+            "prompts",
+            "difference [95% interval]",
+            "verdict",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn paired_comparisons_difference_points_on_the_same_prompts() {
+        use crate::analytic::Procedure;
+        use crate::curve::{Comparison, Kl, KlKind};
+        let prompts: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+        let base = vec![vec![0.0, 1.0, 2.0, 3.0]; 6];
+        let point = |method: &str, shift: f64, prompts: &[String]| {
+            let policy: Vec<Vec<f64>> = base
+                .iter()
+                .map(|r| r.iter().map(|x| x + shift).collect())
+                .collect();
+            let c = Comparison {
+                policy: &policy,
+                base: &base,
+                procedures: &[Procedure::BestOfN { n: 2 }],
+                ties: Ties::Half,
+                reps: 8,
+                seed: 3,
+                prompts: Some(prompts),
+            };
+            let kl = Kl {
+                value: 0.1,
+                stderr: None,
+                kind: KlKind::Zero,
+            };
+            CurvePoint::measure(method, None, kl, &c).unwrap()
+        };
+        let (a, b) = (point("a", 10.0, &prompts), point("b", 0.0, &prompts));
+        // A point against itself: every difference is exactly 0, inconclusive.
+        for row in paired_rows(&a, &a, 1).unwrap() {
+            assert_eq!(row[3], "+0.000 [+0.000, +0.000]", "{row:?}");
+            assert_eq!(row[4], "inconclusive");
+        }
+        // A beats every base sample (win rate 1), B is the base (½): +0.5 on every prompt.
+        let rows = paired_rows(&a, &b, 1).unwrap();
+        assert_eq!(rows.len(), 3, "mean reward, standard, best-of-2");
+        assert_eq!(rows[0][3], "+10.000 [+10.000, +10.000]");
+        assert_eq!(rows[1][3], "+0.500 [+0.500, +0.500]");
+        assert_eq!(rows[1][4], "A better");
+        // Other prompts, or a missing or ambiguous name, are errors that say so.
+        let other: Vec<String> = (0..6).map(|i| format!("q{i}")).collect();
+        let e = paired_rows(&a, &point("c", 0.0, &other), 1).unwrap_err();
+        assert!(e.to_string().contains("different prompts"), "{e}");
+        let pts = vec![a.clone(), b.clone(), b];
+        assert!(
+            find_point(&pts, "z")
+                .unwrap_err()
+                .to_string()
+                .contains("names no point")
+        );
+        assert!(
+            find_point(&pts, "b")
+                .unwrap_err()
+                .to_string()
+                .contains("names 2 points")
+        );
+        assert_eq!(find_point(&pts, "a").unwrap().method, "a");
+    }
     use super::*;
     use crate::plot::Series;
 

@@ -143,6 +143,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             ties,
             reps: a.reps,
             seed: a.seed,
+            prompts: Some(&prompts),
         },
     )?;
     let mut report = Report::new("Evaluation");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_eval::curve::CurvePoint;
-use infalign_eval::report::{Report, add_curves};
+use infalign_eval::report::{Report, add_curves, add_paired};
 
 /// Flags of `infalign report`.
 #[derive(Debug, clap::Args)]
@@ -19,6 +19,14 @@ pub struct Args {
     /// Title of the report; default: the directory's name.
     #[arg(long)]
     pub title: Option<String>,
+    /// A paired comparison `A vs B` of two points evaluated on the same prompts, each named
+    /// `METHOD` or `METHOD@VALUE` (repeatable): the difference A − B of mean reward and win
+    /// rates with a bootstrap interval over prompts.
+    #[arg(long, value_name = "A vs B")]
+    pub compare: Vec<String>,
+    /// Seed of the paired bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
@@ -90,6 +98,16 @@ pub fn run(a: Args) -> Result<()> {
         a.run.display()
     ));
     add_curves(&mut report, &points)?;
+    let pairs = a
+        .compare
+        .iter()
+        .map(|c| {
+            c.split_once(" vs ")
+                .map(|(x, y)| (x.trim().to_string(), y.trim().to_string()))
+                .with_context(|| format!("--compare `{c}`: expected `A vs B`"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    add_paired(&mut report, &points, &pairs, a.seed)?;
     let (md, html) = report.write(&a.run)?;
     eprintln!("wrote {} and {}", md.display(), html.display());
     Ok(())

@@ -314,6 +314,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 ties,
                 reps: a.reps,
                 seed: a.input.sampling.seed,
+                prompts: Some(&prompts),
             },
         )?;
         for (spec, r) in &measures {
