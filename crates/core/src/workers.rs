@@ -20,7 +20,7 @@ fn is_flex(device: &Device) -> bool {
 
 /// How many jobs to run at once on `device`: one per available core on the CPU (flex), 1
 /// elsewhere (a GPU parallelises within an operation).
-pub fn host_workers(device: &Device) -> usize {
+fn host_workers(device: &Device) -> usize {
     if is_flex(device) {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
@@ -28,17 +28,20 @@ pub fn host_workers(device: &Device) -> usize {
     }
 }
 
-/// Runs `job(0)`, ..., `job(jobs - 1)` and returns their results in that order. On the CPU
-/// they are spread over [`host_workers`] threads (job `j` on worker `j % workers`), each
-/// running its jobs single-threaded; elsewhere they run one after the other on this thread.
-/// Fails only when the system refuses a thread.
-pub fn run_on_workers<T: Send>(
+/// What one worker returns: its jobs' indices and results.
+type Finished<T, E> = Vec<(usize, Result<T, E>)>;
+
+/// Runs `job(0)`, ..., `job(jobs - 1)` and returns their results in that order, or the first
+/// job's error (in job order). On the CPU they are spread over one thread per core (job `j` on
+/// worker `j % workers`), each running its jobs single-threaded; elsewhere they run one after
+/// the other on this thread. A system that refuses a thread is an error too.
+pub fn run_on_workers<T: Send, E: From<CoreError> + Send>(
     device: &Device,
     jobs: usize,
-    job: impl Fn(usize) -> T + Sync,
-) -> Result<Vec<T>, CoreError> {
+    job: impl Fn(usize) -> Result<T, E> + Sync,
+) -> Result<Vec<T>, E> {
     if !is_flex(device) {
-        return Ok((0..jobs).map(&job).collect());
+        return (0..jobs).map(&job).collect();
     }
     let workers = host_workers(device).min(jobs);
     let single = || {
@@ -48,9 +51,9 @@ pub fn run_on_workers<T: Send>(
             .map_err(|e| CoreError::Worker(e.to_string()))
     };
     if workers <= 1 {
-        return Ok(single()?.install(|| (0..jobs).map(&job).collect()));
+        return single()?.install(|| (0..jobs).map(&job).collect());
     }
-    let done: Vec<Result<Vec<(usize, T)>, CoreError>> = std::thread::scope(|s| {
+    let done: Vec<Result<Finished<T, E>, CoreError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let job = &job;
@@ -74,7 +77,7 @@ pub fn run_on_workers<T: Send>(
         all.extend(d?);
     }
     all.sort_by_key(|(j, _)| *j);
-    Ok(all.into_iter().map(|(_, t)| t).collect())
+    all.into_iter().map(|(_, t)| t).collect()
 }
 
 #[cfg(test)]
@@ -84,12 +87,29 @@ mod tests {
     #[test]
     fn results_come_back_in_job_order_on_single_threaded_workers() {
         let device = Device::flex();
-        let out = run_on_workers(&device, 7, |j| (j * j, rayon::current_num_threads())).unwrap();
+        let out = run_on_workers(&device, 7, |j| {
+            Ok::<_, CoreError>((j * j, rayon::current_num_threads()))
+        })
+        .unwrap();
         assert_eq!(
             out.iter().map(|(x, _)| *x).collect::<Vec<_>>(),
             vec![0, 1, 4, 9, 16, 25, 36]
         );
         assert!(out.iter().all(|&(_, threads)| threads == 1));
-        assert!(run_on_workers(&device, 0, |j| j).unwrap().is_empty());
+        assert!(
+            run_on_workers(&device, 0, Ok::<_, CoreError>)
+                .unwrap()
+                .is_empty()
+        );
+        // The first failing job's error, in job order.
+        let e = run_on_workers(&device, 5, |j| {
+            if j >= 3 {
+                Err(CoreError::Worker(format!("job {j}")))
+            } else {
+                Ok(j)
+            }
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "could not start a worker thread: job 3");
     }
 }

@@ -155,9 +155,7 @@ impl<'a> Generator<'a> {
                 let done = infalign_core::run_on_workers(&self.device, chunks.len(), |c| {
                     run(chunks[c].0, chunks[c].1, None)
                 })?;
-                for d in done {
-                    out.extend(d?);
-                }
+                out.extend(done.into_iter().flatten());
             }
         }
         Ok(out)

@@ -122,8 +122,7 @@ pub fn win_rate(
     ties: Ties,
     seed: u64,
 ) -> Result<Interval, EvalError> {
-    let per_prompt = per_prompt_win_rates(policy, base, Procedure::Standard, ties, 1, seed)?;
-    Ok(bootstrap(&per_prompt, seed))
+    inference_win_rate(policy, base, Procedure::Standard, ties, 1, seed)
 }
 
 /// Win rate of T(π) against T(π_ref) for an inference-time procedure T, by `reps` Monte Carlo

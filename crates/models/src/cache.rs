@@ -25,7 +25,7 @@ impl LayerCache {
         let (k, v) = match self.kv.take() {
             None => (k, v),
             Some((pk, pv)) => {
-                let (pk, pv) = self.grown(pk, pv, l);
+                let (pk, pv) = self.grown(pk, pv, l, 2);
                 let at = [0..b, 0..h, self.len..self.len + l, 0..d];
                 (pk.slice_assign(at.clone(), k), pv.slice_assign(at, v))
             }
@@ -35,15 +35,22 @@ impl LayerCache {
         (k.narrow(2, 0, self.len), v.narrow(2, 0, self.len))
     }
 
-    /// The buffers, with room for `extra` more positions (doubling the capacity when they
-    /// must grow, so that growth costs O(1) per position over a whole decode).
-    fn grown(&self, k: Tensor<4>, v: Tensor<4>, extra: usize) -> (Tensor<4>, Tensor<4>) {
+    /// The buffers, with room for `extra` more positions: as they are when they have it, else
+    /// copied into buffers of at least `growth` times the capacity (2 while decoding, so that
+    /// growth costs O(1) per position over a whole decode; 1 for an exact reservation).
+    fn grown(
+        &self,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        extra: usize,
+        growth: usize,
+    ) -> (Tensor<4>, Tensor<4>) {
         let cap = k.dims()[2];
         let need = self.len + extra;
         if need <= cap {
             return (k, v);
         }
-        self.with_capacity(k, v, need.max(2 * cap))
+        self.with_capacity(k, v, need.max(growth * cap))
     }
 
     /// The filled positions of `k` and `v` in buffers of `capacity` positions.
@@ -60,12 +67,7 @@ impl LayerCache {
     /// Makes room for `extra` more positions in one allocation.
     fn reserve(&mut self, extra: usize) {
         if let Some((k, v)) = self.kv.take() {
-            let need = self.len + extra;
-            self.kv = Some(if need > k.dims()[2] {
-                self.with_capacity(k, v, need)
-            } else {
-                (k, v)
-            });
+            self.kv = Some(self.grown(k, v, extra, 1));
         }
     }
 

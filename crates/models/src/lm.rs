@@ -181,11 +181,7 @@ impl CausalLm {
             let (lo, hi) = crate::optim::shard_rows(rows.len(), shards, s);
             self.batch_logprobs(&rows[lo..hi], pad_id, device)
         })?;
-        let mut out = Vec::with_capacity(rows.len());
-        for p in parts {
-            out.extend(p?);
-        }
-        Ok(out)
+        Ok(parts.concat())
     }
 
     /// [`CausalLm::sequence_logprobs`] of rows left-padded into one batch.

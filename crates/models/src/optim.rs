@@ -141,7 +141,7 @@ pub fn descend_sharded<M, F, E>(
 where
     M: Module + Clone + Send + Sync,
     F: Fn(&M, usize) -> Result<Tensor<1>, E> + Sync,
-    E: From<crate::ModelError> + Send,
+    E: From<crate::ModelError> + From<infalign_core::CoreError> + Send,
 {
     let device = module
         .devices()
@@ -154,15 +154,9 @@ where
         let loss = loss_of(&fork, s)?;
         let value = f64::from(crate::weights::read_f32(loss.clone())?[0]);
         Ok::<_, E>((value, GradientsParams::from_grads(loss.backward(), &fork)))
-    })
-    .map_err(crate::ModelError::from)?;
-    let mut value = 0.0;
-    let mut parts = Vec::with_capacity(shards);
-    for d in done {
-        let (v, g) = d?;
-        value += v;
-        parts.push(g);
-    }
+    })?;
+    let value = done.iter().map(|(v, _)| v).sum();
+    let mut parts: Vec<GradientsParams> = done.into_iter().map(|(_, g)| g).collect();
     let mut sum = SumInto {
         parts: &mut parts,
         total: GradientsParams::new(),

@@ -93,14 +93,11 @@ pub(crate) fn update(
     let rows = table.spans.len();
     let shards = SHARDS.min(rows).max(1);
     let plain_device = table.batch.tokens.device().without_autodiff();
-    let parts = infalign_core::run_on_workers(&plain_device, shards, |s| {
+    let old_v = infalign_core::run_on_workers(&plain_device, shards, |s| {
         let (lo, hi) = shard_rows(rows, shards, s);
         read_f32(values(&frozen, &TokenTableOn::plain(&table.rows(lo, hi))))
-    })?;
-    let mut old_v = Vec::with_capacity(rows * cols);
-    for p in parts {
-        old_v.extend(p?);
-    }
+    })?
+    .concat();
     let (mut adv, ret) = gae(table, &rewards, &old_v, p.gamma, p.gae_lambda);
     // Whiten the advantages over completion tokens.
     let count = table.weight.iter().filter(|&&w| w > 0.0).count().max(1) as f64;
