@@ -11,9 +11,10 @@
 use std::path::{Path, PathBuf};
 
 /// Each library crate's directory with the workspace crates it may depend on.
-const LAYERS: [(&str, &[&str]); 6] = [
+const LAYERS: [(&str, &[&str]); 7] = [
     ("core", &[]),
-    ("models", &["core"]),
+    ("kernels", &[]),
+    ("models", &["core", "kernels"]),
     ("rewards", &["core", "models"]),
     ("decoding", &["core", "models", "rewards"]),
     ("rl", &["core", "models", "rewards", "decoding"]),

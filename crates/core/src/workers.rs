@@ -6,9 +6,15 @@
 //! as long with one thread as with two), while two independent halves of the work run at
 //! nearly twice the speed of one.
 //!
+//! A job may still split one large operation over the cores no other job uses: each worker
+//! records its share of the machine ([`job_threads`]), which the skinny-matmul kernels read.
+//!
 //! Invariant: a job computes the same thing whichever worker runs it and however many workers
-//! there are (every job runs single-threaded on the CPU), so results depend on how the work is
-//! split into jobs, never on the machine's core count.
+//! there are (every burn operation of a job runs single-threaded on the CPU, and the kernels'
+//! splits never change a result), so results depend on how the work is split into jobs, never on
+//! the machine's core count.
+
+use std::cell::Cell;
 
 use burn::tensor::Device;
 
@@ -26,6 +32,28 @@ fn host_workers(device: &Device) -> usize {
     } else {
         1
     }
+}
+
+thread_local! {
+    /// The cores the job running on this thread may use; `None` outside [`run_on_workers`].
+    static JOB_THREADS: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The cores the current job may use for one operation split into parts: inside
+/// [`run_on_workers`], the machine's cores divided among its busy workers (at least 1); outside,
+/// all of the machine's cores.
+pub fn job_threads() -> usize {
+    JOB_THREADS
+        .with(Cell::get)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Runs `f` with [`job_threads`] returning `threads`.
+fn with_job_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
+    let before = JOB_THREADS.with(|c| c.replace(Some(threads.max(1))));
+    let out = f();
+    JOB_THREADS.with(|c| c.set(before));
+    out
 }
 
 /// What one worker returns: its jobs' indices and results.
@@ -50,8 +78,9 @@ pub fn run_on_workers<T: Send, E: From<CoreError> + Send>(
             .build()
             .map_err(|e| CoreError::Worker(e.to_string()))
     };
+    let share = host_workers(device) / workers.max(1);
     if workers <= 1 {
-        return single()?.install(|| (0..jobs).map(&job).collect());
+        return single()?.install(|| with_job_threads(share, || (0..jobs).map(&job).collect()));
     }
     let done: Vec<Result<Finished<T, E>, CoreError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -59,10 +88,12 @@ pub fn run_on_workers<T: Send, E: From<CoreError> + Send>(
                 let job = &job;
                 s.spawn(move || {
                     Ok(single()?.install(|| {
-                        (w..jobs)
-                            .step_by(workers)
-                            .map(|j| (j, job(j)))
-                            .collect::<Vec<_>>()
+                        with_job_threads(share, || {
+                            (w..jobs)
+                                .step_by(workers)
+                                .map(|j| (j, job(j)))
+                                .collect::<Vec<_>>()
+                        })
                     }))
                 })
             })
@@ -96,6 +127,13 @@ mod tests {
             vec![0, 1, 4, 9, 16, 25, 36]
         );
         assert!(out.iter().all(|&(_, threads)| threads == 1));
+        // Seven jobs keep every core busy: each job may use its one core. One job alone may use
+        // them all.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let shares = run_on_workers(&device, 7, |_| Ok::<_, CoreError>(job_threads())).unwrap();
+        assert!(shares.iter().all(|&t| t == 1), "{shares:?}");
+        let alone = run_on_workers(&device, 1, |_| Ok::<_, CoreError>(job_threads())).unwrap();
+        assert_eq!(alone, vec![cores]);
         assert!(
             run_on_workers(&device, 0, Ok::<_, CoreError>)
                 .unwrap()

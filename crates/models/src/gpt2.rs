@@ -33,16 +33,16 @@ pub struct Gpt2Block {
 impl Gpt2Block {
     fn forward(&self, x: Tensor<3>, layer: &mut LayerCache, ctx: &AttentionContext) -> Tensor<3> {
         let [_, _, d] = x.dims();
-        let qkv = self.c_attn.forward(self.ln_1.forward(x.clone()));
+        let qkv = crate::layers::linear(&self.c_attn, self.ln_1.forward(x.clone()));
         let q = split_heads(qkv.clone().narrow(2, 0, d), self.n_head);
         let k = split_heads(qkv.clone().narrow(2, d, d), self.n_head);
         let v = split_heads(qkv.narrow(2, 2 * d, d), self.n_head);
-        let x = x + self.attn_proj.forward(attend(q, k, v, layer, ctx));
+        let x = x + crate::layers::linear(&self.attn_proj, attend(q, k, v, layer, ctx));
         let h = gelu(
-            self.c_fc.forward(self.ln_2.forward(x.clone())),
+            crate::layers::linear(&self.c_fc, self.ln_2.forward(x.clone())),
             self.gelu_tanh,
         );
-        x + self.mlp_proj.forward(h)
+        x + crate::layers::linear(&self.mlp_proj, h)
     }
 }
 

@@ -4,9 +4,11 @@
 //! Invariant: attention never looks at a padded key or a future key; both are excluded by an
 //! additive bias built once per forward ([`AttentionContext`]), not per layer.
 
+use burn::backend::{Flex, flex::FlexTensor};
 use burn::module::{Module, Param};
+use burn::nn::Linear;
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerCache};
 
@@ -137,17 +139,84 @@ pub(crate) fn attend(
 }
 
 /// Products with at most this many rows are skinny (decoding steps): they stream a weight matrix
-/// for few rows.
+/// for few rows, and on the CPU take [`infalign_kernels::matmul`] instead of burn-flex's gemm.
 const SKINNY_ROWS: usize = 64;
 
+/// Weights of at least this many values are worth splitting over idle cores (below, waking a
+/// helper thread costs more than it saves).
+const SPLIT_VALUES: usize = 1 << 18;
+
+/// A linear layer, `x · W + b` over the last dimension of `x` (`[B, L, in]` to `[B, L, out]`),
+/// the same function as [`Linear::forward`]. A decoding step on the CPU (at most
+/// [`SKINNY_ROWS`] rows, nothing tracked by autodiff) runs the skinny-matmul kernel.
+pub(crate) fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [b, l, k] = x.dims();
+    if b * l <= SKINNY_ROWS {
+        let bias = layer.bias.as_ref().map(|p| p.val());
+        if let Some(y) = skinny_matmul(x.clone().reshape([b * l, k]), layer.weight.val(), bias) {
+            let n = y.dims()[1];
+            return y.reshape([b, l, n]);
+        }
+    }
+    layer.forward(x)
+}
+
 /// `x · eᵀ`, `x` `[M, K]`, `e` `[N, K]` (an output head stored like the token embedding). A
-/// skinny product on untracked weights is computed as `(e · xᵀ)ᵀ`: the gemm then streams `e`
-/// row-major, which at 16 rows of GPT-2-small's head took half the time of the transposed view.
+/// skinny product on untracked CPU weights runs the kernel over `e`'s rows; elsewhere a skinny
+/// product is computed as `(e · xᵀ)ᵀ`, which streams `e` row-major.
 pub(crate) fn matmul_head(x: Tensor<2>, e: Tensor<2>) -> Tensor<2> {
     if x.dims()[0] > SKINNY_ROWS || e.is_require_grad() {
         return x.matmul(e.transpose());
     }
+    if let Some(y) = skinny_matmul(x.clone(), e.clone().transpose(), None) {
+        return y;
+    }
     e.matmul(x.transpose()).transpose()
+}
+
+/// `x · w (+ bias)` by [`infalign_kernels::matmul`] when all three live on the CPU (flex) as f32,
+/// outside autodiff, and `w` lies input-major or output-major in memory; `None` otherwise.
+fn skinny_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Tensor<2>> {
+    use infalign_kernels::{Layout, Weight};
+    let [rows, k] = x.dims();
+    let [_, n] = w.dims();
+    let w = f32_on_flex(w)?;
+    let (offset, layout) = match w.layout().strides() {
+        [s0, 1] if *s0 == n as isize => (w.layout().start_offset(), Layout::InputMajor),
+        [1, s1] if *s1 == k as isize => (w.layout().start_offset(), Layout::OutputMajor),
+        _ => return None,
+    };
+    let data = w.storage::<f32>().get(offset..offset + k * n)?;
+    let bias = match bias {
+        Some(b) => Some(f32_on_flex(b)?.to_contiguous()),
+        None => None,
+    };
+    let bias = match &bias {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
+    let x = f32_on_flex(x)?.to_contiguous();
+    let parts = if k * n >= SPLIT_VALUES {
+        infalign_core::job_threads()
+    } else {
+        1
+    };
+    let weight = Weight {
+        data,
+        inputs: k,
+        outputs: n,
+        layout,
+    };
+    let y = infalign_kernels::matmul(x.as_slice::<f32>()?, rows, weight, bias, parts).ok()??;
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
+        TensorData::new(y, [rows, n]),
+    )))
+}
+
+/// The flex tensor under `t` if `t` is an f32 tensor on the CPU backend outside autodiff.
+fn f32_on_flex<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
+    let t = t.try_into_primitive::<Flex>().ok()?;
+    (t.dtype() == DType::F32).then_some(t)
 }
 
 /// Splits `[B, L, H * hd]` into heads `[B, H, L, hd]`.

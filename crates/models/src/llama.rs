@@ -46,15 +46,19 @@ impl LlamaBlock {
         sin: &Tensor<4>,
     ) -> Tensor<3> {
         let h = self.input_norm.forward(x.clone());
-        let q = split_heads(self.q_proj.forward(h.clone()), self.n_heads);
-        let k = split_heads(self.k_proj.forward(h.clone()), self.n_kv_heads);
-        let v = split_heads(self.v_proj.forward(h), self.n_kv_heads);
+        let q = split_heads(crate::layers::linear(&self.q_proj, h.clone()), self.n_heads);
+        let k = split_heads(
+            crate::layers::linear(&self.k_proj, h.clone()),
+            self.n_kv_heads,
+        );
+        let v = split_heads(crate::layers::linear(&self.v_proj, h), self.n_kv_heads);
         let q = Rotary::apply(q, cos, sin);
         let k = Rotary::apply(k, cos, sin);
-        let x = x + self.o_proj.forward(attend(q, k, v, layer, ctx));
+        let x = x + crate::layers::linear(&self.o_proj, attend(q, k, v, layer, ctx));
         let h = self.post_norm.forward(x.clone());
-        let gated = silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h);
-        x + self.down_proj.forward(gated)
+        let gated = silu(crate::layers::linear(&self.gate_proj, h.clone()))
+            * crate::layers::linear(&self.up_proj, h);
+        x + crate::layers::linear(&self.down_proj, gated)
     }
 }
 

@@ -127,7 +127,7 @@ impl PrefixScorer {
     /// Head outputs at every new position: `[B, L, vocab]` (vocab-wide) or `[B, L, 1]`.
     pub fn forward(&self, batch: &TokenBatch, cache: &mut KvCache) -> Tensor<3> {
         let hidden = self.backbone.forward_hidden(batch, cache);
-        self.head.forward(hidden)
+        crate::layers::linear(&self.head, hidden)
     }
 
     /// Head output after the last new position, `[B, vocab]` or `[B, 1]`.
