@@ -62,12 +62,15 @@ pub struct PrefixScorer {
     layout: ScorerLayout,
 }
 
-/// Zeros for a fresh head.
-struct ZeroHead;
+/// A fresh head: zero weights, every bias entry `prior`, so that every value starts at `prior`.
+struct ConstantHead {
+    prior: f32,
+}
 
-impl WeightSource for ZeroHead {
-    fn take(&mut self, _name: &str, shape: &[usize], _init: Init) -> Result<Vec<f32>> {
-        Ok(vec![0.0; shape.iter().product()])
+impl WeightSource for ConstantHead {
+    fn take(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Vec<f32>> {
+        let fill = if name.ends_with(".bias") { self.prior } else { 0.0 };
+        Ok(vec![fill; shape.iter().product()])
     }
     fn contains(&self, _name: &str) -> bool {
         true
@@ -77,7 +80,26 @@ impl WeightSource for ZeroHead {
 impl PrefixScorer {
     /// A scorer whose backbone is a copy of `base` and whose head is zero.
     pub fn from_base(base: CausalLm, layout: ScorerLayout, device: &Device) -> Result<Self> {
-        Self::init(base, layout, &mut ZeroHead, device)
+        Self::from_base_with_prior(base, layout, 0.0, device)
+    }
+
+    /// A scorer whose backbone is a copy of `base` and whose every value starts at `prior` (zero
+    /// head weights, bias `prior`).
+    ///
+    /// Start a scorer at the mean of its training targets: with a vocabulary-wide head, the rows
+    /// of tokens that never occur in the training rollouts get no gradient and keep their
+    /// initial value, and CD-Q's bootstrap target `Σ_z π_ref(z) V(prefix + z)` averages them in.
+    /// Started at zero, they pull every non-terminal value towards zero while the rows of
+    /// frequent end tokens learn the mean reward, so the scorer prefers ending early. A constant
+    /// cancels in tokenwise CD's softmax and in blockwise CD's argmax, so a fresh scorer still
+    /// decodes as the base model.
+    pub fn from_base_with_prior(
+        base: CausalLm,
+        layout: ScorerLayout,
+        prior: f32,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::init(base, layout, &mut ConstantHead { prior }, device)
     }
 
     /// A scorer over `backbone` whose head (`value_head.weight`, `value_head.bias`) comes from

@@ -83,6 +83,19 @@ pub struct ScorerTrainConfig {
     pub save_every: u64,
     /// Stop after this step as if the process were killed (tests of resumption); 0 = never.
     pub halt_after: u64,
+    /// Where every value of a fresh scorer starts (its head's bias; the weights start at zero).
+    /// `None`: the mean reward of the training rollouts (see
+    /// `PrefixScorer::from_base_with_prior` for why not zero).
+    pub value_prior: Option<f64>,
+}
+
+impl ScorerTrainConfig {
+    /// The starting value of a fresh scorer trained on `data`: `value_prior`, or the mean reward.
+    pub fn prior(&self, data: &[ScorerRollout]) -> f64 {
+        self.value_prior.unwrap_or_else(|| {
+            data.iter().map(|r| r.reward).sum::<f64>() / data.len().max(1) as f64
+        })
+    }
 }
 
 impl Default for ScorerTrainConfig {
@@ -99,6 +112,7 @@ impl Default for ScorerTrainConfig {
             log_every: 10,
             save_every: 0,
             halt_after: 0,
+            value_prior: None,
         }
     }
 }
@@ -334,6 +348,29 @@ pub fn train_scorer(
     Ok(scorer.valid())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::accuracy_interval;
+
+    #[test]
+    fn the_accuracy_interval_holds_the_estimate_and_shrinks_with_more_prompts() {
+        // Every prompt at 3/4: no spread between prompts, the interval is the point.
+        let same = vec![(3.0, 4); 10];
+        assert_eq!(accuracy_interval(&same), (0.75, 0.75));
+        // Prompts at 0 or 1 alike: the accuracy is ½; the interval covers it and narrows
+        // roughly as 1/√prompts (binomial standard error 0.5/√n over n prompts).
+        let few: Vec<(f64, usize)> = (0..10).map(|i| ((i % 2) as f64, 1)).collect();
+        let many: Vec<(f64, usize)> = (0..400).map(|i| ((i % 2) as f64, 1)).collect();
+        let (lo, hi) = accuracy_interval(&few);
+        let (lo2, hi2) = accuracy_interval(&many);
+        assert!(lo < 0.5 && hi > 0.5 && lo2 < 0.5 && hi2 > 0.5);
+        let (w, w2) = (hi - lo, hi2 - lo2);
+        // 95% width ≈ 2·1.96·0.5/√n: 0.62 at 10 prompts, 0.098 at 400.
+        assert!((w - 0.62).abs() < 0.15, "width {w}");
+        assert!((w2 - 0.098).abs() < 0.02, "width {w2}");
+    }
+}
+
 /// Uploads host log-probs as probabilities on `device`, `[B, L, V]`.
 pub(crate) fn probs_on(values: Vec<f32>, dims: [usize; 3], device: &Device) -> Tensor<3> {
     let p: Vec<f32> = values.into_iter().map(f32::exp).collect();
@@ -341,13 +378,20 @@ pub(crate) fn probs_on(values: Vec<f32>, dims: [usize; 3], device: &Device) -> T
 }
 
 /// A prefix scorer read as a classifier of complete rollouts (the CD paper's Table 1).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierCheck {
     /// Same-prompt pairs with different rewards.
     pub pairs: usize,
     /// Fraction of those pairs where the higher-reward rollout gets the higher value (ties ½);
     /// `None` without pairs.
     pub pairwise_accuracy: Option<f64>,
+    /// A 95% percentile-bootstrap interval of the pairwise accuracy, resampling prompts (pairs
+    /// of one prompt are not independent); `None` without pairs.
+    pub pairwise_accuracy_interval: Option<(f64, f64)>,
+    /// Prompts that contribute at least one pair.
+    pub prompts: usize,
+    /// `V([x, y])` of each rollout, in the order given.
+    pub values: Vec<f32>,
     /// Mean squared error of the value against the reward; `None` without rollouts.
     pub mse: Option<f64>,
 }
@@ -370,21 +414,31 @@ pub fn classifier_check(
         let [b, l] = v.dims();
         values.extend(read_f32(v.narrow(1, l - 1, 1).reshape([b]))?);
     }
-    let (mut wins, mut pairs) = (0.0, 0usize);
+    // (wins, pairs) per prompt, in order of first appearance.
+    let mut per_prompt: Vec<(&[u32], f64, usize)> = Vec::new();
     for (i, a) in rollouts.iter().enumerate() {
         for (j, b) in rollouts.iter().enumerate().skip(i + 1) {
             if a.prompt_ids != b.prompt_ids || a.reward == b.reward {
                 continue;
             }
             let (hi, lo) = if a.reward > b.reward { (i, j) } else { (j, i) };
-            wins += match values[hi].total_cmp(&values[lo]) {
+            let win = match values[hi].total_cmp(&values[lo]) {
                 std::cmp::Ordering::Greater => 1.0,
                 std::cmp::Ordering::Equal => 0.5,
                 std::cmp::Ordering::Less => 0.0,
             };
-            pairs += 1;
+            match per_prompt.iter_mut().find(|(p, _, _)| *p == a.prompt_ids.as_slice()) {
+                Some(entry) => {
+                    entry.1 += win;
+                    entry.2 += 1;
+                }
+                None => per_prompt.push((&a.prompt_ids, win, 1)),
+            }
         }
     }
+    let wins: f64 = per_prompt.iter().map(|p| p.1).sum();
+    let pairs: usize = per_prompt.iter().map(|p| p.2).sum();
+    let counts: Vec<(f64, usize)> = per_prompt.iter().map(|p| (p.1, p.2)).collect();
     let mse = rollouts
         .iter()
         .zip(&values)
@@ -394,6 +448,30 @@ pub fn classifier_check(
     Ok(ClassifierCheck {
         pairs,
         pairwise_accuracy: (pairs > 0).then(|| wins / pairs as f64),
+        pairwise_accuracy_interval: (pairs > 0).then(|| accuracy_interval(&counts)),
+        prompts: counts.len(),
         mse: (!rollouts.is_empty()).then_some(mse),
+        values,
     })
+}
+
+/// The 2.5% and 97.5% percentiles of `Σ wins / Σ pairs` over 2,000 resamples (with
+/// replacement, seeded) of the prompts' `(wins, pairs)`.
+fn accuracy_interval(per_prompt: &[(f64, usize)]) -> (f64, f64) {
+    const RESAMPLES: usize = 2000;
+    let mut rng = Seed(0).stream("pairwise-accuracy-bootstrap");
+    let mut stats: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            let (mut w, mut n) = (0.0, 0usize);
+            for _ in 0..per_prompt.len() {
+                let (pw, pn) = per_prompt[rng.random_range(0..per_prompt.len())];
+                w += pw;
+                n += pn;
+            }
+            w / n.max(1) as f64
+        })
+        .collect();
+    stats.sort_by(f64::total_cmp);
+    let at = |q: f64| stats[((RESAMPLES - 1) as f64 * q).round() as usize];
+    (at(0.025), at(0.975))
 }

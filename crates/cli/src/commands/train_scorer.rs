@@ -13,7 +13,7 @@ use infalign_rewards::{Calibrator, RewardTransform, Transform};
 use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, classifier_check, train_scorer};
 
 use super::common::{TrainRunArgs, held_out_prompts};
-use super::samples::{read_samples, rewards_by_prompt};
+use super::samples::{SampleRow, read_samples, rewards_by_prompt};
 
 /// Flags of `infalign train-scorer`.
 #[derive(Debug, clap::Args)]
@@ -40,6 +40,10 @@ pub struct Args {
     /// Fraction of the prompts held out for the pairwise-accuracy check (0: none).
     #[arg(long, default_value_t = 0.1)]
     pub holdout: f64,
+    /// More held-out rollouts for the pairwise-accuracy check: a rollouts file (same format as
+    /// --rollouts) of prompts that --rollouts does not contain, several rollouts per prompt.
+    #[arg(long)]
+    pub heldout_rollouts: Option<PathBuf>,
     #[command(flatten)]
     pub run: TrainRunArgs,
 }
@@ -58,57 +62,45 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         .as_deref()
         .map(|n| Transform::from_name(n, a.t))
         .transpose()?;
-    let calibrator = if a.calibrate || transform.is_some() {
-        let mut cal = Calibrator::default();
-        for (prompt, rewards) in rewards_by_prompt(&rows) {
-            if rewards.len() < 2 {
-                bail!(
-                    "{}: prompt {prompt:?} has one rollout; calibration needs several per prompt",
-                    a.rollouts.display()
-                );
-            }
-            cal.insert(&prompt, rewards)?;
-        }
-        Some(cal)
-    } else {
-        None
-    };
+    let shaped = a.calibrate || transform.is_some();
+    let all = scorer_rollouts(&rows, &a.rollouts, shaped, transform.as_ref(), &lm)?;
     let held_set = held_out_prompts(rows.iter().map(|r| r.prompt()), a.holdout, 0);
-    let (mut data, mut held) = (Vec::with_capacity(rows.len()), Vec::new());
-    for (i, r) in rows.iter().enumerate() {
-        let mut reward = r.reward().expect("checked on read");
-        if let Some(cal) = &calibrator {
-            reward = cal.calibrate_leave_one_out(r.prompt(), reward)?;
-            if let Some(t) = &transform {
-                reward = t.apply(reward);
-            }
-        }
-        let prompt_ids = lm.tokenizer.encode(r.prompt())?;
-        let tokens = match r.tokens() {
-            Some(t) => t,
-            None => lm.tokenizer.encode(r.completion())?,
-        };
-        if tokens.is_empty() {
-            tracing::warn!(line = i + 1, "skipping a rollout with an empty completion");
-            continue;
-        }
-        // Truncated rollouts are treated as ending where they stop.
-        let rollout = ScorerRollout {
-            prompt_ids,
-            tokens,
-            reward,
-            terminal: true,
-        };
-        if held_set.contains(r.prompt()) {
+    let (mut data, mut held) = (Vec::with_capacity(all.len()), Vec::new());
+    for (prompt, rollout) in all {
+        if held_set.contains(&prompt) {
             held.push(rollout);
         } else {
             data.push(rollout);
         }
     }
+    // Rollouts of prompts never trained on, scored the same way (calibrated against their own
+    // prompt's rollouts).
+    let mut heldout_prompts = held_set.len();
+    if let Some(path) = &a.heldout_rollouts {
+        let extra = read_samples(path, true)?;
+        let trained: std::collections::HashSet<&str> = rows.iter().map(|r| r.prompt()).collect();
+        if let Some(r) = extra.iter().find(|r| trained.contains(r.prompt())) {
+            bail!(
+                "{}: prompt {:?} is also in {}: held-out rollouts must come from other prompts",
+                path.display(),
+                r.prompt(),
+                a.rollouts.display()
+            );
+        }
+        heldout_prompts += rewards_by_prompt(&extra).len();
+        held.extend(
+            scorer_rollouts(&extra, path, shaped, transform.as_ref(), &lm)?
+                .into_iter()
+                .map(|(_, r)| r),
+        );
+    }
     let ad = device.clone().autodiff();
     let backbone = LoadedModel::load(&lm.dir, &ad)
         .with_context(|| format!("loading {} for training", lm.dir.display()))?;
-    let init = PrefixScorer::from_base(backbone.model, ScorerLayout::VocabWide, &ad)?;
+    // Every value starts at the mean training target unless `value_prior` is set.
+    let prior = cfg.prior(&data);
+    let init =
+        PrefixScorer::from_base_with_prior(backbone.model, ScorerLayout::VocabWide, prior as f32, &ad)?;
     let files = RunFiles {
         dir: &a.run.out,
         tokenizer: &lm.tokenizer,
@@ -126,22 +118,94 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         "{:?} on {} ({})",
         cfg.method,
         a.rollouts.display(),
-        match (&transform, &calibrator) {
+        match (&transform, shaped) {
             (Some(t), _) => format!("transformed {t:?}"),
-            (None, Some(_)) => "calibrated".into(),
+            (None, true) => "calibrated".into(),
             _ => "raw reward".into(),
         }
     );
     scorer.save(&a.run.out, &lm.tokenizer, &what)?;
     infalign_core::io::write_json_atomic(a.run.out.join("train_config.json"), &cfg)?;
     let check = classifier_check(&scorer, &held, lm.pad_id, device)?;
+    // Each held-out rollout's target and value, to see where the scorer errs.
+    let lines: Vec<serde_json::Value> = held
+        .iter()
+        .zip(&check.values)
+        .map(|(r, v)| {
+            serde_json::json!({
+                "prompt": lm.tokenizer.decode(&r.prompt_ids).unwrap_or_default(),
+                "completion_tokens": r.tokens.len(),
+                "ends_with_eos": r.tokens.last().is_some_and(|t| lm.eos_ids.contains(t)),
+                "target": r.reward,
+                "value": v,
+            })
+        })
+        .collect();
+    infalign_core::io::write_jsonl_atomic(a.run.out.join("heldout-values.jsonl"), &lines)?;
     let summary = serde_json::json!({
-        "heldout_prompts": held_set.len(), "heldout_rollouts": held.len(),
+        "value_prior": prior,
+        "heldout_prompts": heldout_prompts, "heldout_rollouts": held.len(),
         "heldout_pairs": check.pairs, "heldout_pairwise_accuracy": check.pairwise_accuracy,
+        "heldout_pairwise_accuracy_interval": check.pairwise_accuracy_interval,
         "heldout_mse": check.mse,
     });
     infalign_core::io::write_json_atomic(a.run.out.join("summary.json"), &summary)?;
     println!("{summary}");
     eprintln!("wrote prefix scorer to {}", a.run.out.display());
     Ok(())
+}
+
+/// Each row of `rows` (read from `path`) as a scorer rollout with its prompt, its reward raw or
+/// (with `shaped`) calibrated leave-one-out against the other rollouts of its prompt and then
+/// transformed. Rows with an empty completion are skipped with a warning.
+fn scorer_rollouts(
+    rows: &[SampleRow],
+    path: &std::path::Path,
+    shaped: bool,
+    transform: Option<&Transform>,
+    lm: &LoadedModel,
+) -> Result<Vec<(String, ScorerRollout)>> {
+    let calibrator = if shaped {
+        let mut cal = Calibrator::default();
+        for (prompt, rewards) in rewards_by_prompt(rows) {
+            if rewards.len() < 2 {
+                bail!(
+                    "{}: prompt {prompt:?} has one rollout; calibration needs several per prompt",
+                    path.display()
+                );
+            }
+            cal.insert(&prompt, rewards)?;
+        }
+        Some(cal)
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let mut reward = r.reward().expect("checked on read");
+        if let Some(cal) = &calibrator {
+            reward = cal.calibrate_leave_one_out(r.prompt(), reward)?;
+            if let Some(t) = transform {
+                reward = t.apply(reward);
+            }
+        }
+        let prompt_ids = lm.tokenizer.encode(r.prompt())?;
+        let tokens = match r.tokens() {
+            Some(t) => t,
+            None => lm.tokenizer.encode(r.completion())?,
+        };
+        if tokens.is_empty() {
+            tracing::warn!(file = %path.display(), line = i + 1, "skipping a rollout with an empty completion");
+            continue;
+        }
+        // Truncated rollouts are treated as ending where they stop.
+        let rollout = ScorerRollout {
+            prompt_ids,
+            tokens,
+            reward,
+            terminal: true,
+        };
+        out.push((r.prompt().to_string(), rollout));
+    }
+    Ok(out)
 }
