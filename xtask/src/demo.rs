@@ -1,13 +1,15 @@
 //! `cargo xtask demo`: the main job end to end on the shipped base model, sized for a 2-core
 //! CPU: the `demo` preset (`xtask/presets/demo.toml`, run by [`crate::exp`]) from a fresh run
-//! directory, then the summary table of `runs/demo/report.md` printed with the wall time.
+//! directory, then the tables of `runs/demo/report.md` (results, paired comparisons, prefix
+//! scorers) printed with the wall time.
 //!
-//! The preset calibrates a sentiment reward against base rollouts; aligns with CTRL
-//! (calibrated reward, exp transform, aimed at best-of-4; β = 1, since exp(4u) spans 1 to 55)
-//! and with standard RLHF (raw reward in (-1, 1); β = 0.05); trains a CD-Q prefix scorer;
-//! decodes with tokenwise and blockwise CD and best-of-N; evaluates every method against the
-//! base on held-out prompts (standard and best-of-4 win rates, KL); and writes
-//! `runs/demo/report.md` and `report.html` with plots.
+//! The preset has two parts. InfAlign, on the sentiment reward: calibrate against base
+//! rollouts; align with CTRL (calibrated reward, exp transform, aimed at best-of-4) at β = 1
+//! and β = 5 (near standard RLHF's KL), with standard RLHF (raw reward; β = 0.05) and with the
+//! calibrated reward alone; evaluate each against the base on held-out prompts. Controlled
+//! decoding, on CD's length reward: train a CD-Q prefix scorer and check it on held-out
+//! prompts; decode with tokenwise and blockwise CD and best-of-N. The report has a section per
+//! part and `--compare`s their claims paired on the same prompts.
 
 use std::path::Path;
 use std::time::Instant;
@@ -24,13 +26,25 @@ pub fn run(root: &Path, rest: &[String]) -> Result<()> {
     let run = crate::exp::run(root, &args)?;
     let report = run.join("report.md");
     let md = std::fs::read_to_string(&report).with_context(|| report.display().to_string())?;
-    // The results table: from its header to the first blank line after it.
-    let table: Vec<&str> = md
-        .lines()
-        .skip_while(|l| !l.starts_with("| method"))
-        .take_while(|l| l.starts_with('|'))
-        .collect();
-    println!("{}\n", table.join("\n"));
+    // Every section's results table and the paired comparisons, each from its header to the
+    // first line that is not a table row, under the heading it follows.
+    let mut heading = "";
+    let mut lines = md.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with("## ") {
+            heading = line;
+        }
+        if line.starts_with("| method")
+            || line.starts_with("| A − B")
+            || line.starts_with("| scorer")
+        {
+            println!("{heading}\n\n{line}");
+            while let Some(row) = lines.next_if(|l| l.starts_with('|')) {
+                println!("{row}");
+            }
+            println!();
+        }
+    }
     println!(
         "Wall time {:.0} s. Report: {} and {}",
         start.elapsed().as_secs_f64(),

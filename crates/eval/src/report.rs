@@ -214,6 +214,16 @@ pub fn fmt_kl(kl: &crate::curve::Kl) -> String {
 /// Adds the standard sections for a set of curve points: a table of every point, then win rate
 /// against KL under each measured procedure and reward against KL.
 pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), EvalError> {
+    add_curves_named(report, points, "")
+}
+
+/// [`add_curves`] with every figure's file name starting with `prefix` (several sections of one
+/// report).
+pub fn add_curves_named(
+    report: &mut Report,
+    points: &[CurvePoint],
+    prefix: &str,
+) -> Result<(), EvalError> {
     if points.is_empty() {
         return Err(EvalError::Invalid {
             field: "points",
@@ -280,12 +290,12 @@ pub fn add_curves(report: &mut Report, points: &[CurvePoint]) -> Result<(), Eval
     report.heading("Curves");
     for pr in procs {
         if let Some(plot) = win_rate_plot(points, pr) {
-            let stem = format!("win-rate-{}", procedure_name(pr));
+            let stem = format!("{prefix}win-rate-{}", procedure_name(pr));
             report.figure(plot, stem);
         }
     }
     if let Some(plot) = reward_plot(points) {
-        report.figure(plot, "reward");
+        report.figure(plot, format!("{prefix}reward"));
     }
     Ok(())
 }
@@ -418,6 +428,152 @@ pub fn paired_rows(
     Ok(rows)
 }
 
+/// Method `a`'s points (its KL path, at least two, evaluated on the same prompts) interpolated
+/// at `b`'s KL: a point whose per-prompt outcomes are, prompt by prompt, the linear
+/// interpolation between the two points whose KL brackets `b`'s ([`crate::paired::Path`]), for
+/// a paired comparison with `b` at matched KL. An error names the path's KL range when `b`'s KL
+/// lies outside it.
+pub fn interpolate_at_kl(a: &[&CurvePoint], b: &CurvePoint) -> Result<CurvePoint, EvalError> {
+    use crate::curve::{Kl, PerPrompt, ProcedureOutcomes};
+    use crate::paired::{Measure, Outcomes, Path as KlPath, PathPoint};
+    let mut path: Vec<&CurvePoint> = a.to_vec();
+    path.sort_by(|x, y| x.kl.value.total_cmp(&y.kl.value));
+    let (Some(&first), true) = (path.first(), path.len() >= 2) else {
+        return Err(EvalError::Invalid {
+            field: "compare",
+            message: "a matched-KL comparison needs at least two points of method A".into(),
+        });
+    };
+    let per = |p: &CurvePoint| -> Result<PerPrompt, EvalError> {
+        p.per_prompt.clone().ok_or_else(|| EvalError::Invalid {
+            field: "compare",
+            message: format!("`{}`: per-prompt outcomes missing", p.method),
+        })
+    };
+    let first_per = per(first)?;
+    for p in &path {
+        if per(p)?.prompts_key != first_per.prompts_key {
+            return Err(EvalError::Invalid {
+                field: "compare",
+                message: format!(
+                    "`{}`'s points were evaluated on different prompts",
+                    p.method
+                ),
+            });
+        }
+    }
+    let kl = b.kl.value;
+    let at = |measure: Measure, values: &dyn Fn(&CurvePoint) -> Option<Vec<f64>>| {
+        let points = path
+            .iter()
+            .map(|p| {
+                let v = values(p).ok_or_else(|| EvalError::Invalid {
+                    field: "compare",
+                    message: format!("`{}` lacks a measure its path needs", p.method),
+                })?;
+                Ok(PathPoint {
+                    kl: p.kl.value,
+                    outcomes: Outcomes::new(measure, v)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EvalError>>()?;
+        KlPath::new(points)?.outcomes_at(kl)
+    };
+    let mean = at(Measure::MeanReward, &|p| {
+        p.per_prompt.as_ref().map(|q| q.mean_reward.clone())
+    })?;
+    let mut win_rates = Vec::new();
+    for o in &first_per.win_rates {
+        if path.iter().any(|p| p.outcomes_under(o.procedure).is_none()) {
+            continue;
+        }
+        let measure = Measure::WinRate {
+            procedure: o.procedure,
+            ties: first.ties,
+        };
+        let v = at(measure, &|p| {
+            p.outcomes_under(o.procedure).map(<[f64]>::to_vec)
+        })?;
+        win_rates.push(ProcedureOutcomes {
+            procedure: o.procedure,
+            per_prompt: v.values().to_vec(),
+        });
+    }
+    let setting = |p: &CurvePoint| match (&p.param, p.value) {
+        (Some(k), Some(v)) => format!("{k} = {v}"),
+        _ => "-".into(),
+    };
+    let j = path
+        .partition_point(|p| p.kl.value < kl)
+        .clamp(1, path.len() - 1);
+    let mean_values = mean.values().to_vec();
+    Ok(CurvePoint {
+        method: format!(
+            "{} interpolated between {} and {}",
+            first.method,
+            setting(path[j - 1]),
+            setting(path[j])
+        ),
+        param: None,
+        value: None,
+        kl: Kl {
+            value: kl,
+            stderr: None,
+            kind: first.kl.kind,
+        },
+        mean_reward: mean_values.iter().sum::<f64>() / mean_values.len().max(1) as f64,
+        base_mean_reward: first.base_mean_reward,
+        ties: first.ties,
+        win_rate: first.win_rate,
+        inference: Vec::new(),
+        measures: Default::default(),
+        prompts: first.prompts,
+        samples_per_prompt: first.samples_per_prompt,
+        per_prompt: Some(PerPrompt {
+            prompts_key: first_per.prompts_key,
+            mean_reward: mean_values,
+            win_rates,
+        }),
+    })
+}
+
+/// Adds a table of paired comparisons at matched KL: for each `(A, B)`, every point of method
+/// `A` (its KL path) interpolated at `B`'s KL ([`interpolate_at_kl`]) against `B`.
+pub fn add_paired_at_kl(
+    report: &mut Report,
+    points: &[CurvePoint],
+    pairs: &[(String, String)],
+    seed: u64,
+) -> Result<(), EvalError> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for (a, b) in pairs {
+        let path: Vec<&CurvePoint> = points.iter().filter(|p| p.method == a.trim()).collect();
+        let b = find_point(points, b)?;
+        rows.extend(paired_rows(&interpolate_at_kl(&path, b)?, b, seed)?);
+    }
+    report.heading("Paired comparisons at matched KL");
+    report.paragraph(
+        "A's points (one training run per β) interpolated at B's KL, prompt by prompt, \
+         linearly between the two that bracket it, then differenced with B on the same prompts \
+         with a 95% percentile-bootstrap interval over prompts. The interpolation assumes the \
+         outcome changes linearly in KL between the two points.",
+    );
+    report.table(
+        &[
+            "A − B",
+            "measure",
+            "prompts",
+            "difference [95% interval]",
+            "verdict",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
 /// Adds a table of paired comparisons, one `(A, B)` selector pair each ([`find_point`]).
 pub fn add_paired(
     report: &mut Report,
@@ -459,6 +615,61 @@ pub fn add_paired(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn interpolation_at_a_points_own_kl_returns_it_and_midway_averages() {
+        use crate::analytic::Procedure;
+        use crate::curve::{Comparison, Kl, KlKind};
+        let prompts: Vec<String> = (0..5).map(|i| format!("p{i}")).collect();
+        let base = vec![vec![0.0, 1.0, 2.0, 3.0]; 5];
+        let point = |shift: f64, kl: f64, beta: f64| {
+            let policy: Vec<Vec<f64>> = base
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.iter().map(|x| x + shift * (i as f64 + 1.0)).collect())
+                .collect();
+            let c = Comparison {
+                policy: &policy,
+                base: &base,
+                procedures: &[Procedure::BestOfN { n: 2 }],
+                ties: Ties::Half,
+                reps: 1,
+                seed: 0,
+                prompts: Some(&prompts),
+            };
+            let kl = Kl {
+                value: kl,
+                stderr: None,
+                kind: KlKind::K3,
+            };
+            CurvePoint::measure("A", Some(("beta", beta)), kl, &c).unwrap()
+        };
+        let (lo, hi) = (point(0.1, 1.0, 5.0), point(0.9, 3.0, 1.0));
+        let at = |kl: f64| {
+            let mut b = point(0.0, kl, 0.0);
+            b.method = "B".into();
+            interpolate_at_kl(&[&hi, &lo], &b).unwrap()
+        };
+        // At a point's own KL: its outcomes, unchanged.
+        let own = at(1.0);
+        let (p_own, p_lo) = (own.per_prompt.unwrap(), lo.per_prompt.clone().unwrap());
+        assert_eq!(p_own.mean_reward, p_lo.mean_reward);
+        assert_eq!(p_own.win_rates, p_lo.win_rates);
+        // Midway: the average of the two, prompt by prompt.
+        let mid = at(2.0).per_prompt.unwrap();
+        let p_hi = hi.per_prompt.clone().unwrap();
+        for (i, m) in mid.mean_reward.iter().enumerate() {
+            let want = 0.5 * (p_lo.mean_reward[i] + p_hi.mean_reward[i]);
+            assert!((m - want).abs() < 1e-12);
+        }
+        // Outside the path: an error naming the range.
+        let mut far = point(0.0, 7.0, 0.0);
+        far.method = "B".into();
+        let e = interpolate_at_kl(&[&lo, &hi], &far)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains('7') && e.contains('3'), "{e}");
+    }
 
     #[test]
     fn paired_comparisons_difference_points_on_the_same_prompts() {

@@ -129,14 +129,23 @@ fn matmul_on(
         return run(ranges[0]);
     }
     let mut pieces: Vec<Vec<f32>> = vec![Vec::new(); ranges.len()];
-    let (first, rest) = pieces.split_at_mut(1);
-    pool().in_place_scope(|s| {
-        for (piece, &range) in rest.iter_mut().zip(&ranges[1..]) {
-            let run = &run;
-            s.spawn(move |_| *piece = run(range));
+    match pool() {
+        Some(pool) => {
+            let (first, rest) = pieces.split_at_mut(1);
+            pool.in_place_scope(|s| {
+                for (piece, &range) in rest.iter_mut().zip(&ranges[1..]) {
+                    let run = &run;
+                    s.spawn(move |_| *piece = run(range));
+                }
+                first[0] = run(ranges[0]);
+            });
         }
-        first[0] = run(ranges[0]);
-    });
+        None => {
+            for (piece, &range) in pieces.iter_mut().zip(&ranges) {
+                *piece = run(range);
+            }
+        }
+    }
     let n = w.outputs;
     let mut y = vec![0.0f32; rows * n];
     for (piece, &(start, end)) in pieces.iter().zip(&ranges) {
@@ -164,28 +173,22 @@ fn split(n: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
 }
 
 /// The helper threads of [`matmul`]'s parts: one fewer than the machine's cores (the caller is
-/// the other), at least one.
-fn pool() -> &'static rayon::ThreadPool {
-    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+/// the other), at least one; `None` if the threads could not be started (parts then run one
+/// after another on the caller).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         rayon::ThreadPoolBuilder::new()
-            .num_threads(cores.saturating_sub(1).max(1))
+            .num_threads(cores().saturating_sub(1).max(1))
             .thread_name(|i| format!("infalign-kernel-{i}"))
             .build()
-            .unwrap_or_else(|_| {
-                // A pool that cannot start threads: run parts on the global pool instead.
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .use_current_thread()
-                    .build()
-                    .expect("a one-thread pool on the current thread needs no new thread")
-            })
+            .ok()
     })
+    .as_ref()
 }
 
-/// The machine's worker threads for skinny products: its available parallelism.
-pub fn cores() -> usize {
+/// The machine's available parallelism.
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

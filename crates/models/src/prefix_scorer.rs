@@ -69,7 +69,11 @@ struct ConstantHead {
 
 impl WeightSource for ConstantHead {
     fn take(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Vec<f32>> {
-        let fill = if name.ends_with(".bias") { self.prior } else { 0.0 };
+        let fill = if name.ends_with(".bias") {
+            self.prior
+        } else {
+            0.0
+        };
         Ok(vec![fill; shape.iter().product()])
     }
     fn contains(&self, _name: &str) -> bool {

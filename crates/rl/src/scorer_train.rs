@@ -427,7 +427,10 @@ pub fn classifier_check(
                 std::cmp::Ordering::Equal => 0.5,
                 std::cmp::Ordering::Less => 0.0,
             };
-            match per_prompt.iter_mut().find(|(p, _, _)| *p == a.prompt_ids.as_slice()) {
+            match per_prompt
+                .iter_mut()
+                .find(|(p, _, _)| *p == a.prompt_ids.as_slice())
+            {
                 Some(entry) => {
                     entry.1 += win;
                     entry.2 += 1;

@@ -2,13 +2,14 @@
 //! (`points.jsonl` from `sweep`, `eval.json` from `eval`, at any depth) and writes one report
 //! with a table of all points and plots of win rate (standard and inference-time) and reward
 //! against KL, one curve per method: `report.md` (PNG figures) and a self-contained
-//! `report.html` (inline SVG) in DIR.
+//! `report.html` (inline SVG) in DIR. Prefix scorers trained inside DIR (`train-scorer`'s
+//! `summary.json`) get a table of their held-out pairwise accuracy.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_eval::curve::CurvePoint;
-use infalign_eval::report::{Report, add_curves, add_paired};
+use infalign_eval::report::{Report, add_curves_named, add_paired, add_paired_at_kl, find_point};
 
 /// Flags of `infalign report`.
 #[derive(Debug, clap::Args)]
@@ -24,12 +25,24 @@ pub struct Args {
     /// rates with a bootstrap interval over prompts.
     #[arg(long, value_name = "A vs B")]
     pub compare: Vec<String>,
+    /// A paired comparison at matched KL `A vs B` (repeatable): A is a method with several
+    /// points (say one per β), interpolated prompt by prompt at the KL of point B (`METHOD` or
+    /// `METHOD@VALUE`); B's KL must lie within A's.
+    #[arg(long, value_name = "A vs B")]
+    pub compare_at_kl: Vec<String>,
     /// Seed of the paired bootstrap.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A section `TITLE=SUBDIR` (repeatable): the points under `RUN/SUBDIR` get their own
+    /// tables and plots under that title, for parts of a run that score different rewards.
+    /// Without sections, all points of the run go into one.
+    #[arg(long, value_name = "TITLE=SUBDIR")]
+    pub section: Vec<String>,
 }
 
-fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+/// Every file under `dir` (depth first, in name order, hidden entries skipped) whose name is one
+/// of `names`.
+fn walk(dir: &Path, names: &[&str], found: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .collect::<std::io::Result<_>>()?;
@@ -41,8 +54,8 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
             continue;
         }
         if e.file_type()?.is_dir() {
-            walk(&path, found)?;
-        } else if name == "points.jsonl" || name == "eval.json" {
+            walk(&path, names, found)?;
+        } else if names.iter().any(|n| name == *n) {
             found.push(path);
         }
     }
@@ -52,7 +65,7 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
 /// Every point under `dir`, in path order.
 pub fn gather(dir: &Path) -> Result<Vec<CurvePoint>> {
     let mut files = Vec::new();
-    walk(dir, &mut files)?;
+    walk(dir, &["points.jsonl", "eval.json"], &mut files)?;
     let mut points = Vec::new();
     for f in files {
         if f.extension().is_some_and(|e| e == "jsonl") {
@@ -77,13 +90,30 @@ pub fn gather(dir: &Path) -> Result<Vec<CurvePoint>> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let points = gather(&a.run)?;
-    if points.is_empty() {
-        bail!(
-            "no points.jsonl or eval.json under {} (run `infalign sweep` or `infalign eval` \
-             with --out inside it)",
-            a.run.display()
-        );
+    let sections: Vec<(Option<String>, PathBuf)> = if a.section.is_empty() {
+        vec![(None, a.run.clone())]
+    } else {
+        a.section
+            .iter()
+            .map(|s| {
+                let (title, sub) = s
+                    .split_once('=')
+                    .with_context(|| format!("--section `{s}`: expected TITLE=SUBDIR"))?;
+                Ok((Some(title.trim().to_string()), a.run.join(sub.trim())))
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut parts = Vec::new();
+    for (title, dir) in &sections {
+        let points = gather(dir)?;
+        if points.is_empty() {
+            bail!(
+                "no points.jsonl or eval.json under {} (run `infalign sweep` or `infalign eval` \
+                 with --out inside it)",
+                dir.display()
+            );
+        }
+        parts.push((title, points));
     }
     let title = a.title.unwrap_or_else(|| {
         a.run
@@ -92,23 +122,129 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or_else(|| "infalign run".into())
     });
     let mut report = Report::new(title);
+    let total: usize = parts.iter().map(|(_, p)| p.len()).sum();
     report.paragraph(format!(
-        "{} evaluated points gathered from `{}`.",
-        points.len(),
+        "{total} evaluated points gathered from `{}`.",
         a.run.display()
     ));
-    add_curves(&mut report, &points)?;
-    let pairs = a
-        .compare
-        .iter()
-        .map(|c| {
-            c.split_once(" vs ")
-                .map(|(x, y)| (x.trim().to_string(), y.trim().to_string()))
-                .with_context(|| format!("--compare `{c}`: expected `A vs B`"))
+    let split = |flag: &str, list: &[String]| {
+        list.iter()
+            .map(|c| {
+                c.split_once(" vs ")
+                    .map(|(x, y)| (x.trim().to_string(), y.trim().to_string()))
+                    .with_context(|| format!("--{flag} `{c}`: expected `A vs B`"))
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let pairs = split("compare", &a.compare)?;
+    let at_kl = split("compare-at-kl", &a.compare_at_kl)?;
+    // A matched-KL comparison belongs to the first section with a point of method A and B.
+    let home_at_kl = |(x, y): &(String, String)| {
+        parts.iter().position(|(_, points)| {
+            points.iter().any(|p| p.method == *x) && find_point(points, y).is_ok()
         })
-        .collect::<Result<Vec<_>>>()?;
-    add_paired(&mut report, &points, &pairs, a.seed)?;
+    };
+    if let Some((x, y)) = at_kl.iter().find(|p| home_at_kl(p).is_none()) {
+        bail!("--compare-at-kl `{x} vs {y}`: no section holds points of `{x}` and the point `{y}`");
+    }
+    // Each comparison goes to the first section holding both of its points.
+    let home = |(x, y): &(String, String)| {
+        parts
+            .iter()
+            .position(|(_, points)| find_point(points, x).is_ok() && find_point(points, y).is_ok())
+    };
+    if let Some(p) = pairs.iter().find(|p| home(p).is_none()) {
+        // No section holds both: report the lookup error of the first section.
+        let points = &parts[0].1;
+        find_point(points, &p.0)?;
+        find_point(points, &p.1)?;
+        bail!(
+            "--compare `{} vs {}`: the two points are in different sections",
+            p.0,
+            p.1
+        );
+    }
+    for (i, (title, points)) in parts.iter().enumerate() {
+        let prefix = match title {
+            Some(t) => {
+                report.heading(t.clone());
+                format!("part{}-", i + 1)
+            }
+            None => String::new(),
+        };
+        add_curves_named(&mut report, points, &prefix)?;
+        let mine: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|p| home(p) == Some(i))
+            .cloned()
+            .collect();
+        add_paired(&mut report, points, &mine, a.seed)?;
+        let mine: Vec<(String, String)> = at_kl
+            .iter()
+            .filter(|p| home_at_kl(p) == Some(i))
+            .cloned()
+            .collect();
+        add_paired_at_kl(&mut report, points, &mine, a.seed)?;
+    }
+    add_scorers(&mut report, &a.run)?;
     let (md, html) = report.write(&a.run)?;
     eprintln!("wrote {} and {}", md.display(), html.display());
+    Ok(())
+}
+
+/// A table of every prefix scorer under `dir` (a `summary.json` with a held-out pairwise
+/// accuracy): how well its value ranks complete rollouts of prompts it never trained on.
+fn add_scorers(report: &mut Report, dir: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    walk(dir, &["summary.json"], &mut files)?;
+    let mut rows = Vec::new();
+    for f in files {
+        let text = infalign_core::io::read_to_string(&f)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", f.display()))?;
+        let Some(acc) = v.get("heldout_pairwise_accuracy") else {
+            continue;
+        };
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        let interval = v
+            .get("heldout_pairwise_accuracy_interval")
+            .and_then(|i| Some((i.get(0)?.as_f64()?, i.get(1)?.as_f64()?)));
+        let name = f
+            .parent()
+            .and_then(|p| p.strip_prefix(dir).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        rows.push(vec![
+            format!("`{name}`"),
+            num("heldout_prompts").map_or("–".into(), |x| format!("{x:.0}")),
+            num("heldout_pairs").map_or("–".into(), |x| format!("{x:.0}")),
+            match (acc.as_f64(), interval) {
+                (Some(a), Some((lo, hi))) => format!("{a:.3} [{lo:.3}, {hi:.3}]"),
+                (Some(a), None) => format!("{a:.3}"),
+                _ => "–".into(),
+            },
+            num("heldout_mse").map_or("–".into(), |x| format!("{x:.4}")),
+        ]);
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    report.heading("Prefix scorers on held-out prompts");
+    report.paragraph(
+        "How often a scorer's value of a complete rollout orders two rollouts of the same \
+         held-out prompt as their rewards do (pairs with equal rewards left out; 0.5 is \
+         chance), with a 95% bootstrap interval over prompts, and the mean squared error of \
+         the value against the reward it was trained on.",
+    );
+    report.table(
+        &[
+            "scorer",
+            "held-out prompts",
+            "pairs",
+            "pairwise accuracy",
+            "MSE",
+        ],
+        rows,
+    );
     Ok(())
 }

@@ -99,8 +99,12 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         .with_context(|| format!("loading {} for training", lm.dir.display()))?;
     // Every value starts at the mean training target unless `value_prior` is set.
     let prior = cfg.prior(&data);
-    let init =
-        PrefixScorer::from_base_with_prior(backbone.model, ScorerLayout::VocabWide, prior as f32, &ad)?;
+    let init = PrefixScorer::from_base_with_prior(
+        backbone.model,
+        ScorerLayout::VocabWide,
+        prior as f32,
+        &ad,
+    )?;
     let files = RunFiles {
         dir: &a.run.out,
         tokenizer: &lm.tokenizer,
