@@ -88,15 +88,18 @@ impl PrefixScorer {
     }
 
     /// A scorer whose backbone is a copy of `base` and whose every value starts at `prior` (zero
-    /// head weights, bias `prior`).
+    /// head weights, bias `prior`). A constant cancels in tokenwise CD's softmax and in
+    /// blockwise CD's argmax, so a fresh scorer decodes as the base model whatever `prior` is.
     ///
-    /// Start a scorer at the mean of its training targets: with a vocabulary-wide head, the rows
-    /// of tokens that never occur in the training rollouts get no gradient and keep their
-    /// initial value, and CD-Q's bootstrap target `Σ_z π_ref(z) V(prefix + z)` averages them in.
-    /// Started at zero, they pull every non-terminal value towards zero while the rows of
-    /// frequent end tokens learn the mean reward, so the scorer prefers ending early. A constant
-    /// cancels in tokenwise CD's softmax and in blockwise CD's argmax, so a fresh scorer still
-    /// decodes as the base model.
+    /// With a vocabulary-wide head the choice still matters after training: the row of a token
+    /// that never follows a prefix in the training rollouts gets no gradient and keeps `prior`,
+    /// CD-Q's bootstrap target `Σ_z π_ref(z) V(prefix + z)` averages such rows in, and a rollout
+    /// cut at the token budget is valued through the row of its last token, which few rollouts
+    /// train. Measured (held-out pairwise accuracy, CD-Q, 300 steps): on the calibrated
+    /// sentiment reward, 0.467 with `prior` 0 against 0.521 with the mean reward (both near
+    /// chance, 1,779 pairs); on the length reward `ln(T/32)`, 0.970 with 0 (the reward of a
+    /// completion that reaches the budget) against 0.803 with the mean, and blockwise CD's win
+    /// rate 0.674 against 0.540.
     pub fn from_base_with_prior(
         base: CausalLm,
         layout: ScorerLayout,

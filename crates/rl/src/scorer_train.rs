@@ -84,17 +84,20 @@ pub struct ScorerTrainConfig {
     /// Stop after this step as if the process were killed (tests of resumption); 0 = never.
     pub halt_after: u64,
     /// Where every value of a fresh scorer starts (its head's bias; the weights start at zero).
-    /// `None`: the mean reward of the training rollouts (see
-    /// `PrefixScorer::from_base_with_prior` for why not zero).
-    pub value_prior: Option<f64>,
+    pub value_prior: f64,
+    /// Start every value at the mean reward of the training rollouts instead of `value_prior`
+    /// (see `PrefixScorer::from_base_with_prior` for what each choice does).
+    pub value_prior_from_data: bool,
 }
 
 impl ScorerTrainConfig {
-    /// The starting value of a fresh scorer trained on `data`: `value_prior`, or the mean reward.
+    /// The starting value of a fresh scorer trained on `data`.
     pub fn prior(&self, data: &[ScorerRollout]) -> f64 {
-        self.value_prior.unwrap_or_else(|| {
+        if self.value_prior_from_data {
             data.iter().map(|r| r.reward).sum::<f64>() / data.len().max(1) as f64
-        })
+        } else {
+            self.value_prior
+        }
     }
 }
 
@@ -112,7 +115,8 @@ impl Default for ScorerTrainConfig {
             log_every: 10,
             save_every: 0,
             halt_after: 0,
-            value_prior: None,
+            value_prior: 0.0,
+            value_prior_from_data: false,
         }
     }
 }
