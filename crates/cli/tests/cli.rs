@@ -904,3 +904,75 @@ fn non_finite_numbers_stop_training_naming_the_step() {
     );
     assert!(!dir.path().join("lr/final").exists());
 }
+
+#[test]
+fn an_output_naming_an_input_is_refused_before_anything_is_read() {
+    // `--out` equal to an input (by its own path or through a link) would destroy the input it
+    // is computed from: refused, the input unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let samples = dir.path().join("samples.jsonl");
+    ok(&[
+        "rollouts",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--k",
+        "2",
+        "--reward",
+        "length(t_max=4)",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        samples.to_str().unwrap(),
+    ]);
+    let before = std::fs::read(&samples).unwrap();
+    let s = samples.to_str().unwrap();
+    let e = err(&[
+        "preferences",
+        "--samples",
+        s,
+        "--reward",
+        "length(t_max=4)",
+        "--out",
+        s,
+    ]);
+    assert!(e.contains("is the --samples input"), "{e}");
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&samples, &link).unwrap();
+    let e = err(&[
+        "calibrate",
+        "--reference",
+        s,
+        "--out",
+        link.to_str().unwrap(),
+    ]);
+    assert!(e.contains("is the --reference input"), "{e}");
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"the cat\"}\n").unwrap();
+    let p = prompts.to_str().unwrap();
+    for cmd in [
+        vec!["generate", "--model", m, "--prompts", p, "--out", p],
+        vec![
+            "rollouts",
+            "--model",
+            m,
+            "--prompts",
+            p,
+            "--reward",
+            "length",
+            "--out",
+            p,
+        ],
+    ] {
+        let e = err(&cmd);
+        assert!(e.contains("is the --prompts input"), "{cmd:?}: {e}");
+    }
+    assert_eq!(std::fs::read(&samples).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(&prompts).unwrap(),
+        "{\"prompt\": \"the cat\"}\n"
+    );
+}

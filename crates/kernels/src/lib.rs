@@ -68,11 +68,15 @@ pub struct ShapeError {
     want: usize,
 }
 
-fn check(what: &'static str, got: usize, want: usize) -> Result<(), ShapeError> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(ShapeError { what, got, want })
+/// `got == a · b`, where a product that overflows `usize` matches no slice.
+fn check(what: &'static str, got: usize, a: usize, b: usize) -> Result<(), ShapeError> {
+    match a.checked_mul(b) {
+        Some(want) if got == want => Ok(()),
+        want => Err(ShapeError {
+            what,
+            got,
+            want: want.unwrap_or(usize::MAX),
+        }),
     }
 }
 
@@ -90,10 +94,10 @@ pub fn matmul(
     bias: Option<&[f32]>,
     parts: usize,
 ) -> Result<Option<Vec<f32>>, ShapeError> {
-    check("x", x.len(), rows * w.inputs)?;
-    check("W", w.data.len(), w.inputs * w.outputs)?;
+    check("x", x.len(), rows, w.inputs)?;
+    check("W", w.data.len(), w.inputs, w.outputs)?;
     if let Some(b) = bias {
-        check("bias", b.len(), w.outputs)?;
+        check("bias", b.len(), w.outputs, 1)?;
     }
     Ok(Isa::detect().map(|isa| matmul_on(isa, x, rows, w, bias, parts)))
 }
@@ -125,8 +129,9 @@ fn matmul_on(
         isa.run(&job, &mut y);
         y
     };
-    if ranges.len() == 1 {
-        return run(ranges[0]);
+    if ranges.len() <= 1 {
+        // One part, or none when there are no outputs.
+        return ranges.first().map_or_else(Vec::new, |&r| run(r));
     }
     let mut pieces: Vec<Vec<f32>> = vec![Vec::new(); ranges.len()];
     match pool() {
@@ -505,7 +510,8 @@ fn output_major_block_avx512<const G: usize, const R: usize>(
     };
     let full = k / LANES * LANES;
     // Every load below reads `LANES` values at an offset below `full` within these rows.
-    assert!((r0 + R) * k <= x.len() && (j0 + G) * k <= w.len());
+    let fits = |rows: usize, len: usize| rows.checked_mul(k).is_some_and(|n| n <= len);
+    assert!(fits(r0 + R, x.len()) && fits(j0 + G, w.len()));
     let mut acc: [[__m512; G]; R] = [[_mm512_setzero_ps(); G]; R];
     let mut i = 0;
     while i < full {
@@ -783,10 +789,32 @@ mod tests {
         );
         let e = matmul(&[0.0; 3], 1, weight, Some(&[0.0; 3]), 1).unwrap_err();
         assert!(e.to_string().contains("bias has 3 values"), "{e}");
+        // Shapes whose products overflow describe no slice: an error, never a read.
+        let huge = Weight {
+            data: &[],
+            inputs: 1 << 62,
+            outputs: 4,
+            layout: Layout::OutputMajor,
+        };
+        assert!(matmul(&[], 4, huge, None, 1).is_err());
+        // No outputs: an empty result, whatever the parts.
+        let none = Weight {
+            data: &[],
+            inputs: 3,
+            outputs: 0,
+            layout: Layout::InputMajor,
+        };
+        for parts in [1, 2] {
+            assert_eq!(
+                matmul(&[0.0; 6], 2, none, None, parts).unwrap(),
+                Some(vec![]).filter(|_| Isa::detect().is_some())
+            );
+        }
     }
 
     #[test]
     fn split_covers_the_range_with_aligned_nonempty_parts() {
+        assert!(split(0, 2, 32).is_empty());
         for n in [1, 31, 32, 33, 100, 2304] {
             for parts in [1, 2, 3, 7] {
                 let r = split(n, parts, 32);

@@ -55,6 +55,23 @@ pub enum ModelError {
         /// The shape found.
         found: Vec<usize>,
     },
+    /// A checkpoint tensor holds NaN or an infinity (a diverged run's weights).
+    #[error(
+        "{file}: tensor `{name}` holds {count} non-finite values (first at flat index {first}: \
+         {value}); refusing weights that would make every output NaN"
+    )]
+    NonFiniteWeights {
+        /// The checkpoint.
+        file: String,
+        /// The tensor name.
+        name: String,
+        /// How many values are NaN or infinite.
+        count: usize,
+        /// The flat index of the first.
+        first: usize,
+        /// Its value.
+        value: f32,
+    },
     /// A checkpoint tensor has a dtype this crate cannot read.
     #[error("{file}: tensor `{name}` has dtype {dtype}, expected F32, F16 or BF16")]
     UnsupportedDtype {

@@ -179,7 +179,10 @@ pub(crate) fn matmul_head(x: Tensor<2>, e: Tensor<2>) -> Tensor<2> {
 fn skinny_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Option<Tensor<2>> {
     use infalign_kernels::{Layout, Weight};
     let [rows, k] = x.dims();
-    let [_, n] = w.dims();
+    let [kw, n] = w.dims();
+    if kw != k {
+        return None; // burn's product reports the mismatch
+    }
     let w = f32_on_flex(w)?;
     let (offset, layout) = match w.layout().strides() {
         [s0, 1] if *s0 == n as isize => (w.layout().start_offset(), Layout::InputMajor),

@@ -232,6 +232,16 @@ impl WeightSource for SafetensorsSource {
                 });
             }
         };
+        let values: Vec<f32> = values;
+        if let Some(first) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFiniteWeights {
+                file: path.display().to_string(),
+                name: name.into(),
+                count: values.iter().filter(|v| !v.is_finite()).count(),
+                first,
+                value: values[first],
+            });
+        }
         self.used.insert(name.to_string());
         Ok(values)
     }

@@ -324,11 +324,41 @@ fn bad_input_is_a_clear_error() {
         "{e}"
     );
 
-    // A truncated weights file.
+    // Weights holding NaN (a diverged run's) are refused, naming the tensor.
     cfg_json["n_inner"] = serde_json::Value::Null;
     std::fs::write(ok.join("config.json"), cfg_json.to_string()).unwrap();
     let w = ok.join("model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| (name, v.data().to_vec(), v.shape().to_vec()))
+        .collect();
+    let (_, data, _) = tensors
+        .iter_mut()
+        .find(|(n, _, _)| n == "transformer.ln_f.weight")
+        .unwrap();
+    data[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d);
+            (n.clone(), v.unwrap())
+        })
+        .collect();
+    std::fs::write(&w, safetensors::serialize(views, None).unwrap()).unwrap();
+    let e = LoadedModel::load(&ok, &dev).unwrap_err().to_string();
+    assert!(
+        e.contains("transformer.ln_f.weight")
+            && e.contains("1 non-finite")
+            && e.contains("index 1"),
+        "{e}"
+    );
+    std::fs::write(&w, &bytes).unwrap();
+    LoadedModel::load(&ok, &dev).unwrap();
+
+    // A truncated weights file.
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let e = LoadedModel::load(&ok, &dev).unwrap_err().to_string();
     assert!(

@@ -32,6 +32,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::common::refuse_output_over_input(
+        "--out",
+        &a.out,
+        &[
+            ("--reference", Some(&a.reference)),
+            ("--samples", a.samples.as_deref()),
+        ],
+    )?;
     let reference = read_samples(&a.reference, true)?;
     let mut cal = Calibrator::default();
     cal.smoothing = a.smoothing;

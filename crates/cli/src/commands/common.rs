@@ -1,7 +1,7 @@
 //! Flags shared by the commands that sample: where prompts come from, and how tokens are drawn.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use infalign_decoding::SamplingConfig;
@@ -135,4 +135,29 @@ pub struct TrainRunArgs {
     /// with the weights an uninterrupted run would have.
     #[arg(long)]
     pub resume: bool,
+}
+
+/// Refuses an output path that names one of the command's input files (the same file, by any
+/// path: a link or `..` included), before anything is read: writing the output would destroy
+/// the input it is computed from.
+pub fn refuse_output_over_input(
+    out_flag: &str,
+    out: &Path,
+    inputs: &[(&str, Option<&Path>)],
+) -> Result<()> {
+    let Ok(out_real) = std::fs::canonicalize(out) else {
+        return Ok(()); // a new path is no input
+    };
+    for (flag, input) in inputs {
+        if let Some(input) = input
+            && std::fs::canonicalize(input).is_ok_and(|i| i == out_real)
+        {
+            anyhow::bail!(
+                "{out_flag} {} is the {flag} input: refusing to overwrite an input; choose \
+                 another {out_flag}",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }

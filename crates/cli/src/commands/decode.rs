@@ -248,6 +248,11 @@ pub fn sample_row(s: &Sample, strategy: Strategy) -> serde_json::Value {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
+    super::common::refuse_output_over_input(
+        "--out",
+        &a.out,
+        &[("--prompts", a.input.prompts.prompts.as_deref())],
+    )?;
     let prompts = a.input.prompts.collect()?;
     let decoder = Decoder::new(a.strategy, device)?;
     let lm = crate::load_model(a.input.model, device)?;

@@ -25,6 +25,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
+    if let Some(out) = &a.out {
+        super::common::refuse_output_over_input(
+            "--out",
+            out,
+            &[("--prompts", a.input.prompts.prompts.as_deref())],
+        )?;
+    }
     let prompts = a.input.prompts.collect()?;
     let lm = crate::load_model(a.input.model, device)?;
     let cfg = GenerationConfig {

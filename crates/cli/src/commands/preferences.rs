@@ -32,6 +32,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    super::common::refuse_output_over_input("--out", &a.out, &[("--samples", Some(&a.samples))])?;
     let gold = reward_from_spec(&a.reward)?;
     let rows = read_samples(&a.samples, false)?;
     let mut pairs = Vec::new();

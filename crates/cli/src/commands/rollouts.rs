@@ -39,6 +39,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
+    super::common::refuse_output_over_input(
+        "--out",
+        &a.out,
+        &[("--prompts", a.prompts.prompts.as_deref())],
+    )?;
     let prompts = a.prompts.collect()?;
     let reward = reward_from_spec(&a.reward)?;
     let lm = crate::load_model(a.model, device)?;
