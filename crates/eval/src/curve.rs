@@ -82,6 +82,32 @@ pub struct PerPrompt {
     pub win_rates: Vec<ProcedureOutcomes>,
 }
 
+/// Summary statistics of a set of samples besides their mean reward.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SampleStats {
+    /// Mean completion length in tokens.
+    pub mean_tokens: f64,
+    /// Fraction of samples whose reward is exactly 0 (a lexicon reward's "no sentiment word").
+    pub zero_reward_fraction: f64,
+}
+
+impl SampleStats {
+    /// From each sample's completion length and the per-prompt rewards of the same samples.
+    pub fn of(tokens: impl IntoIterator<Item = usize>, rewards: &[Vec<f64>]) -> Self {
+        let (mut sum, mut count) = (0usize, 0usize);
+        for t in tokens {
+            sum += t;
+            count += 1;
+        }
+        let all: Vec<f64> = rewards.iter().flatten().copied().collect();
+        Self {
+            mean_tokens: sum as f64 / count.max(1) as f64,
+            zero_reward_fraction: all.iter().filter(|&&r| r == 0.0).count() as f64
+                / all.len().max(1) as f64,
+        }
+    }
+}
+
 /// Per-prompt win rates under one procedure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcedureOutcomes {
@@ -136,6 +162,13 @@ pub struct CurvePoint {
     pub prompts: usize,
     /// Samples per prompt on the method's side.
     pub samples_per_prompt: usize,
+    /// Length and zero-reward share of the method's samples, so that a win that comes from
+    /// shortening (or from leaving the reward's support) shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_stats: Option<SampleStats>,
+    /// The same for the base samples it was compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sample_stats: Option<SampleStats>,
     /// Outcomes per prompt, for paired comparisons with other points on the same prompts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_prompt: Option<PerPrompt>,
@@ -225,6 +258,8 @@ impl CurvePoint {
             win_rate: standard.estimate(c.seed),
             inference,
             measures: BTreeMap::new(),
+            sample_stats: None,
+            base_sample_stats: None,
             prompts: c.policy.len(),
             samples_per_prompt: per_prompt,
             per_prompt: c.prompts.map(|p| PerPrompt {
@@ -385,6 +420,16 @@ pub fn procedures(points: &[CurvePoint]) -> Vec<Procedure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_stats_count_tokens_and_exact_zeros() {
+        let s = SampleStats::of([2, 4, 6, 0], &[vec![0.0, 0.5], vec![-0.0, 1e-9]]);
+        assert_eq!(s.mean_tokens, 3.0);
+        // 0.0 and -0.0 are zero rewards; 1e-9 is not.
+        assert_eq!(s.zero_reward_fraction, 0.5);
+        let empty = SampleStats::of([], &[]);
+        assert_eq!((empty.mean_tokens, empty.zero_reward_fraction), (0.0, 0.0));
+    }
 
     #[test]
     fn best_of_n_reference_has_the_closed_form() {

@@ -238,6 +238,10 @@ pub fn add_curves_named(
         .map(String::from)
         .to_vec();
     header.extend(measures.iter().map(|m| format!("mean {m}")));
+    let stats = points.iter().any(|p| p.sample_stats.is_some());
+    if stats {
+        header.extend(["tokens (base)".to_string(), "reward 0 (base)".to_string()]);
+    }
     header.extend(
         procs
             .iter()
@@ -260,6 +264,18 @@ pub fn add_curves_named(
                     .get(*m)
                     .map_or_else(|| "-".into(), |v| format!("{v:.4}"))
             }));
+            if stats {
+                let with_base = |f: fn(&crate::curve::SampleStats) -> f64, digits: usize| match (
+                    &p.sample_stats,
+                    &p.base_sample_stats,
+                ) {
+                    (Some(s), Some(b)) => format!("{:.*} ({:.*})", digits, f(s), digits, f(b)),
+                    (Some(s), None) => format!("{:.*}", digits, f(s)),
+                    _ => "-".into(),
+                };
+                row.push(with_base(|s| s.mean_tokens, 1));
+                row.push(with_base(|s| s.zero_reward_fraction, 2));
+            }
             row.extend(procs.iter().map(|&pr| {
                 p.win_rate_under(pr)
                     .map(fmt_interval)
@@ -527,6 +543,8 @@ pub fn interpolate_at_kl(a: &[&CurvePoint], b: &CurvePoint) -> Result<CurvePoint
         win_rate: first.win_rate,
         inference: Vec::new(),
         measures: Default::default(),
+        sample_stats: None,
+        base_sample_stats: None,
         prompts: first.prompts,
         samples_per_prompt: first.samples_per_prompt,
         per_prompt: Some(PerPrompt {

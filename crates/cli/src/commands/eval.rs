@@ -11,7 +11,7 @@ use infalign_core::{Device, Seed};
 use infalign_decoding::{GenerationConfig, Generator, Sample, score_samples};
 use infalign_eval::Ties;
 use infalign_eval::analytic::Procedure;
-use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind};
+use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind, SampleStats};
 use infalign_eval::kl::kl_estimates;
 use infalign_eval::report::{Report, add_curves};
 use infalign_models::LoadedModel;
@@ -128,7 +128,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "policy".into())
     });
-    let point = CurvePoint::measure(
+    let mut point = CurvePoint::measure(
         method,
         a.param.as_deref().zip(a.value),
         Kl {
@@ -146,6 +146,8 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             prompts: Some(&prompts),
         },
     )?;
+    point.sample_stats = Some(SampleStats::of(pol.iter().map(|s| s.tokens.len()), &rp));
+    point.base_sample_stats = Some(SampleStats::of(refs.iter().map(|s| s.tokens.len()), &rb));
     let mut report = Report::new("Evaluation");
     report.paragraph(format!(
         "Policy `{}` against base `{}`, reward `{}`, {} prompts x {} samples each.",

@@ -14,7 +14,7 @@ use infalign_core::{Device, Seed};
 use infalign_decoding::{Generator, Sample, score_samples};
 use infalign_eval::Ties;
 use infalign_eval::analytic::Procedure;
-use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind};
+use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind, SampleStats};
 use infalign_eval::kl::{Estimate, best_of_n_bound, blockwise_bound};
 use infalign_eval::report::{Report, add_curves};
 use infalign_rewards::{Reward, reward_from_spec_on};
@@ -317,6 +317,14 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 prompts: Some(&prompts),
             },
         )?;
+        point.sample_stats = Some(SampleStats::of(
+            samples.iter().map(|s| s.tokens.len()),
+            &rewards,
+        ));
+        point.base_sample_stats = Some(SampleStats::of(
+            base.iter().map(|s| s.tokens.len()),
+            &base_rewards,
+        ));
         for (spec, r) in &measures {
             let v = score_samples(&samples, r.as_ref())?;
             point
