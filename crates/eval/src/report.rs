@@ -572,13 +572,22 @@ pub fn add_paired_at_kl(
         let b = find_point(points, b)?;
         rows.extend(paired_rows(&interpolate_at_kl(&path, b)?, b, seed)?);
     }
-    report.heading("Paired comparisons at matched KL");
-    report.paragraph(
+    paired_table(
+        report,
+        "Paired comparisons at matched KL",
         "A's points (one training run per β) interpolated at B's KL, prompt by prompt, \
          linearly between the two that bracket it, then differenced with B on the same prompts \
          with a 95% percentile-bootstrap interval over prompts. The interpolation assumes the \
          outcome changes linearly in KL between the two points.",
+        rows,
     );
+    Ok(())
+}
+
+/// A table of paired-difference rows under `heading` and `text`.
+fn paired_table(report: &mut Report, heading: &str, text: &str, rows: Vec<Vec<String>>) {
+    report.heading(heading);
+    report.paragraph(text);
     report.table(
         &[
             "A − B",
@@ -589,7 +598,6 @@ pub fn add_paired_at_kl(
         ],
         rows,
     );
-    Ok(())
 }
 
 /// Adds a table of paired comparisons, one `(A, B)` selector pair each ([`find_point`]).
@@ -610,22 +618,14 @@ pub fn add_paired(
             seed,
         )?);
     }
-    report.heading("Paired comparisons");
-    report.paragraph(
+    paired_table(
+        report,
+        "Paired comparisons",
         "A − B on the same prompts: the difference of the two methods' per-prompt outcomes, with \
          a 95% percentile-bootstrap interval over prompts that resamples the same prompts for \
          both. \"inconclusive\" when the interval contains 0. Each side's KL is in its name: a \
          difference between points at different KL mixes how well each method spends its KL \
          with how far it moved, so compare at similar KL to compare the methods.",
-    );
-    report.table(
-        &[
-            "A − B",
-            "measure",
-            "prompts",
-            "difference [95% interval]",
-            "verdict",
-        ],
         rows,
     );
     Ok(())
