@@ -364,6 +364,8 @@ fn input_major_tile<const KB: usize>(
         for (v, tv) in t.iter_mut().enumerate() {
             tv.copy_from_slice(&row[v * LANES..(v + 1) * LANES]);
         }
+        prefetch(w, (i0 + KB + i) * n + j);
+        prefetch(w, (i0 + KB + i) * n + j + LANES);
     }
     let mut r = 0;
     while r + ROW_GROUP <= rows {
@@ -587,6 +589,21 @@ fn output_major_block<const G: usize, const R: usize>(
             y[(r0 + q) * width + (j0 + g - start)] = s;
         }
     }
+}
+
+/// Asks the CPU to start loading the cache line holding `w[at]` (the same tile of the next
+/// block of weight rows); nothing when `at` is past the end.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch(w: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < w.len() {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch reads nothing architecturally and `at` is inside `w`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, at);
 }
 
 /// The first `LANES` values of `v`.
