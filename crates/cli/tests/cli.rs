@@ -976,3 +976,76 @@ fn an_output_naming_an_input_is_refused_before_anything_is_read() {
         "{\"prompt\": \"the cat\"}\n"
     );
 }
+
+#[test]
+fn out_of_range_numbers_are_refused_naming_the_flag() {
+    // Each of these used to run (a best-of-0 win rate, `lambda: null`, a NaN fraction of the
+    // prompts held out): now clap refuses them before anything runs, naming the flag.
+    for (args, flag) in [
+        (vec!["analytic", "--n", "0"], "--n"),
+        (vec!["analytic", "--lambda", "inf"], "--lambda"),
+        (vec!["analytic", "--lambda=-1"], "--lambda"),
+        (vec!["analytic", "--kl", "NaN"], "--kl"),
+        (
+            vec![
+                "eval", "--policy", "p", "--reward", "length", "--n", "0", "--out", "o",
+            ],
+            "--n",
+        ),
+        (
+            vec![
+                "eval",
+                "--policy",
+                "p",
+                "--reward",
+                "length",
+                "--samples",
+                "0",
+                "--out",
+                "o",
+            ],
+            "--samples",
+        ),
+        (
+            vec![
+                "train-scorer",
+                "--rollouts",
+                "r",
+                "--holdout",
+                "NaN",
+                "--out",
+                "o",
+            ],
+            "--holdout",
+        ),
+        (
+            vec![
+                "train-scorer",
+                "--rollouts",
+                "r",
+                "--holdout=-0.5",
+                "--out",
+                "o",
+            ],
+            "--holdout",
+        ),
+        (
+            vec![
+                "train-rm",
+                "--rollouts",
+                "r",
+                "--holdout",
+                "2",
+                "--out",
+                "o",
+            ],
+            "--holdout",
+        ),
+    ] {
+        let e = err(&args);
+        assert!(
+            e.contains(flag) && e.contains("invalid value"),
+            "{args:?}: {e}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ pub struct Args {
     #[arg(long, default_value = "standard")]
     pub procedure: String,
     /// N of best-of-N / worst-of-N.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub n: u32,
     /// identity, log, exp, negexp, power, or optimal (fixed point; needs --lambda).
     #[arg(long, default_value = "identity")]
@@ -21,10 +21,10 @@ pub struct Args {
     #[arg(long)]
     pub t: Option<f64>,
     /// λ = 1/β.
-    #[arg(long, conflicts_with = "kl")]
+    #[arg(long, conflicts_with = "kl", value_parser = super::common::finite_non_negative)]
     pub lambda: Option<f64>,
     /// Solve λ for this KL instead.
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::finite_non_negative)]
     pub kl: Option<f64>,
 }
 

@@ -161,3 +161,32 @@ pub fn refuse_output_over_input(
     }
     Ok(())
 }
+
+/// `--holdout`: a finite fraction in [0, 1) (1 would hold out everything).
+pub fn holdout_fraction(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction in [0, 1)"))
+    }
+}
+
+/// A count of at least 1 (samples per prompt).
+pub fn positive_count(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// A finite number of at least 0 (λ, a KL).
+pub fn finite_non_negative(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a finite number of at least 0"))
+    }
+}

@@ -70,10 +70,10 @@ pub struct Args {
     #[command(flatten)]
     pub input: DecodeInputs,
     /// Samples per prompt on each side (at least the largest inference-time N).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::common::positive_count)]
     pub samples: usize,
     /// N of the inference-time win rates (best-of-N and worst-of-N; repeatable).
-    #[arg(long = "eval-n", default_values_t = vec![4])]
+    #[arg(long = "eval-n", default_values_t = vec![4], value_parser = clap::value_parser!(u32).range(1..))]
     pub eval_ns: Vec<u32>,
     /// Ties lose (CD's convention) instead of counting one half.
     #[arg(long)]

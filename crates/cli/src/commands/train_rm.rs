@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     pub rollouts: Option<PathBuf>,
     /// Fraction held out (pairs; for rollouts, whole prompts).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = super::common::holdout_fraction)]
     pub holdout: f64,
     #[command(flatten)]
     pub run: TrainRunArgs,

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long)]
     pub t: Option<f64>,
     /// Fraction of the prompts held out for the pairwise-accuracy check (0: none).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = super::common::holdout_fraction)]
     pub holdout: f64,
     /// More held-out rollouts for the pairwise-accuracy check: a rollouts file (same format as
     /// --rollouts) of prompts that --rollouts does not contain, several rollouts per prompt.
