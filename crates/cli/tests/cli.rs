@@ -895,7 +895,8 @@ fn non_finite_numbers_stop_training_naming_the_step() {
         &["--reference", &refs, "--transform", "exp", "--t", "1e30"],
         &p("overflow"),
     );
-    assert!(e.contains("step 1: the transformed reward is inf"), "{e}");
+    // Refused before training: exp(t·u) would overflow (the step-level check stays as a net).
+    assert!(e.contains("is above 700: exp(t·u) would overflow"), "{e}");
     assert!(!dir.path().join("overflow/final").exists());
     let e = run(&["--raw", "--set", "lr=1e30"], &p("lr"));
     assert!(

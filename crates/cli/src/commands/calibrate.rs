@@ -32,6 +32,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.t.is_some() && a.transform.is_none() {
+        anyhow::bail!("--t is the parameter of a transform: give --transform too");
+    }
+    let transform = a
+        .transform
+        .as_deref()
+        .map(|n| Transform::from_name(n, a.t))
+        .transpose()?;
     super::common::refuse_output_over_input(
         "--out",
         &a.out,
@@ -46,11 +54,6 @@ pub fn run(a: Args) -> Result<()> {
     for (prompt, rewards) in rewards_by_prompt(&reference) {
         cal.insert(&prompt, rewards)?;
     }
-    let transform = a
-        .transform
-        .as_deref()
-        .map(|n| Transform::from_name(n, a.t))
-        .transpose()?;
     let leave_one_out = a.samples.is_none();
     let mut rows = match &a.samples {
         Some(p) => read_samples(p, true)?,

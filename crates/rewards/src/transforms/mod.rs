@@ -19,6 +19,9 @@ pub use neg_exp::NegExp;
 pub use power::Power;
 pub use tabulated::Tabulated;
 
+/// The largest `t` of `exp(t·u)` and `−exp(−t·u)`: exp(700) ≈ 1e304 is still finite in f64.
+pub const MAX_EXP_T: f64 = 700.0;
+
 use serde::{Deserialize, Serialize};
 
 use crate::RewardError;
@@ -89,6 +92,11 @@ impl Transform {
             Self::Exp(Exp { t }) | Self::NegExp(NegExp { t }) if !(*t > 0.0 && t.is_finite()) => {
                 bad("t", format!("{t} must be a positive number"))
             }
+            // Calibrated rewards lie in [0, 1]: exp(t·u) must stay finite at u = 1.
+            Self::Exp(Exp { t }) | Self::NegExp(NegExp { t }) if *t > MAX_EXP_T => bad(
+                "t",
+                format!("{t} is above {MAX_EXP_T}: exp(t·u) would overflow at u = 1"),
+            ),
             Self::Log(Log { eps }) if !(*eps >= 0.0 && eps.is_finite()) => {
                 bad("eps", format!("{eps} must be non-negative"))
             }
