@@ -71,10 +71,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let device = || -> Result<Device> {
-        let spec: DeviceSpec = cli.device.parse()?;
-        Ok(spec.device()?)
-    };
+    // Checked for every command, also those that compute on no device: a typo is an error, not
+    // ignored.
+    let spec: DeviceSpec = cli.device.parse()?;
+    let device = || -> Result<Device> { Ok(spec.device()?) };
     match cli.command {
         Command::Generate(a) => commands::generate::run(a, &device()?),
         Command::Decode(a) => commands::decode::run(a, &device()?),

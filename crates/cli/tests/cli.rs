@@ -1049,4 +1049,39 @@ fn out_of_range_numbers_are_refused_naming_the_flag() {
             "{args:?}: {e}"
         );
     }
+    let e = err(&["generate", "--prompt", "x", "--stop", ""]);
+    assert!(e.contains("--stop"), "{e}");
+    // A device string is checked by every command, also those that compute on none.
+    for args in [
+        vec!["--device", "foo", "analytic"],
+        vec!["--device", "foo", "report", "--run", "r"],
+        vec![
+            "--device",
+            "foo",
+            "calibrate",
+            "--reference",
+            "r",
+            "--out",
+            "o",
+        ],
+    ] {
+        let e = err(&args);
+        assert!(e.contains("foo"), "{args:?}: {e}");
+    }
+    // A transform whose values overflow, and a parameter without its transform, before any
+    // file is read.
+    let e = err(&[
+        "calibrate",
+        "--reference",
+        "r",
+        "--transform",
+        "exp",
+        "--t",
+        "800",
+        "--out",
+        "o",
+    ]);
+    assert!(e.contains("800 is above 700"), "{e}");
+    let e = err(&["calibrate", "--reference", "r", "--t", "5", "--out", "o"]);
+    assert!(e.contains("give --transform too"), "{e}");
 }

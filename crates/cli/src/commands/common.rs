@@ -75,7 +75,7 @@ pub struct SamplingArgs {
     pub seed: u64,
     /// A string that ends a completion where it appears (repeatable); the completion is cut
     /// before it.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub stop: Vec<String>,
 }
 
