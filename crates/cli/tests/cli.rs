@@ -1084,4 +1084,21 @@ fn out_of_range_numbers_are_refused_naming_the_flag() {
     assert!(e.contains("800 is above 700"), "{e}");
     let e = err(&["calibrate", "--reference", "r", "--t", "5", "--out", "o"]);
     assert!(e.contains("give --transform too"), "{e}");
+    // A bad row after blank lines is named by its line in the file.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\": \"p\", \"completion\": \"a\", \"reward\": 1}\n\n\n{\"prompt\": \"p\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let e = err(&[
+        "calibrate",
+        "--reference",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("bad.jsonl:4:"), "{e}");
 }

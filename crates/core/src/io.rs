@@ -100,20 +100,39 @@ pub fn write_jsonl_atomic<T: Serialize>(
 /// Reads a JSONL file into typed rows. Blank lines are skipped; a malformed line is an error
 /// naming the file, the 1-based line number and what serde expected.
 pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>, CoreError> {
+    Ok(read_jsonl_numbered(path)?
+        .into_iter()
+        .map(|(_, row)| row)
+        .collect())
+}
+
+/// [`read_jsonl`] with each row's 1-based line number in the file (blank lines skipped but
+/// counted), for callers that check rows further and must name the right line. A UTF-8 byte
+/// order mark at the start is accepted; a line that is not UTF-8 is an error naming it.
+pub fn read_jsonl_numbered<T: DeserializeOwned>(
+    path: impl AsRef<Path>,
+) -> Result<Vec<(usize, T)>, CoreError> {
     let path = path.as_ref();
     let file = fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
     let mut rows = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| CoreError::io(path, e))?;
+    for (i, bytes) in BufReader::new(file).split(b'\n').enumerate() {
+        let bytes = bytes.map_err(|e| CoreError::io(path, e))?;
+        let bad = |message: String| CoreError::Jsonl {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message,
+        };
+        let line = std::str::from_utf8(&bytes).map_err(|e| bad(format!("not UTF-8 ({e})")))?;
+        let line = if i == 0 {
+            line.strip_prefix('\u{feff}').unwrap_or(line)
+        } else {
+            line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let row = serde_json::from_str(&line).map_err(|e| CoreError::Jsonl {
-            path: path.to_path_buf(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
-        rows.push(row);
+        let row = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        rows.push((i + 1, row));
     }
     Ok(rows)
 }
@@ -162,6 +181,35 @@ mod tests {
         let e = write_atomic("/dev/null", b"3").unwrap_err().to_string();
         assert!(e.contains("special file"), "{e}");
         assert!(!fs::metadata("/dev/null").unwrap().file_type().is_file());
+    }
+
+    #[test]
+    fn jsonl_rows_keep_their_line_numbers_after_blank_lines_a_bom_and_crlf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.jsonl");
+        fs::write(
+            &p,
+            "\u{feff}{\"prompt\": \"a\"}\r\n\n\n{\"prompt\": \"b\"}\n\n{\"prompt\": 3}\n",
+        )
+        .unwrap();
+        let e = read_jsonl_numbered::<Row>(&p).unwrap_err().to_string();
+        assert!(e.contains("b.jsonl:6"), "{e}");
+        fs::write(
+            &p,
+            "\u{feff}{\"prompt\": \"a\"}\r\n\n\n{\"prompt\": \"b\"}\n",
+        )
+        .unwrap();
+        let rows: Vec<(usize, Row)> = read_jsonl_numbered(&p).unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|(l, r)| (*l, r.prompt.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "a"), (4, "b")]
+        );
+        // Bytes that are not UTF-8 name their line.
+        fs::write(&p, b"{\"prompt\": \"a\"}\n{\"prompt\": \"\xff\"}\n").unwrap();
+        let e = read_jsonl::<Row>(&p).unwrap_err().to_string();
+        assert!(e.contains("b.jsonl:2") && e.contains("not UTF-8"), "{e}");
     }
 
     #[test]

@@ -36,10 +36,9 @@ impl SampleRow {
 /// Reads a samples file, checking every row has a string `prompt` and `completion` (and a
 /// finite `reward` when `need_reward`), naming the line otherwise.
 pub fn read_samples(path: &Path, need_reward: bool) -> Result<Vec<SampleRow>> {
-    let values: Vec<Value> = infalign_core::io::read_jsonl(path)?;
+    let values: Vec<(usize, Value)> = infalign_core::io::read_jsonl_numbered(path)?;
     let mut rows = Vec::with_capacity(values.len());
-    for (i, v) in values.into_iter().enumerate() {
-        let line = i + 1;
+    for (line, v) in values {
         if !v["prompt"].is_string() || !v["completion"].is_string() {
             bail!(
                 "{}:{line}: expected string keys `prompt` and `completion`",
