@@ -563,25 +563,35 @@ pub fn add_paired_at_kl(
     pairs: &[(String, String)],
     seed: u64,
 ) -> Result<(), EvalError> {
-    if pairs.is_empty() {
-        return Ok(());
-    }
-    let mut rows = Vec::new();
-    for (a, b) in pairs {
+    let rows = paired_rows_of(pairs, |a, b| {
         let path: Vec<&CurvePoint> = points.iter().filter(|p| p.method == a.trim()).collect();
         let b = find_point(points, b)?;
-        rows.extend(paired_rows(&interpolate_at_kl(&path, b)?, b, seed)?);
+        paired_rows(&interpolate_at_kl(&path, b)?, b, seed)
+    })?;
+    if !rows.is_empty() {
+        paired_table(
+            report,
+            "Paired comparisons at matched KL",
+            "A's points (one training run per β) interpolated at B's KL, prompt by prompt, \
+             linearly between the two that bracket it, then differenced with B on the same \
+             prompts with a 95% percentile-bootstrap interval over prompts. The interpolation \
+             assumes the outcome changes linearly in KL between the two points.",
+            rows,
+        );
     }
-    paired_table(
-        report,
-        "Paired comparisons at matched KL",
-        "A's points (one training run per β) interpolated at B's KL, prompt by prompt, \
-         linearly between the two that bracket it, then differenced with B on the same prompts \
-         with a 95% percentile-bootstrap interval over prompts. The interpolation assumes the \
-         outcome changes linearly in KL between the two points.",
-        rows,
-    );
     Ok(())
+}
+
+/// The rows of every comparison in `pairs`, in order.
+fn paired_rows_of(
+    pairs: &[(String, String)],
+    rows_of: impl Fn(&str, &str) -> Result<Vec<Vec<String>>, EvalError>,
+) -> Result<Vec<Vec<String>>, EvalError> {
+    let mut rows = Vec::new();
+    for (a, b) in pairs {
+        rows.extend(rows_of(a, b)?);
+    }
+    Ok(rows)
 }
 
 /// A table of paired-difference rows under `heading` and `text`.
@@ -607,16 +617,11 @@ pub fn add_paired(
     pairs: &[(String, String)],
     seed: u64,
 ) -> Result<(), EvalError> {
-    if pairs.is_empty() {
+    let rows = paired_rows_of(pairs, |a, b| {
+        paired_rows(find_point(points, a)?, find_point(points, b)?, seed)
+    })?;
+    if rows.is_empty() {
         return Ok(());
-    }
-    let mut rows = Vec::new();
-    for (a, b) in pairs {
-        rows.extend(paired_rows(
-            find_point(points, a)?,
-            find_point(points, b)?,
-            seed,
-        )?);
     }
     paired_table(
         report,

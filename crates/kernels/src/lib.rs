@@ -300,18 +300,12 @@ fn run_portable<const AVX512: bool>(job: &Job<'_>, y: &mut [f32]) {
 /// multiply-adds in the same order.
 #[inline(always)]
 fn input_major(job: &Job<'_>, y: &mut [f32]) {
-    let Job {
-        x,
-        rows,
-        w,
-        bias,
-        start,
-        end,
-    } = *job;
+    let &Job { x, rows, w, .. } = job;
+    let (start, end) = (job.start, job.end);
     let (k, n, width) = (w.inputs, w.outputs, end - start);
     for r in 0..rows {
         let yr = &mut y[r * width..(r + 1) * width];
-        match bias {
+        match job.bias {
             Some(b) => yr.copy_from_slice(&b[start..end]),
             None => yr.fill(0.0),
         }
@@ -422,16 +416,9 @@ fn input_major_rows<const KB: usize, const R: usize>(
 /// streams) against groups of [`ROW_GROUP`] rows of `x`, each dot product in `LANES` lane sums.
 #[inline(always)]
 fn output_major<const AVX512: bool>(job: &Job<'_>, y: &mut [f32]) {
-    let Job {
-        x,
-        rows,
-        w,
-        bias,
-        start,
-        end,
-    } = *job;
-    let k = w.inputs;
-    let width = end - start;
+    let &Job { x, rows, w, .. } = job;
+    let (start, end) = (job.start, job.end);
+    let (k, width) = (w.inputs, end - start);
     let mut j = start;
     while j < end {
         let group = OUTPUT_GROUP.min(end - j);
@@ -459,7 +446,7 @@ fn output_major<const AVX512: bool>(job: &Job<'_>, y: &mut [f32]) {
         }
         j += group;
     }
-    if let Some(b) = bias {
+    if let Some(b) = job.bias {
         for r in 0..rows {
             for (yv, bv) in y[r * width..(r + 1) * width].iter_mut().zip(&b[start..end]) {
                 *yv += bv;

@@ -8,11 +8,11 @@ use anyhow::{Context, Result, bail};
 use infalign_core::Device;
 use infalign_models::train_checkpoint::progress_bar;
 use infalign_models::{LoadedModel, save_model_dir};
-use infalign_rewards::{Calibrator, Transform};
+use infalign_rewards::Transform;
 use infalign_rl::{Algo, PolicyTrainConfig, RewardPipeline, train_policy};
 
 use super::common::{PromptArgs, TrainRunArgs};
-use super::samples::{read_samples, rewards_by_prompt};
+use super::samples::{calibrator_of, read_samples};
 
 /// Flags of `infalign align`.
 #[derive(Debug, clap::Args)]
@@ -76,10 +76,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                  --calibrated-reward with a calibrated reward model, or --raw"
             );
         };
-        let mut cal = Calibrator::default();
-        for (prompt, rewards) in rewards_by_prompt(&read_samples(path, true)?) {
-            cal.insert(&prompt, rewards)?;
-        }
+        let cal = calibrator_of(&read_samples(path, true)?)?;
         if let Some(p) = prompts.iter().find(|p| cal.reference(p).is_none()) {
             bail!(
                 "{}: no reference rollouts for training prompt {p:?}",

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use infalign_rewards::{Calibrator, RewardTransform, Transform};
+use infalign_rewards::{RewardTransform, Transform};
 
-use super::samples::{read_samples, rewards_by_prompt, write_samples};
+use super::samples::{calibrator_of, read_samples, write_samples};
 
 /// Flags of `infalign calibrate`.
 #[derive(Debug, clap::Args)]
@@ -49,11 +49,8 @@ pub fn run(a: Args) -> Result<()> {
         ],
     )?;
     let reference = read_samples(&a.reference, true)?;
-    let mut cal = Calibrator::default();
+    let mut cal = calibrator_of(&reference)?;
     cal.smoothing = a.smoothing;
-    for (prompt, rewards) in rewards_by_prompt(&reference) {
-        cal.insert(&prompt, rewards)?;
-    }
     let leave_one_out = a.samples.is_none();
     let mut rows = match &a.samples {
         Some(p) => read_samples(p, true)?,

@@ -80,3 +80,12 @@ pub fn write_samples(path: &Path, rows: &[SampleRow]) -> Result<()> {
     infalign_core::io::write_jsonl_atomic(path, &values)?;
     Ok(())
 }
+
+/// A calibrator whose reference for each prompt is the rewards of that prompt's rows.
+pub fn calibrator_of(rows: &[SampleRow]) -> Result<infalign_rewards::Calibrator> {
+    let mut cal = infalign_rewards::Calibrator::default();
+    for (prompt, rewards) in rewards_by_prompt(rows) {
+        cal.insert(&prompt, rewards)?;
+    }
+    Ok(cal)
+}

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
 use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
-use infalign_rewards::{Calibrator, RewardTransform, Transform};
+use infalign_rewards::{RewardTransform, Transform};
 use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, classifier_check, train_scorer};
 
 use super::common::{TrainRunArgs, held_out_prompts};
-use super::samples::{SampleRow, read_samples, rewards_by_prompt};
+use super::samples::{SampleRow, calibrator_of, read_samples, rewards_by_prompt};
 
 /// Flags of `infalign train-scorer`.
 #[derive(Debug, clap::Args)]
@@ -170,17 +170,16 @@ fn scorer_rollouts(
     lm: &LoadedModel,
 ) -> Result<Vec<(String, ScorerRollout)>> {
     let calibrator = if shaped {
-        let mut cal = Calibrator::default();
-        for (prompt, rewards) in rewards_by_prompt(rows) {
-            if rewards.len() < 2 {
-                bail!(
-                    "{}: prompt {prompt:?} has one rollout; calibration needs several per prompt",
-                    path.display()
-                );
-            }
-            cal.insert(&prompt, rewards)?;
+        if let Some((prompt, _)) = rewards_by_prompt(rows)
+            .into_iter()
+            .find(|(_, r)| r.len() < 2)
+        {
+            bail!(
+                "{}: prompt {prompt:?} has one rollout; calibration needs several per prompt",
+                path.display()
+            );
         }
-        Some(cal)
+        Some(calibrator_of(rows)?)
     } else {
         None
     };
