@@ -62,6 +62,7 @@ enum Command {
 }
 
 fn main() {
+    infalign_kernels::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     if let Err(e) = run(cli) {

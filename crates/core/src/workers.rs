@@ -56,6 +56,45 @@ fn with_job_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Runs `a` on this thread and `b` beside it, on a helper thread, when the current job may use
+/// at least two cores ([`job_threads`]), each then given half of them; otherwise one after the
+/// other. The helper is a one-thread pool, so `b`'s burn operations run single-threaded as a
+/// job's do, and the results are the same whichever way they ran. For two independent forwards
+/// of one decoding step (the base model's and a prefix scorer's), which inside a job would
+/// otherwise run one after the other.
+pub fn beside<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    let threads = job_threads();
+    let pool = if threads >= 2 { helper_pool() } else { None };
+    let Some(pool) = pool else {
+        return (a(), b());
+    };
+    let half = threads / 2;
+    let mut from_b = None;
+    let from_a = pool.in_place_scope(|s| {
+        let slot = &mut from_b;
+        s.spawn(move |_| *slot = Some(with_job_threads(half, b)));
+        with_job_threads(half, a)
+    });
+    (from_a, from_b.expect("the scope waits for its spawned job"))
+}
+
+/// The one-thread pool [`beside`] runs its second function on; `None` if the thread could not
+/// be started (then both run on the caller).
+fn helper_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "infalign-beside".into())
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
 /// What one worker returns: its jobs' indices and results.
 type Finished<T, E> = Vec<(usize, Result<T, E>)>;
 
@@ -149,5 +188,30 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.to_string(), "could not start a worker thread: job 3");
+    }
+
+    #[test]
+    fn beside_returns_both_results_and_splits_the_job_cores() {
+        let device = Device::flex();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let out = run_on_workers(&device, 1, |_| {
+            Ok::<_, CoreError>(beside(
+                || (job_threads(), rayon::current_num_threads(), 2 + 2),
+                || (job_threads(), rayon::current_num_threads(), "b"),
+            ))
+        })
+        .unwrap();
+        let ((ta, na, a), (tb, nb, b)) = out[0];
+        assert_eq!((a, b), (4, "b"));
+        // Both sides run single-threaded burn operations; with two cores or more each gets half.
+        assert_eq!((na, nb), (1, 1));
+        let half = if cores >= 2 { cores / 2 } else { cores };
+        assert_eq!((ta, tb), (half, half));
+        // A job that has one core runs both on it.
+        let busy = run_on_workers(&device, cores.max(2) * 2, |_| {
+            Ok::<_, CoreError>(beside(job_threads, job_threads))
+        })
+        .unwrap();
+        assert!(busy.iter().all(|&(a, b)| a == 1 && b == 1), "{busy:?}");
     }
 }

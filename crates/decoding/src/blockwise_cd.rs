@@ -12,7 +12,9 @@
 //! base and scorer caches are reordered together); the KV cache of the prompt is computed once;
 //! a prompt whose accepted block ends leaves the batch (caches and values are compacted), so
 //! the others do not pay for it. Each candidate keeps its own random stream throughout, so the
-//! output does not depend on how prompts are batched.
+//! output does not depend on how prompts are batched. The scorers advance beside the base model
+//! without their heads; each candidate's value is read once, at the end of its block, at its last
+//! real token.
 //! A blockwise sample's `policy_logprobs` are those of the drafting sampler; the blockwise
 //! policy's own likelihood is intractable, and its KL is bounded instead
 //! (`(ln K − (K−1)/K) · L / M`).
@@ -155,7 +157,11 @@ impl<'a> BlockwiseCd<'a> {
         let mut alive: Vec<usize> = (0..n_prompts).collect();
         while !alive.is_empty() {
             // Draft one block for every candidate of every unfinished prompt.
-            for _ in 0..self.m {
+            // The block's tokens, row by row (padding once a row ends), and the position of
+            // each row's last real token: the scorers read them once, at the block's end.
+            let mut block: Vec<Vec<u32>> = vec![Vec::with_capacity(self.m); rows.len()];
+            let mut ends: Vec<Option<usize>> = vec![None; rows.len()];
+            for j in 0..self.m {
                 let mut next = Vec::with_capacity(rows.len());
                 let mut active = vec![false; rows.len()];
                 for (r, row) in rows.iter_mut().enumerate() {
@@ -173,28 +179,33 @@ impl<'a> BlockwiseCd<'a> {
                         row.finish = Some(Finish::Length);
                     }
                     active[r] = true;
+                    ends[r] = Some(j);
                     next.push(tok);
                 }
                 if !active.iter().any(|&a| a) {
                     break;
                 }
+                for (b, &tok) in block.iter_mut().zip(&next) {
+                    b.push(tok);
+                }
                 // The scorers' forwards need only the chosen tokens: they run beside the base
                 // model's.
                 let step = TokenBatch::step(&next, &device);
                 let mix = &mut self.mix;
-                let (lp, fed) = rayon::join(
+                let (lp, fed) = infalign_core::beside(
                     || read_f32(lm.model.next_token_logprobs(&step, &mut cache)),
-                    || mix.feed(&next),
+                    || mix.advance(&next),
                 );
                 fed?;
                 logp = lp?;
-                for (r, row) in rows.iter_mut().enumerate() {
-                    if active[r] {
-                        row.value = self.mix.value(r);
-                    }
-                }
                 if rows.iter().all(|row| row.finish.is_some()) {
                     break;
+                }
+            }
+            self.mix.read_block(&block, &ends)?;
+            for (r, row) in rows.iter_mut().enumerate() {
+                if ends[r].is_some() {
+                    row.value = self.mix.value(r);
                 }
             }
             // Accept the best block of each prompt. A finished winner ends its prompt, whose

@@ -297,7 +297,7 @@ impl<'a> Generator<'a> {
             logp = match steer.as_deref_mut() {
                 None => base_step()?,
                 Some(s) => {
-                    let (lp, fed) = rayon::join(base_step, || s.feed(&next));
+                    let (lp, fed) = infalign_core::beside(base_step, || s.feed(&next));
                     fed?;
                     lp?
                 }

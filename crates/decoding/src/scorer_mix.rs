@@ -9,13 +9,19 @@
 //! token z is read from them (`V([x, y^t, z]) = head(h_t)[z]`), so tracking costs one scorer
 //! forward per generated token.
 //!
+//! Blockwise CD needs a value only at the end of each block: [`ScorerMix::advance`] runs only the
+//! backbone per token, and [`ScorerMix::read_block`] reads, per row, the one head entry the
+//! block's value needs (`head(h_{t-1})[y_t]`, a dot product) instead of a vocabulary-wide row per
+//! token.
+//!
 //! Invariant: rows are prompt-major like the base model's; `select` reorders scorer caches and
 //! values exactly as the base cache is reordered.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use infalign_models::{KvCache, PrefixScorer, ScorerLayout, TokenBatch, weights::read_f32};
 
 use crate::DecodingError;
+use crate::generate::row_indices;
 
 struct Track<'a> {
     scorer: &'a PrefixScorer,
@@ -26,6 +32,11 @@ struct Track<'a> {
     width: usize,
     /// Value of each row's current prefix.
     last: Vec<f32>,
+    /// The backbone's hidden state after each row's current prefix, `[rows, d]` (`None` before
+    /// the first prefill).
+    hidden: Option<Tensor<2>>,
+    /// Hidden states after each token [`ScorerMix::advance`] fed since the last block was read.
+    pending: Vec<Tensor<2>>,
 }
 
 /// A weighted sum of prefix scorers, tracking the rows being decoded.
@@ -78,6 +89,8 @@ impl<'a> ScorerMix<'a> {
                     next: Vec::new(),
                     width: 0,
                     last: Vec::new(),
+                    hidden: None,
+                    pending: Vec::new(),
                 })
                 .collect(),
             device,
@@ -124,9 +137,15 @@ impl<'a> ScorerMix<'a> {
         let batch = TokenBatch::left_padded(ids, pad_id, &self.device)?;
         for t in &mut self.tracks {
             let mut cache = t.scorer.new_cache();
-            let out = t.scorer.forward_last(&batch, &mut cache);
+            let hidden = t.scorer.last_hidden(&batch, &mut cache);
+            let out = t.scorer.head_outputs(hidden.clone());
             t.width = out.dims()[1];
             let out = read_f32(out)?;
+            t.hidden = Some(if repeat > 1 {
+                repeat_rows(hidden, repeat, &self.device)
+            } else {
+                hidden
+            });
             t.next = out
                 .chunks(t.width)
                 .flat_map(|row| std::iter::repeat_n(row, repeat).flatten().copied())
@@ -153,7 +172,9 @@ impl<'a> ScorerMix<'a> {
                     t.last[r] = t.next[r * t.width + tok as usize];
                 }
             }
-            t.next = read_f32(t.scorer.forward_last(&batch, &mut t.cache))?;
+            let hidden = t.scorer.last_hidden(&batch, &mut t.cache);
+            t.next = read_f32(t.scorer.head_outputs(hidden.clone()))?;
+            t.hidden = Some(hidden);
             if t.scorer.layout() == ScorerLayout::Scalar {
                 t.last.clone_from(&t.next);
             }
@@ -163,13 +184,19 @@ impl<'a> ScorerMix<'a> {
 
     /// Keeps rows `rows` (in that order; rows may repeat).
     pub fn select(&mut self, rows: &[usize]) {
-        let idx = crate::generate::row_indices(rows, &self.device);
+        let idx = row_indices(rows, &self.device);
         for t in &mut self.tracks {
             t.cache = t.cache.select(idx.clone());
-            t.next = rows
-                .iter()
-                .flat_map(|&r| t.next[r * t.width..(r + 1) * t.width].iter().copied())
-                .collect();
+            t.hidden = t.hidden.take().map(|h| h.select(0, idx.clone()));
+            for h in &mut t.pending {
+                *h = h.clone().select(0, idx.clone());
+            }
+            if !t.next.is_empty() {
+                t.next = rows
+                    .iter()
+                    .flat_map(|&r| t.next[r * t.width..(r + 1) * t.width].iter().copied())
+                    .collect();
+            }
             t.last = rows.iter().map(|&r| t.last[r]).collect();
         }
     }
@@ -228,8 +255,110 @@ impl<'a> ScorerMix<'a> {
         Ok(out)
     }
 
+    /// Advances every scorer by one token per row, like [`ScorerMix::feed`], but without the
+    /// head: only the backbone's hidden state is kept, for [`ScorerMix::read_block`] to read the
+    /// values a block needs at its end. [`ScorerMix::next_values`] is unavailable until the next
+    /// [`ScorerMix::feed`] or [`ScorerMix::prefill`].
+    pub fn advance(&mut self, tokens: &[u32]) -> Result<(), DecodingError> {
+        let batch = TokenBatch::step(tokens, &self.device);
+        for t in &mut self.tracks {
+            t.pending.push(t.scorer.last_hidden(&batch, &mut t.cache));
+            t.next.clear();
+        }
+        Ok(())
+    }
+
+    /// After [`ScorerMix::advance`] has fed `block[r]` (all rows the same length) token by
+    /// token, sets the value of each row's prefix through its last real token, `block[r][end]`
+    /// for `ends[r] = Some(end)`; rows with `None` keep their value. Reads one head entry per
+    /// row, `head(h_{t−1})[y_t]` (vocabulary-wide) or `head(h_t)` (scalar), instead of the
+    /// vocabulary-wide row per token that [`ScorerMix::feed`] computes: the same values up to
+    /// the order of summation.
+    pub fn read_block(
+        &mut self,
+        block: &[Vec<u32>],
+        ends: &[Option<usize>],
+    ) -> Result<(), DecodingError> {
+        let len = block.first().map_or(0, Vec::len);
+        let rows = block.len();
+        for t in &mut self.tracks {
+            if t.pending.len() != len
+                || ends.len() != rows
+                || ends.iter().flatten().any(|&e| e >= len)
+            {
+                return Err(DecodingError::InvalidParameter {
+                    field: "block",
+                    message: format!(
+                        "{} tokens advanced for a block of {len}, {} ends for {rows} rows",
+                        t.pending.len(),
+                        ends.len()
+                    ),
+                });
+            }
+            if len == 0 {
+                continue;
+            }
+            let previous = t
+                .hidden
+                .take()
+                .ok_or_else(|| DecodingError::InvalidParameter {
+                    field: "scorer",
+                    message: "a block read before prefill".into(),
+                })?;
+            // Position 0 holds the state before the block, position j + 1 the state after
+            // `block[r][j]`.
+            let mut states = vec![previous];
+            states.append(&mut t.pending);
+            let states = Tensor::stack::<3>(states, 1);
+            let d = states.dims()[2];
+            let states = states.reshape([rows * (len + 1), d]);
+            let at = |offset: usize| -> Tensor<2> {
+                let idx: Vec<usize> = ends
+                    .iter()
+                    .enumerate()
+                    .map(|(r, e)| r * (len + 1) + e.map_or(0, |e| e + offset))
+                    .collect();
+                states.clone().select(0, row_indices(&idx, &self.device))
+            };
+            let values = match t.scorer.layout() {
+                // V([x, y^t]) = head(h_{t-1})[y_t]: the state before each row's last token.
+                ScorerLayout::VocabWide => {
+                    let last: Vec<usize> = ends
+                        .iter()
+                        .zip(block)
+                        .map(|(e, b)| e.map_or(0, |e| b[e] as usize))
+                        .collect();
+                    t.scorer
+                        .token_values(at(0), row_indices(&last, &self.device))
+                }
+                // V([x, y^t]) = head(h_t): the state after it.
+                ScorerLayout::Scalar => t.scorer.head_outputs(at(1)).reshape([rows]),
+            };
+            let values = read_f32(values.reshape([rows, 1]))?;
+            for ((last, v), e) in t.last.iter_mut().zip(values).zip(ends) {
+                if e.is_some() {
+                    *last = v;
+                }
+            }
+            t.hidden = Some(
+                states
+                    .reshape([rows, len + 1, d])
+                    .narrow(1, len, 1)
+                    .reshape([rows, d]),
+            );
+        }
+        Ok(())
+    }
+
     /// `Σ_i w_i V_i` of `row`'s current prefix.
     pub fn value(&self, row: usize) -> f32 {
         self.tracks.iter().map(|t| t.weight * t.last[row]).sum()
     }
+}
+
+/// Rows of `x` each repeated `n` times in place (`r0, r0, …, r1, r1, …`).
+fn repeat_rows(x: Tensor<2>, n: usize, device: &Device) -> Tensor<2> {
+    let rows = x.dims()[0];
+    let idx: Vec<usize> = (0..rows * n).map(|i| i / n).collect();
+    x.select(0, row_indices(&idx, device))
 }

@@ -385,6 +385,71 @@ fn scorer_mix_is_the_weighted_sum_and_weights_change_at_decode_time() {
 }
 
 #[test]
+fn a_block_read_at_its_end_equals_feeding_it_token_by_token() {
+    // Blockwise CD advances its scorers without their heads and reads each row's value once per
+    // block; feeding the same tokens one by one through the vocabulary-wide or scalar head
+    // gives the same values (up to the order of summation), whichever token of the block a row
+    // ended at, and a row that ended before the block keeps its value.
+    let m = model(2.0, 1);
+    let device = DeviceSpec::Cpu.device().unwrap();
+    for layout in [ScorerLayout::VocabWide, ScorerLayout::Scalar] {
+        let (a, b) = (scorer(&m, layout, 1), scorer(&m, layout, 2));
+        let mix = || ScorerMix::new(vec![(0.5, &a), (-2.0, &b)], VOCAB, device.clone()).unwrap();
+        // Prompts of different lengths (left padding), two rows each.
+        let ids = vec![vec![5u32, 6, 7], vec![9u32], vec![11u32, 12]];
+        let block: Vec<Vec<u32>> = (0..6u32)
+            .map(|r| vec![20 + r, 40 + 2 * r, 60 + 3 * r])
+            .collect();
+        let ends = [Some(2), Some(0), None, Some(1), Some(2), Some(0)];
+        let (mut by_block, mut by_token) = (mix(), mix());
+        by_block.prefill(&ids, 2, 0).unwrap();
+        by_token.prefill(&ids, 2, 0).unwrap();
+        let before: Vec<f32> = (0..6).map(|r| by_token.value(r)).collect();
+        let mut want = before.clone();
+        for j in 0..3 {
+            let step: Vec<u32> = block.iter().map(|row| row[j]).collect();
+            by_block.advance(&step).unwrap();
+            by_token.feed(&step).unwrap();
+            for (r, e) in ends.iter().enumerate() {
+                if *e == Some(j) {
+                    want[r] = by_token.value(r);
+                }
+            }
+        }
+        by_block.read_block(&block, &ends).unwrap();
+        for (r, &want) in want.iter().enumerate() {
+            let got = by_block.value(r);
+            // Values of order 10 (head scale 20 over hidden states of order 1), f32 sums.
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{layout:?} row {r}: block {got} vs token by token {want}"
+            );
+        }
+        assert_eq!(
+            by_block.value(2),
+            before[2],
+            "{layout:?}: a row without an end"
+        );
+        // The scorer's state after the block is the token-by-token one: the next block reads
+        // the same values again.
+        let next: Vec<u32> = (0..6).map(|r| 100 + r).collect();
+        by_block.advance(&next).unwrap();
+        by_token.feed(&next).unwrap();
+        let tails: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+        by_block.read_block(&tails, &[Some(0); 6]).unwrap();
+        for r in 0..6 {
+            let (got, want) = (by_block.value(r), by_token.value(r));
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{layout:?} row {r}, second block: {got} vs {want}"
+            );
+        }
+        // A block read that does not match what was advanced is an error, not a wrong value.
+        assert!(by_block.read_block(&block, &ends).is_err());
+    }
+}
+
+#[test]
 fn tokenwise_cd_with_a_scalar_scorer_matches_brute_force() {
     use infalign_decoding::Steer;
     let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,13 @@
 
 use std::sync::OnceLock;
 
+mod activation;
+mod allocator;
+mod attention;
+pub use activation::gelu_tanh;
+pub use allocator::keep_freed_memory;
+pub use attention::{View4, attention};
+
 /// Logical SIMD width in `f32` lanes. Code is written over `[f32; LANES]` arrays that the compiler
 /// maps onto one AVX-512 register or two AVX2 registers, so the arithmetic (and so the result) is
 /// the same on both.
@@ -61,7 +68,7 @@ pub struct Weight<'a> {
 
 /// A shape that does not fit the slices it describes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("skinny matmul: {what} has {got} values, the shapes need {want}")]
+#[error("kernel input: {what} is {got} where the shapes need {want}")]
 pub struct ShapeError {
     what: &'static str,
     got: usize,
@@ -94,10 +101,10 @@ pub fn matmul(
     bias: Option<&[f32]>,
     parts: usize,
 ) -> Result<Option<Vec<f32>>, ShapeError> {
-    check("x", x.len(), rows, w.inputs)?;
-    check("W", w.data.len(), w.inputs, w.outputs)?;
+    check("values of x", x.len(), rows, w.inputs)?;
+    check("values of W", w.data.len(), w.inputs, w.outputs)?;
     if let Some(b) = bias {
-        check("bias", b.len(), w.outputs, 1)?;
+        check("values of bias", b.len(), w.outputs, 1)?;
     }
     Ok(Isa::detect().map(|isa| matmul_on(isa, x, rows, w, bias, parts)))
 }
@@ -267,6 +274,58 @@ impl Isa {
             Self::Native => run_portable::<false>(job, y),
         }
     }
+
+    #[allow(unsafe_code)]
+    fn gelu(self, x: &mut [f32]) {
+        match self {
+            // SAFETY: as in `run`.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Self::Avx512 => unsafe { gelu_avx512(x) },
+            // SAFETY: as in `run`.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Self::Avx2 => unsafe { gelu_avx2(x) },
+            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+            Self::Native => activation::gelu_values(x),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn attend(self, job: &attention::AttentionJob<'_>, start: usize, end: usize, y: &mut [f32]) {
+        match self {
+            // SAFETY: as in `run`.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Self::Avx512 => unsafe { attend_avx512(job, start, end, y) },
+            // SAFETY: as in `run`.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Self::Avx2 => unsafe { attend_avx2(job, start, end, y) },
+            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+            Self::Native => attention::attend_rows(job, start, end, y),
+        }
+    }
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,fma")]
+fn gelu_avx512(x: &mut [f32]) {
+    activation::gelu_values(x)
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma")]
+fn gelu_avx2(x: &mut [f32]) {
+    activation::gelu_values(x)
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,fma")]
+fn attend_avx512(job: &attention::AttentionJob<'_>, start: usize, end: usize, y: &mut [f32]) {
+    attention::attend_rows(job, start, end, y)
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma")]
+fn attend_avx2(job: &attention::AttentionJob<'_>, start: usize, end: usize, y: &mut [f32]) {
+    attention::attend_rows(job, start, end, y)
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -789,10 +848,10 @@ mod tests {
         let e = matmul(&[0.0; 5], 2, weight, None, 1).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "skinny matmul: x has 5 values, the shapes need 6"
+            "kernel input: values of x is 5 where the shapes need 6"
         );
         let e = matmul(&[0.0; 3], 1, weight, Some(&[0.0; 3]), 1).unwrap_err();
-        assert!(e.to_string().contains("bias has 3 values"), "{e}");
+        assert!(e.to_string().contains("values of bias is 3"), "{e}");
         // Shapes whose products overflow describe no slice: an error, never a read.
         let huge = Weight {
             data: &[],

@@ -63,6 +63,9 @@ impl RmsNorm {
 /// small model's decoding time.
 pub(crate) fn gelu<const D: usize>(x: Tensor<D>, tanh_approximation: bool) -> Tensor<D> {
     if tanh_approximation {
+        if let Some(y) = gelu_tanh_kernel(&x) {
+            return y;
+        }
         const TWO_SQRT_2_OVER_PI: f64 =
             2.0 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
         let cube = x.clone() * x.clone() * x.clone();
@@ -71,6 +74,17 @@ pub(crate) fn gelu<const D: usize>(x: Tensor<D>, tanh_approximation: bool) -> Te
     } else {
         burn::tensor::activation::gelu(x)
     }
+}
+
+/// GPT-2's GELU by [`infalign_kernels::gelu_tanh`] (an `exp` that vectorizes) when `x` is an
+/// untracked f32 tensor on the CPU (flex); `None` otherwise.
+fn gelu_tanh_kernel<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    let shape = x.shape();
+    let flex = f32_on_flex(x.clone())?;
+    let mut values = flex.into_data().try_into_vec::<f32>().ok()?;
+    infalign_kernels::gelu_tanh(&mut values).then(|| {
+        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+    })
 }
 
 /// What every layer of one forward pass needs: the attention bias over all cached plus new
@@ -128,6 +142,11 @@ pub(crate) fn attend(
     let [_, h_kv, t, _] = k.dims();
     let rows = h / h_kv * l;
     let scale = 1.0 / (hd as f64).sqrt();
+    if l <= FUSED_ATTENTION_QUERIES
+        && let Some(out) = fused_attention(&q, &k, &v, &ctx.bias, scale as f32)
+    {
+        return out;
+    }
     let scores = q.reshape([b, h_kv, rows, hd]).matmul(k.swap_dims(2, 3)) * scale;
     let scores = scores.reshape([b, h, l, t]) + ctx.bias.clone();
     let probs = softmax(scores, 3).reshape([b, h_kv, rows, t]);
@@ -138,13 +157,61 @@ pub(crate) fn attend(
         .reshape([b, l, h * hd])
 }
 
+/// Attention for at most this many new positions (decoding steps, short blocks) on the CPU takes
+/// [`infalign_kernels::attention`]: one pass per query row over the cached keys and values,
+/// where the general path's batched products of one row per head cost more in bookkeeping than
+/// in arithmetic. Longer inputs (prefills) keep burn's batched products.
+const FUSED_ATTENTION_QUERIES: usize = 16;
+
+/// `softmax(q·kᵀ·scale + bias)·v` as `[B, L, H·hd]` by [`infalign_kernels::attention`] when all
+/// four tensors are untracked f32 on the CPU (flex) with non-negative strides; `None` otherwise.
+fn fused_attention(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    bias: &Tensor<4>,
+    scale: f32,
+) -> Option<Tensor<3>> {
+    let [b, h, l, hd] = q.dims();
+    let tensors = [q, k, v, bias].map(|t| f32_on_flex(t.clone()));
+    let [Some(q), Some(k), Some(v), Some(bias)] = tensors else {
+        return None;
+    };
+    fn view(t: &FlexTensor) -> Option<infalign_kernels::View4<'_>> {
+        let layout = t.layout();
+        let dims: [usize; 4] = layout.shape().as_slice().try_into().ok()?;
+        let strides: Vec<usize> = layout
+            .strides()
+            .iter()
+            .map(|&s| usize::try_from(s).ok())
+            .collect::<Option<_>>()?;
+        Some(infalign_kernels::View4 {
+            data: t.storage::<f32>(),
+            offset: layout.start_offset(),
+            dims,
+            strides: strides.try_into().ok()?,
+        })
+    }
+    let parts = if b > 1 {
+        infalign_core::job_threads()
+    } else {
+        1
+    };
+    let out =
+        infalign_kernels::attention(view(&q)?, view(&k)?, view(&v)?, view(&bias)?, scale, parts)
+            .ok()??;
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(
+        TensorData::new(out, [b, l, h * hd]),
+    )))
+}
+
 /// Products with at most this many rows are skinny (decoding steps): they stream a weight matrix
 /// for few rows, and on the CPU take [`infalign_kernels::matmul`] instead of burn-flex's gemm.
 const SKINNY_ROWS: usize = 64;
 
-/// Weights of at least this many values are worth splitting over idle cores (below, waking a
-/// helper thread costs more than it saves).
-const SPLIT_VALUES: usize = 1 << 18;
+/// Products of at least this many multiply-adds (rows × inputs × outputs) are worth splitting
+/// over idle cores (below, waking a helper thread costs more than it saves).
+const SPLIT_WORK: usize = 1 << 18;
 
 /// A linear layer, `x · W + b` over the last dimension of `x` (`[B, L, in]` to `[B, L, out]`),
 /// the same function as [`Linear::forward`]. A decoding step on the CPU (at most
@@ -199,7 +266,7 @@ fn skinny_matmul(x: Tensor<2>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Option<
         None => None,
     };
     let x = f32_on_flex(x)?.to_contiguous();
-    let parts = if k * n >= SPLIT_VALUES {
+    let parts = if rows * k * n >= SPLIT_WORK {
         infalign_core::job_threads()
     } else {
         1

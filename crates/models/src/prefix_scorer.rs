@@ -159,11 +159,39 @@ impl PrefixScorer {
         crate::layers::linear(&self.head, hidden)
     }
 
-    /// Head output after the last new position, `[B, vocab]` or `[B, 1]`.
+    /// Head output after the last new position, `[B, vocab]` or `[B, 1]`. Only the last
+    /// position goes through the head.
     pub fn forward_last(&self, batch: &TokenBatch, cache: &mut KvCache) -> Tensor<2> {
-        let out = self.forward(batch, cache);
-        let [b, l, v] = out.dims();
-        out.narrow(1, l - 1, 1).reshape([b, v])
+        self.head_outputs(self.last_hidden(batch, cache))
+    }
+
+    /// The backbone's hidden state after the last new position, `[B, d]`; appends to `cache`.
+    pub fn last_hidden(&self, batch: &TokenBatch, cache: &mut KvCache) -> Tensor<2> {
+        let hidden = self.backbone.forward_hidden(batch, cache);
+        let [b, l, d] = hidden.dims();
+        hidden.narrow(1, l - 1, 1).reshape([b, d])
+    }
+
+    /// The head applied to hidden states `[N, d]`: `[N, vocab]` or `[N, 1]`.
+    pub fn head_outputs(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let [n, d] = hidden.dims();
+        let out = crate::layers::linear(&self.head, hidden.reshape([1, n, d]));
+        let w = out.dims()[2];
+        out.reshape([n, w])
+    }
+
+    /// One entry of the vocabulary-wide head per row, `head(h_r)[z_r]` for hidden states
+    /// `[N, d]` and tokens `[N]`: `h_r · W[:, z_r] + b[z_r]`, without the rest of the
+    /// vocabulary (the value of each row's prefix extended by its token). Equals
+    /// `head(hidden)` gathered at `tokens`, up to the order of summation.
+    pub fn token_values(&self, hidden: Tensor<2>, tokens: Tensor<1, Int>) -> Tensor<1> {
+        let n = hidden.dims()[0];
+        let columns = self.head.weight.val().transpose().select(0, tokens.clone());
+        let dot = (hidden * columns).sum_dim(1).reshape([n]);
+        match &self.head.bias {
+            Some(b) => dot + b.val().select(0, tokens),
+            None => dot,
+        }
     }
 
     /// `V([x, y^t])` for every prefix ending at each new position from the second one on:

@@ -241,7 +241,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         a.new_tokens.min(64)
     );
     for (name, secs, ratio) in &strat {
-        println!("| {name} | {secs:.2} | {ratio:.2} |");
+        println!("| {name} | {secs:.3} | {ratio:.2} |");
     }
     let strat_json: Vec<_> = strat
         .iter()

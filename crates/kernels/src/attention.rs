@@ -1,0 +1,403 @@
+//! Scaled dot-product attention for few query positions (a decoding step, a short block):
+//! `softmax(q·kᵀ · scale + bias) · v`, computed row by row over the cached keys and values in
+//! place, in the strided layout they already have.
+//!
+//! A general path runs this as two batched matrix products of one row each per head, plus a
+//! bias add and a softmax, each allocating its output; with one query row the bookkeeping costs
+//! more than the arithmetic. Here each (batch row, head, query) is one pass over its keys, one
+//! softmax over a buffer of `T` scores and one pass over its values, and the output is written
+//! directly in the `[B, L, H·hd]` layout the next linear layer reads.
+//!
+//! Invariants (tested in `tests`):
+//! - Each output row is one fixed sequence of operations on its own query, keys, values and
+//!   bias: it never depends on the other rows of the batch, on the number of parts, or on the
+//!   instruction set (both paths compute `[f32; LANES]` arrays with fused multiply-adds).
+//! - Grouped-query attention: query head `h` reads key/value head `h / (H / H_kv)`.
+//! - Results agree with an `f64` reference within the rounding of `f32` sums.
+
+use crate::{Isa, LANES, ShapeError, fma, lane_sum, pool, split};
+
+/// A read-only strided view of a 4-D `f32` array: element `[i, j, k, l]` lies at
+/// `offset + i·strides[0] + j·strides[1] + k·strides[2] + l·strides[3]` in `data`.
+#[derive(Debug, Clone, Copy)]
+pub struct View4<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub dims: [usize; 4],
+    pub strides: [usize; 4],
+}
+
+impl View4<'_> {
+    /// Checks that `dims` equals `want` and that every element lies inside `data`.
+    fn check(
+        &self,
+        what: (&'static str, &'static str),
+        want: [usize; 4],
+    ) -> Result<(), ShapeError> {
+        for (&got, &want) in self.dims.iter().zip(&want) {
+            if got != want {
+                return Err(ShapeError {
+                    what: what.0,
+                    got,
+                    want,
+                });
+            }
+        }
+        if self.dims.contains(&0) {
+            return Ok(());
+        }
+        let last = self
+            .dims
+            .iter()
+            .zip(&self.strides)
+            .try_fold(self.offset, |acc, (&d, &s)| {
+                (d - 1).checked_mul(s).and_then(|x| x.checked_add(acc))
+            });
+        match last {
+            Some(last) if last < self.data.len() => Ok(()),
+            last => Err(ShapeError {
+                what: what.1,
+                got: self.data.len(),
+                want: last.map_or(usize::MAX, |l| l + 1),
+            }),
+        }
+    }
+
+    /// Position in `data` of element `[i, j, k, 0]`.
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize, k: usize) -> usize {
+        self.offset + i * self.strides[0] + j * self.strides[1] + k * self.strides[2]
+    }
+
+    /// The `n` values `[i, j, k, 0..n]`: borrowed when they are contiguous, else copied into
+    /// `buffer`.
+    #[inline(always)]
+    fn row<'b>(&'b self, i: usize, j: usize, k: usize, buffer: &'b mut [f32]) -> &'b [f32] {
+        let start = self.at(i, j, k);
+        let n = self.dims[3];
+        if self.strides[3] == 1 {
+            return &self.data[start..start + n];
+        }
+        for (l, b) in buffer[..n].iter_mut().enumerate() {
+            *b = self.data[start + l * self.strides[3]];
+        }
+        &buffer[..n]
+    }
+}
+
+/// `softmax(q·kᵀ · scale + bias) · v` for `q` `[B, H, L, hd]`, `k` and `v` `[B, H_kv, T, hd]`
+/// (`H` a multiple of `H_kv`) and an additive `bias` `[B, 1, L, T]` or `[B, H, L, T]`. Returns
+/// `[B, L, H·hd]`, row-major (the heads of each position side by side). Batch rows are split
+/// into `parts` ranges computed at once (see [`crate::matmul`]); `parts` changes the speed,
+/// never the result.
+///
+/// Returns `Ok(None)` when the CPU has no SIMD path here (see [`crate::matmul`]).
+pub fn attention(
+    q: View4<'_>,
+    k: View4<'_>,
+    v: View4<'_>,
+    bias: View4<'_>,
+    scale: f32,
+    parts: usize,
+) -> Result<Option<Vec<f32>>, ShapeError> {
+    let [b, h, l, hd] = q.dims;
+    let [_, h_kv, t, _] = k.dims;
+    q.check(("a dimension of q", "the length of q's data"), q.dims)?;
+    k.check(
+        ("a dimension of k", "the length of k's data"),
+        [b, h_kv, t, hd],
+    )?;
+    v.check(
+        ("a dimension of v", "the length of v's data"),
+        [b, h_kv, t, hd],
+    )?;
+    let bias_heads = if bias.dims[1] == 1 { 1 } else { h };
+    bias.check(
+        ("a dimension of bias", "the length of bias's data"),
+        [b, bias_heads, l, t],
+    )?;
+    if h_kv == 0 || h % h_kv != 0 {
+        return Err(ShapeError {
+            what: "the number of key/value heads (a divisor of the query heads)",
+            got: h_kv,
+            want: h,
+        });
+    }
+    let Some(isa) = Isa::detect() else {
+        return Ok(None);
+    };
+    let job = AttentionJob {
+        q,
+        k,
+        v,
+        bias,
+        scale,
+    };
+    let width = l * h * hd;
+    let ranges = split(b, parts.max(1), 1);
+    let run = |(start, end): (usize, usize)| {
+        let mut y = vec![0.0f32; (end - start) * width];
+        isa.attend(&job, start, end, &mut y);
+        y
+    };
+    if ranges.len() <= 1 {
+        return Ok(Some(ranges.first().map_or_else(Vec::new, |&r| run(r))));
+    }
+    let mut pieces: Vec<Vec<f32>> = vec![Vec::new(); ranges.len()];
+    match pool() {
+        Some(pool) => {
+            let (first, rest) = pieces.split_at_mut(1);
+            pool.in_place_scope(|s| {
+                for (piece, &range) in rest.iter_mut().zip(&ranges[1..]) {
+                    let run = &run;
+                    s.spawn(move |_| *piece = run(range));
+                }
+                first[0] = run(ranges[0]);
+            });
+        }
+        None => {
+            for (piece, &range) in pieces.iter_mut().zip(&ranges) {
+                *piece = run(range);
+            }
+        }
+    }
+    Ok(Some(pieces.concat()))
+}
+
+/// The operands of one [`attention`] call.
+pub(crate) struct AttentionJob<'a> {
+    q: View4<'a>,
+    k: View4<'a>,
+    v: View4<'a>,
+    bias: View4<'a>,
+    scale: f32,
+}
+
+/// Batch rows `start..end` of [`attention`] into `y` (`(end − start) × L × H·hd`); inlined into
+/// each `#[target_feature]` wrapper.
+#[inline(always)]
+pub(crate) fn attend_rows(job: &AttentionJob<'_>, start: usize, end: usize, y: &mut [f32]) {
+    let [_, h, l, hd] = job.q.dims;
+    let [_, h_kv, t, _] = job.k.dims;
+    let group = h / h_kv;
+    let mut q_buf = vec![0.0f32; hd];
+    let mut row_buf = vec![0.0f32; hd];
+    let mut scores = vec![0.0f32; t];
+    let mut acc = vec![0.0f32; hd];
+    for b in start..end {
+        for i in 0..l {
+            for head in 0..h {
+                let kv = head / group;
+                let q_at = job.q.at(b, head, i);
+                for (c, x) in q_buf.iter_mut().enumerate() {
+                    *x = job.q.data[q_at + c * job.q.strides[3]];
+                }
+                let bias_head = if job.bias.dims[1] == 1 { 0 } else { head };
+                let bias_at = job.bias.at(b, bias_head, i);
+                for (p, s) in scores.iter_mut().enumerate() {
+                    let key = job.k.row(b, kv, p, &mut row_buf);
+                    *s = dot(&q_buf, key) * job.scale
+                        + job.bias.data[bias_at + p * job.bias.strides[3]];
+                }
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                acc.iter_mut().for_each(|a| *a = 0.0);
+                for (p, &w) in scores.iter().enumerate() {
+                    let value = job.v.row(b, kv, p, &mut row_buf);
+                    axpy(w, value, &mut acc);
+                }
+                let out = ((b - start) * l + i) * h * hd + head * hd;
+                let inv = 1.0 / sum;
+                for (o, &a) in y[out..out + hd].iter_mut().zip(&acc) {
+                    *o = a * inv;
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a[i]·b[i]`: [`LANES`] partial sums with fused multiply-adds, added in a fixed order, then
+/// the tail.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        lanes = fma(
+            x.try_into().expect("a full chunk"),
+            y.try_into().expect("a full chunk"),
+            lanes,
+        );
+    }
+    let mut sum = lane_sum(&lanes);
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        sum = x.mul_add(*y, sum);
+    }
+    sum
+}
+
+/// `acc += w · x`, element by element, each a fused multiply-add.
+#[inline(always)]
+fn axpy(w: f32, x: &[f32], acc: &mut [f32]) {
+    for (a, &x) in acc.iter_mut().zip(x) {
+        *a = w.mul_add(x, *a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1].
+    fn filled(n: usize, phase: f64) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f64) * 0.731 + phase).sin() as f32)
+            .collect()
+    }
+
+    fn contiguous(data: &[f32], dims: [usize; 4]) -> View4<'_> {
+        View4 {
+            data,
+            offset: 0,
+            dims,
+            strides: [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1],
+        }
+    }
+
+    /// The same attention in `f64`, straight from the definition.
+    fn reference(
+        q: &View4<'_>,
+        k: &View4<'_>,
+        v: &View4<'_>,
+        bias: &View4<'_>,
+        scale: f64,
+    ) -> Vec<f64> {
+        let [b, h, l, hd] = q.dims;
+        let [_, h_kv, t, _] = k.dims;
+        let get = |x: &View4<'_>, i, j, r, c| f64::from(x.data[x.at(i, j, r) + c * x.strides[3]]);
+        let mut out = vec![0.0; b * l * h * hd];
+        for bi in 0..b {
+            for i in 0..l {
+                for head in 0..h {
+                    let kv = head / (h / h_kv);
+                    let bh = if bias.dims[1] == 1 { 0 } else { head };
+                    let s: Vec<f64> = (0..t)
+                        .map(|p| {
+                            (0..hd)
+                                .map(|c| get(q, bi, head, i, c) * get(k, bi, kv, p, c))
+                                .sum::<f64>()
+                                * scale
+                                + get(bias, bi, bh, i, p)
+                        })
+                        .collect();
+                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..hd {
+                        out[(bi * l + i) * h * hd + head * hd + c] =
+                            (0..t).map(|p| e[p] * get(v, bi, kv, p, c)).sum::<f64>() / z;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_definition_with_grouped_heads_strides_and_masking() {
+        // B = 3, H = 4 query heads over H_kv = 2, L = 2 queries, T = 21 keys, hd = 20 (a
+        // multiple of LANES plus a tail). Keys and values sit in a buffer with spare capacity
+        // (T of 32 positions filled), as in a KV cache.
+        let (b, h, h_kv, l, t, cap, hd) = (3, 4, 2, 2, 21, 32, 20);
+        let q = filled(b * h * l * hd, 0.1);
+        let kbuf = filled(b * h_kv * cap * hd, 1.7);
+        let vbuf = filled(b * h_kv * cap * hd, 2.9);
+        let cached = |data| View4 {
+            data,
+            offset: 0,
+            dims: [b, h_kv, t, hd],
+            strides: [h_kv * cap * hd, cap * hd, hd, 1],
+        };
+        // Query `q` stored as [B, L, H, hd] and viewed as [B, H, L, hd] (a swap of axes).
+        let qv = View4 {
+            data: &q,
+            offset: 0,
+            dims: [b, h, l, hd],
+            strides: [l * h * hd, hd, h * hd, 1],
+        };
+        // Row 1 masks its first 5 keys, as a left-padded prompt does.
+        let mut bias = vec![0.0f32; b * l * t];
+        for i in 0..l {
+            for p in 0..5 {
+                bias[(l + i) * t + p] = -1e9;
+            }
+        }
+        let bv = contiguous(&bias, [b, 1, l, t]);
+        let want = reference(&qv, &cached(&kbuf), &cached(&vbuf), &bv, 0.25);
+        for parts in [1, 2, 3] {
+            let Some(got) =
+                attention(qv, cached(&kbuf), cached(&vbuf), bv, 0.25, parts).expect("shapes")
+            else {
+                return; // no SIMD path on this CPU: nothing to test
+            };
+            // Values of order 1, sums of at most 21 terms: f32 rounding stays below 1e-5.
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (f64::from(*g) - w).abs() < 1e-5,
+                    "{parts} parts: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_batch() {
+        let (h, l, t, hd) = (2, 1, 9, 16);
+        let q = filled(4 * h * l * hd, 0.3);
+        let k = filled(4 * h * t * hd, 0.5);
+        let v = filled(4 * h * t * hd, 0.9);
+        let bias = vec![0.0f32; 4 * l * t];
+        let all = attention(
+            contiguous(&q, [4, h, l, hd]),
+            contiguous(&k, [4, h, t, hd]),
+            contiguous(&v, [4, h, t, hd]),
+            contiguous(&bias, [4, 1, l, t]),
+            0.5,
+            2,
+        )
+        .expect("shapes");
+        let Some(all) = all else { return };
+        let w = h * l * hd;
+        for r in 0..4 {
+            let one = |x: &[f32], n: usize| x[r * n..(r + 1) * n].to_vec();
+            let (q1, k1, v1) = (one(&q, w), one(&k, h * t * hd), one(&v, h * t * hd));
+            let b1 = vec![0.0f32; l * t];
+            let alone = attention(
+                contiguous(&q1, [1, h, l, hd]),
+                contiguous(&k1, [1, h, t, hd]),
+                contiguous(&v1, [1, h, t, hd]),
+                contiguous(&b1, [1, 1, l, t]),
+                0.5,
+                1,
+            )
+            .expect("shapes")
+            .expect("same CPU");
+            assert_eq!(alone, all[r * w..(r + 1) * w], "row {r}");
+        }
+    }
+
+    #[test]
+    fn a_view_past_its_data_is_an_error() {
+        let data = vec![0.0f32; 10];
+        let q = contiguous(&data, [1, 1, 1, 10]);
+        let short = contiguous(&data, [1, 1, 2, 10]);
+        let bias = vec![0.0f32; 2];
+        let b = contiguous(&bias, [1, 1, 1, 2]);
+        assert!(attention(q, short, short, b, 1.0, 1).is_err());
+    }
+}
