@@ -232,6 +232,36 @@ fn write_prompts(root: &Path, run: &Path, first: usize, count: usize, name: &str
     Ok(())
 }
 
+/// A step that runs again (its `creates` is missing) into an output directory an interrupted
+/// attempt left behind: a training command continues from the checkpoint there (`--resume`), or
+/// starts over (`--overwrite`) when there is none; `init` replaces the directory. The commands
+/// refuse such a directory without one of the two flags.
+fn with_rerun_flag(root: &Path, args: &[String]) -> Vec<String> {
+    let mut args = args.to_vec();
+    let command = args.first().map(String::as_str);
+    let trains = matches!(command, Some("align" | "train-scorer" | "train-rm"));
+    if !(trains || command == Some("init"))
+        || args.iter().any(|a| a == "--resume" || a == "--overwrite")
+    {
+        return args;
+    }
+    let Some(out) = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(|o| root.join(o))
+    else {
+        return args;
+    };
+    let holds_files = std::fs::read_dir(&out).is_ok_and(|mut e| e.next().is_some());
+    if trains && out.join("checkpoint").join("state.json").is_file() {
+        args.push("--resume".into());
+    } else if holds_files {
+        args.push("--overwrite".into());
+    }
+    args
+}
+
 /// The `infalign` binary: `INFALIGN_BIN`, or a fresh build (with the features the device
 /// needs) in the target directory.
 fn binary(root: &Path, device: Option<&str>, release: bool) -> Result<PathBuf> {
@@ -369,9 +399,10 @@ pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
         if let Some(d) = &device {
             cmd.args(["--device", d]);
         }
+        let args = with_rerun_flag(root, args);
         let t = Instant::now();
         let status = cmd
-            .args(args)
+            .args(&args)
             .current_dir(root)
             .status()
             .with_context(|| format!("running {}", bin.display()))?;

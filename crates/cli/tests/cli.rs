@@ -1102,3 +1102,89 @@ fn out_of_range_numbers_are_refused_naming_the_flag() {
     ]);
     assert!(e.contains("bad.jsonl:4:"), "{e}");
 }
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_run_directory_is_never_mixed_or_shared() {
+    // A training command refuses a directory that holds an earlier run unless told to resume
+    // it or start over; a directory another live command is writing to is refused; a lock left
+    // by a process that no longer runs is taken over; `init` does not write over a directory.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let align = |extra: &[&str]| {
+        let mut args = vec![
+            "align",
+            "--model",
+            m,
+            "--prompt",
+            "the cat",
+            "--reward",
+            "length(t_max=4)",
+            "--raw",
+            "--set",
+            "steps=2",
+            "--set",
+            "max_new_tokens=4",
+            "--set",
+            "prompts_per_step=1",
+            "--out",
+            o,
+        ];
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let first = align(&[]);
+    ok(&strs(&first));
+    let weights = out.join("final").join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let e = err(&strs(&first));
+    assert!(e.contains("already holds an earlier run's files"), "{e}");
+    assert!(e.contains("--resume") && e.contains("--overwrite"), "{e}");
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        before,
+        "refused: nothing changed"
+    );
+    let both = align(&["--resume", "--overwrite"]);
+    assert!(err(&strs(&both)).contains("cannot be used with"));
+    // A live holder of the lock (this test's own process) keeps others out.
+    let lock = out.join(".lock");
+    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let e = err(&strs(&align(&["--overwrite"])));
+    assert!(e.contains("is writing to") && e.contains(".lock"), "{e}");
+    // A stale lock (no such process) is taken over; --overwrite starts over.
+    std::fs::write(&lock, "4294967294\n").unwrap();
+    ok(&strs(&align(&["--overwrite"])));
+    assert!(!lock.exists(), "the lock is released at the end");
+    assert!(weights.is_file());
+    // --resume continues the finished run (nothing left to do) and keeps its model.
+    ok(&strs(&align(&["--resume"])));
+    // `init` refuses a directory that holds files, and --overwrite replaces it whole.
+    let init = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "init",
+            "--config",
+            dir.path().join("config.json").to_str().unwrap(),
+            "--tokenizer",
+            dir.path().join("tokenizer.json").to_str().unwrap(),
+            "--out",
+            m,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let e = err(&strs(&init(&[])));
+    assert!(e.contains("already holds files"), "{e}");
+    std::fs::write(model.join("stray.txt"), "x").unwrap();
+    ok(&strs(&init(&["--overwrite"])));
+    assert!(!model.join("stray.txt").exists() && model.join("config.json").is_file());
+}

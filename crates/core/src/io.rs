@@ -69,6 +69,84 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// The three names beside `dir` that [`write_dir_atomic`] uses: `.NAME.tmp` (being written),
+/// `.NAME.ready` (complete, waiting to take `dir`'s place) and `.NAME.old` (the replaced one).
+fn swap_names(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    (
+        parent.join(format!(".{name}.tmp")),
+        parent.join(format!(".{name}.ready")),
+        parent.join(format!(".{name}.old")),
+    )
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<(), CoreError> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CoreError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces the directory `dir` with one that `fill` writes, so that a crash at any instant
+/// leaves `dir` whole, old or new, or absent with the new one complete beside it, which
+/// [`recover_dir`] (and the next write) puts in place. `fill` writes into `.NAME.tmp`; when it
+/// returns, that directory is renamed `.NAME.ready` (complete), `dir` is renamed `.NAME.old`,
+/// `.NAME.ready` is renamed `dir`, and `.NAME.old` is removed. A `dir` that is a symbolic link
+/// or not a directory is refused before anything is written.
+pub fn write_dir_atomic<E: From<CoreError>>(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    if let Ok(meta) = fs::symlink_metadata(dir)
+        && !meta.file_type().is_dir()
+    {
+        return Err(CoreError::NotAFile {
+            path: dir.to_path_buf(),
+            what: if meta.file_type().is_symlink() {
+                "a symbolic link (give its target instead)"
+            } else {
+                "not a directory"
+            },
+        }
+        .into());
+    }
+    recover_dir(dir)?;
+    let (tmp, ready, _) = swap_names(dir);
+    remove_dir_if_present(&tmp)?;
+    fs::create_dir_all(&tmp).map_err(|e| CoreError::io(&tmp, e))?;
+    fill(&tmp)?;
+    fs::rename(&tmp, &ready).map_err(|e| CoreError::io(&ready, e))?;
+    recover_dir(dir)?;
+    Ok(())
+}
+
+/// Completes a [`write_dir_atomic`] that a crash interrupted: a complete `.NAME.ready` takes
+/// `dir`'s place (the old `dir`, if still there, is removed), and leftovers (`.NAME.old`, a
+/// partial `.NAME.tmp`) are removed. Does nothing when there is nothing to complete.
+pub fn recover_dir(dir: &Path) -> Result<(), CoreError> {
+    let (tmp, ready, old) = swap_names(dir);
+    if ready.is_dir() {
+        if dir.exists() {
+            remove_dir_if_present(&old)?;
+            fs::rename(dir, &old).map_err(|e| CoreError::io(dir, e))?;
+        }
+        fs::rename(&ready, dir).map_err(|e| CoreError::io(dir, e))?;
+    } else if !dir.exists() && old.is_dir() {
+        // Not a state the swap leaves (it moves `dir` aside only with a complete replacement
+        // ready), but if something else did: the old directory is all there is.
+        fs::rename(&old, dir).map_err(|e| CoreError::io(dir, e))?;
+    }
+    remove_dir_if_present(&old)?;
+    remove_dir_if_present(&tmp)
+}
+
 /// Serializes `value` as pretty JSON and writes it atomically.
 pub fn write_json_atomic<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<(), CoreError> {
     let path = path.as_ref();
@@ -154,6 +232,85 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn a_directory_is_replaced_whole_and_every_crash_state_recovers() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("final");
+        let files = |d: &Path| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, fs::read_to_string(e.path()).unwrap())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let write = |d: &Path, names: &[(&str, &str)]| {
+            for (n, c) in names {
+                fs::write(d.join(n), c).unwrap();
+            }
+        };
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        write_dir_atomic::<CoreError>(&dir, |d| {
+            write(d, &[("a", "1"), ("config", "old")]);
+            Ok(())
+        })
+        .unwrap();
+        // A new version replaces the whole directory: no file of the old one survives.
+        write_dir_atomic::<CoreError>(&dir, |d| {
+            write(d, &[("b", "2")]);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(files(&dir), vec![pair("b", "2")]);
+        let (tmp, ready, old) = swap_names(&dir);
+        assert!(!tmp.exists() && !ready.exists() && !old.exists());
+        // A failing fill leaves the directory as it was.
+        let e = write_dir_atomic::<CoreError>(&dir, |d| {
+            write(d, &[("c", "3")]);
+            Err(CoreError::Worker("stop".into()))
+        });
+        assert!(e.is_err());
+        assert_eq!(files(&dir), vec![pair("b", "2")]);
+        // Crashed while writing: a partial .tmp; the directory is the old one.
+        fs::create_dir_all(&tmp).unwrap();
+        write(&tmp, &[("half", "")]);
+        recover_dir(&dir).unwrap();
+        assert_eq!(files(&dir), vec![pair("b", "2")]);
+        assert!(!tmp.exists());
+        // Crashed with the new one complete, before or between the two renames.
+        for moved_aside in [false, true] {
+            fs::create_dir_all(&ready).unwrap();
+            write(&ready, &[("n", "new")]);
+            if moved_aside {
+                fs::rename(&dir, &old).unwrap();
+            }
+            recover_dir(&dir).unwrap();
+            assert_eq!(
+                files(&dir),
+                vec![pair("n", "new")],
+                "moved aside: {moved_aside}"
+            );
+            assert!(!ready.exists() && !old.exists());
+            fs::remove_file(dir.join("n")).unwrap();
+            write(&dir, &[("b", "2")]);
+        }
+        // A link is refused, and nothing is written through it.
+        #[cfg(unix)]
+        {
+            let target = root.path().join("elsewhere");
+            fs::create_dir_all(&target).unwrap();
+            let link = root.path().join("link");
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            let e = write_dir_atomic::<CoreError>(&link, |_| Ok(())).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+            assert!(fs::read_dir(&target).unwrap().next().is_none());
+        }
+    }
+
     #[test]
     fn outputs_replace_only_regular_files() {
         let dir = tempfile::tempdir().unwrap();

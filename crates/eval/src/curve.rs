@@ -323,6 +323,31 @@ pub fn identity_reference(procedure: Procedure, max_kl: f64) -> Series {
     Series::reference("identity Φ, calibrated (theory)", pts)
 }
 
+/// The standard win rate of the best policy at KL `kl` on a calibrated reward with no ties (the
+/// analytic tool's identity transform at the λ of that KL): no policy at that KL from the base
+/// beats the base more often.
+pub fn optimal_standard_win_rate(kl: f64) -> Result<f64, EvalError> {
+    let phi = infalign_rewards::transforms::Identity;
+    let lambda = crate::analytic::lambda_for_kl(&phi, kl)?;
+    Ok(evaluate(&phi, lambda, Procedure::Standard).standard_win_rate)
+}
+
+/// The share of that best gain a policy reaches, `(WR − ½) / (WR* − ½)` with WR* from
+/// [`optimal_standard_win_rate`] at the policy's KL, applied to the estimate and to both ends of
+/// its interval. `None` at (nearly) zero KL, where the best gain itself is zero.
+pub fn optimum_gain_share(win_rate: Interval, kl: f64) -> Result<Option<Interval>, EvalError> {
+    let best = optimal_standard_win_rate(kl)? - 0.5;
+    if best < 1e-6 {
+        return Ok(None);
+    }
+    let share = |w: f64| (w - 0.5) / best;
+    Ok(Some(Interval {
+        mean: share(win_rate.mean),
+        low: share(win_rate.low),
+        high: share(win_rate.high),
+    }))
+}
+
 /// Human name of a procedure.
 pub fn procedure_name(procedure: Procedure) -> String {
     match procedure {
@@ -447,6 +472,32 @@ mod tests {
         let exact = 1.0 / (1.0 - (-2f64).exp()) - 0.5;
         assert!((s.points[8].1 - exact).abs() < 1e-4, "{:?}", s.points[8]);
         assert!(s.points[0].0.abs() < 1e-12 && (s.points[0].1 - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_optimum_gain_share_is_one_on_the_optimum_and_zero_at_one_half() {
+        // On the identity transform's own curve: WR(λ) = 1/(1 − e^{−λ}) − 1/λ and
+        // KL(λ) = ln(λ / (e^λ − 1)) + λ·WR(λ), at λ = 2.
+        let lambda = 2.0f64;
+        let wr = 1.0 / (1.0 - (-lambda).exp()) - 1.0 / lambda;
+        let kl = (lambda / (lambda.exp() - 1.0)).ln() + lambda * wr;
+        assert!((optimal_standard_win_rate(kl).unwrap() - wr).abs() < 1e-6);
+        let at = |w: f64| Interval {
+            mean: w,
+            low: w - 0.01,
+            high: w + 0.01,
+        };
+        let s = optimum_gain_share(at(wr), kl).unwrap().unwrap();
+        assert!((s.mean - 1.0).abs() < 1e-4, "{s:?}");
+        assert!(s.low < 1.0 && s.high > 1.0);
+        let half = optimum_gain_share(at(0.5), kl).unwrap().unwrap();
+        assert!(half.mean.abs() < 1e-12);
+        // Halfway between one half and the optimum is a share of one half.
+        let mid = optimum_gain_share(at(0.25 + wr / 2.0), kl)
+            .unwrap()
+            .unwrap();
+        assert!((mid.mean - 0.5).abs() < 1e-4, "{mid:?}");
+        assert!(optimum_gain_share(at(0.6), 0.0).unwrap().is_none());
     }
 
     #[test]

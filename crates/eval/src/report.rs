@@ -247,9 +247,10 @@ pub fn add_curves_named(
             .iter()
             .map(|p| format!("{} win rate", procedure_name(*p))),
     );
+    header.push("share of optimum gain".into());
     let rows: Vec<Vec<String>> = points
         .iter()
-        .map(|p| {
+        .map(|p| -> Result<Vec<String>, EvalError> {
             let mut row = vec![
                 p.method.clone(),
                 match (&p.param, p.value) {
@@ -281,9 +282,10 @@ pub fn add_curves_named(
                     .map(fmt_interval)
                     .unwrap_or_else(|| "-".into())
             }));
-            row
+            row.push(gain_share_cell(p)?);
+            Ok(row)
         })
-        .collect();
+        .collect::<Result<_, EvalError>>()?;
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     report.heading("Results").table(&header_refs, rows);
     let strict = points.iter().filter(|p| p.ties == Ties::Strict).count();
@@ -300,7 +302,11 @@ pub fn add_curves_named(
     report.paragraph(format!(
         "{ties}; intervals are 95% bootstrap intervals over prompts. KL marked `bound` is an \
          upper bound (best-of-N: ln N − (N−1)/N; blockwise CD: that per block), so those points \
-         sit at most that far right. Grey curves are theory: best-of-N against one base sample, \
+         sit at most that far right. The share of optimum gain is (WR − ½) / (WR* − ½) for the \
+         standard win rate, WR* that of the best policy at the same KL on a reward without ties \
+         (the analytic tool); at a KL bound it is a lower bound (≥), it ignores the KL \
+         estimate's own error, and with many ties (a length at its cap) WR* is out of reach, so \
+         the share understates. Grey curves are theory: best-of-N against one base sample, \
          and the analytic tool's prediction for the identity transform of a calibrated reward."
     ));
     report.heading("Curves");
@@ -314,6 +320,21 @@ pub fn add_curves_named(
         report.figure(plot, format!("{prefix}reward"));
     }
     Ok(())
+}
+
+/// The "share of optimum gain" cell of a point (see [`crate::curve::optimum_gain_share`]): `-`
+/// for the base model and points at zero KL.
+fn gain_share_cell(p: &CurvePoint) -> Result<String, EvalError> {
+    if p.kl.kind == KlKind::Zero {
+        return Ok("-".into());
+    }
+    Ok(
+        match crate::curve::optimum_gain_share(p.win_rate, p.kl.value.max(0.0))? {
+            Some(share) if p.kl.kind == KlKind::Bound => format!("≥ {}", fmt_interval(share)),
+            Some(share) => fmt_interval(share),
+            None => "-".into(),
+        },
+    )
 }
 
 /// The point a comparison names: `METHOD`, or `METHOD@VALUE` when the method has several

@@ -381,7 +381,10 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
         }
     }
     bar.finish_with_message(format!("valid loss {valid_loss:.3}"));
-    save_model_dir(paths.final_dir(), &model.valid(), &tokenizer)?;
+    let trained = model.valid();
+    infalign_core::io::write_dir_atomic(&paths.final_dir(), |dir| {
+        save_model_dir(dir, &trained, &tokenizer)
+    })?;
     let summary = PretrainSummary {
         steps: step,
         valid_loss,

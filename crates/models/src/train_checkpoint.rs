@@ -82,41 +82,26 @@ fn io(p: &Path, e: std::io::Error) -> ModelError {
     ModelError::Core(infalign_core::CoreError::io(p, e))
 }
 
-/// Writes a checkpoint atomically: `fill` writes the trainer's files into a fresh temporary
-/// directory, `state.json` is added, and the directory replaces `dir`.
+/// Writes a checkpoint atomically ([`infalign_core::io::write_dir_atomic`]): `fill` writes the
+/// trainer's files into a fresh temporary directory, `state.json` is added, and the directory
+/// replaces `dir`. A crash at any instant leaves the previous checkpoint or the new one, whole
+/// ([`require_checkpoint`] completes an interrupted swap).
 pub fn write_checkpoint(
     dir: &Path,
     state: &impl Serialize,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tmp"));
-    let old = parent.join(format!(".{name}.old"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    fill(&tmp)?;
-    infalign_core::io::write_json_atomic(tmp.join(STATE_FILE), state)?;
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
-        }
-        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
-    }
-    Ok(())
+    infalign_core::io::write_dir_atomic(dir, |tmp| {
+        fill(tmp)?;
+        infalign_core::io::write_json_atomic(tmp.join(STATE_FILE), state)?;
+        Ok(())
+    })
 }
 
-/// Fails with a message naming `dir` when there is no checkpoint to resume from.
+/// Fails with a message naming `dir` when there is no checkpoint to resume from, after
+/// completing a checkpoint swap that a crash interrupted.
 pub fn require_checkpoint(dir: &Path) -> Result<()> {
+    infalign_core::io::recover_dir(dir)?;
     if dir.join(STATE_FILE).is_file() {
         return Ok(());
     }

@@ -52,6 +52,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
+    let _claim = a.run.claim()?;
     let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     // Flags override the config (and its `--set` keys) only when given.
     if let Some(algo) = &a.algo {
@@ -122,7 +123,10 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         return Ok(());
     }
     bar.finish();
-    save_model_dir(a.run.out.join("final"), &trained, &lm.tokenizer)?;
+    // Whole or absent, even over the final model of an earlier run in this directory.
+    infalign_core::io::write_dir_atomic(&a.run.out.join("final"), |dir| {
+        save_model_dir(dir, &trained, &lm.tokenizer)
+    })?;
     infalign_core::io::write_json_atomic(a.run.out.join("align_config.json"), &cfg)?;
     eprintln!(
         "wrote the aligned model to {}",

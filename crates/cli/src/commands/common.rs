@@ -133,8 +133,134 @@ pub struct TrainRunArgs {
     pub out: PathBuf,
     /// Continue from `OUT/checkpoint` (written every `save_every` steps and at the end); ends
     /// with the weights an uninterrupted run would have.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start over in an `OUT` that already holds files (an earlier run's checkpoint is removed
+    /// first, so that a later `--resume` cannot pick it up; its other outputs are replaced as
+    /// the new run writes them). Without it, or `--resume`, such an `OUT` is refused.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl TrainRunArgs {
+    /// Claims `--out` for this run ([`claim_run_dir`]).
+    pub fn claim(&self) -> Result<RunDirLock> {
+        claim_run_dir(&self.out, self.resume, self.overwrite)
+    }
+}
+
+/// The lock file inside a run directory while a command writes to it.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A claimed run directory: its [`LOCK_FILE`] names this process until the claim is dropped.
+#[derive(Debug)]
+pub struct RunDirLock {
+    path: PathBuf,
+}
+
+impl Drop for RunDirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the process that wrote a lock file may still be running: on Linux, whether
+/// `/proc/PID` exists; elsewhere it cannot be told, and the lock is taken as held.
+fn lock_holder_alive(pid: u32) -> bool {
+    if Path::new("/proc/self").exists() {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// Claims `out` for a training run before anything is read or written there:
+/// - a second command writing to the same directory is refused (the [`LOCK_FILE`] names the
+///   first one's process; a lock left by a process that no longer runs is taken over);
+/// - without `resume` or `overwrite`, a directory that already holds files is refused, so an
+///   earlier run is never mixed with a new one; with `overwrite`, its checkpoint is removed
+///   first.
+pub fn claim_run_dir(out: &Path, resume: bool, overwrite: bool) -> Result<RunDirLock> {
+    if resume && overwrite {
+        bail!(
+            "--resume continues the run in {} and --overwrite starts over: choose one",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("cannot create the run directory {}: {e}", out.display()))?;
+    let path = out.join(LOCK_FILE);
+    let mut taken_over = false;
+    let lock = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                writeln!(f, "{}", std::process::id())
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                break RunDirLock { path };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !taken_over => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                match holder.trim().parse::<u32>() {
+                    Ok(pid) if lock_holder_alive(pid) => bail!(
+                        "another command (process {pid}) is writing to {}: wait for it to \
+                         finish, or, if no such process runs, remove {}",
+                        out.display(),
+                        path.display()
+                    ),
+                    _ => {
+                        tracing::warn!(lock = %path.display(), "taking over a stale lock");
+                        std::fs::remove_file(&path).map_err(|e| {
+                            anyhow::anyhow!("removing the stale lock {}: {e}", path.display())
+                        })?;
+                        taken_over = true;
+                    }
+                }
+            }
+            Err(e) => bail!("cannot lock the run directory ({}): {e}", path.display()),
+        }
+    };
+    if !resume {
+        let mut held: Vec<String> = std::fs::read_dir(out)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", out.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_FILE)
+            .collect();
+        held.sort();
+        if !held.is_empty() && !overwrite {
+            let shown: Vec<&str> = held.iter().take(4).map(String::as_str).collect();
+            bail!(
+                "{} already holds an earlier run's files ({}{}): pass --resume to continue it or \
+                 --overwrite to start over",
+                out.display(),
+                shown.join(", "),
+                if held.len() > 4 { ", ..." } else { "" }
+            );
+        }
+        if overwrite {
+            let checkpoint = out.join(infalign_models::train_checkpoint::CHECKPOINT_DIR);
+            for dir in [checkpoint.clone()]
+                .into_iter()
+                .chain(["tmp", "ready", "old"].map(|s| {
+                    out.join(format!(
+                        ".{}.{s}",
+                        infalign_models::train_checkpoint::CHECKPOINT_DIR
+                    ))
+                }))
+            {
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+                }
+            }
+        }
+    }
+    Ok(lock)
 }
 
 /// Refuses an output path that names one of the command's input files (the same file, by any

@@ -16,9 +16,12 @@ pub struct Args {
     /// tokenizer.json to pair with the model.
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Output directory.
+    /// Output directory (refused if it already holds files, unless `--overwrite`).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` entirely if it already holds files.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Initialisation seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -28,12 +31,19 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
+    if !a.overwrite && std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some()) {
+        anyhow::bail!(
+            "{} already holds files: pass --overwrite to replace it with the new model",
+            a.out.display()
+        );
+    }
     let config = ModelConfig::load(&a.config)?;
     let tokenizer = Tokenizer::from_file(&a.tokenizer)?;
     check_vocab(&tokenizer, &config)?;
     let mut src = RandomInit::with_scale(Seed(a.seed).stream("init"), a.init_scale);
     let model = CausalLm::init(&config, &mut src, device)?;
-    save_model_dir(&a.out, &model, &tokenizer)?;
+    // Whole or absent: the directory is written beside `--out` and renamed into place.
+    infalign_core::io::write_dir_atomic(&a.out, |dir| save_model_dir(dir, &model, &tokenizer))?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }

@@ -17,12 +17,17 @@ pub struct Args {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Continue from `out_dir/checkpoint`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start over in an `out_dir` that already holds files (its checkpoint is removed first);
+    /// without it, or `--resume`, such a directory is refused.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let cfg: PretrainConfig = infalign_core::config::load_config(a.config.as_deref(), &a.set)?;
+    let _claim = super::common::claim_run_dir(&cfg.out_dir, a.resume, a.overwrite)?;
     let summary = pretrain(&cfg, device, a.resume)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

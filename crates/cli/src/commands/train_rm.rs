@@ -64,6 +64,7 @@ fn held_count(n: usize, fraction: f64) -> usize {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
+    let _claim = a.run.claim()?;
     let cfg: RmTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     let lm = crate::load_model(a.model, device)?;
     let join = |prompt: &str, completion: &str| -> Result<Vec<u32>> {

@@ -49,6 +49,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
+    let _claim = a.run.claim()?;
     let mut cfg: ScorerTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     cfg.method = match a.method.as_str() {
         "fudge" => ScorerMethod::Fudge,
