@@ -172,6 +172,11 @@ pub struct CurvePoint {
     /// Outcomes per prompt, for paired comparisons with other points on the same prompts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_prompt: Option<PerPrompt>,
+    /// Which training run of this method and setting the point measures, when a preset trains
+    /// several with different seeds (`eval --replicate`); the report compares replicates
+    /// pairwise and then their mean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate: Option<u64>,
 }
 
 /// What [`CurvePoint::measure`] compares.
@@ -267,6 +272,7 @@ impl CurvePoint {
                 mean_reward: per_prompt_rewards,
                 win_rates: outcomes,
             }),
+            replicate: None,
         })
     }
 
@@ -332,20 +338,16 @@ pub fn optimal_standard_win_rate(kl: f64) -> Result<f64, EvalError> {
     Ok(evaluate(&phi, lambda, Procedure::Standard).standard_win_rate)
 }
 
-/// The share of that best gain a policy reaches, `(WR − ½) / (WR* − ½)` with WR* from
-/// [`optimal_standard_win_rate`] at the policy's KL, applied to the estimate and to both ends of
-/// its interval. `None` at (nearly) zero KL, where the best gain itself is zero.
-pub fn optimum_gain_share(win_rate: Interval, kl: f64) -> Result<Option<Interval>, EvalError> {
-    let best = optimal_standard_win_rate(kl)? - 0.5;
-    if best < 1e-6 {
+/// The gain fraction of a policy at KL `kl` ([`crate::paired::gain_fraction`] with the optimum
+/// of [`optimal_standard_win_rate`] at that KL): `(WR − ½) / (WR* − ½)`, the share of the
+/// largest standard-win-rate gain any policy at that KL could reach. `None` at (nearly) zero
+/// KL, where that gain itself is zero.
+pub fn gain_fraction_at_kl(win_rate: Interval, kl: f64) -> Result<Option<Interval>, EvalError> {
+    let best = optimal_standard_win_rate(kl)?;
+    if best - 0.5 < 1e-6 {
         return Ok(None);
     }
-    let share = |w: f64| (w - 0.5) / best;
-    Ok(Some(Interval {
-        mean: share(win_rate.mean),
-        low: share(win_rate.low),
-        high: share(win_rate.high),
-    }))
+    crate::paired::gain_fraction(win_rate, best).map(Some)
 }
 
 /// Human name of a procedure.
@@ -361,9 +363,15 @@ pub fn procedure_name(procedure: Procedure) -> String {
 pub fn group_by_method(points: &[CurvePoint]) -> Vec<(String, Vec<&CurvePoint>)> {
     let mut groups: Vec<(String, Vec<&CurvePoint>)> = Vec::new();
     for p in points {
-        match groups.iter_mut().find(|(m, _)| *m == p.method) {
+        // Each training replicate is its own curve: joining seeds would draw a path no policy
+        // took.
+        let key = match p.replicate {
+            Some(r) => format!("{}, replicate {r}", p.method),
+            None => p.method.clone(),
+        };
+        match groups.iter_mut().find(|(m, _)| *m == key) {
             Some((_, v)) => v.push(p),
-            None => groups.push((p.method.clone(), vec![p])),
+            None => groups.push((key, vec![p])),
         }
     }
     for (_, v) in &mut groups {
@@ -475,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn the_optimum_gain_share_is_one_on_the_optimum_and_zero_at_one_half() {
+    fn the_gain_fraction_at_kl_is_one_on_the_optimum_and_zero_at_one_half() {
         // On the identity transform's own curve: WR(λ) = 1/(1 − e^{−λ}) − 1/λ and
         // KL(λ) = ln(λ / (e^λ − 1)) + λ·WR(λ), at λ = 2.
         let lambda = 2.0f64;
@@ -487,17 +495,17 @@ mod tests {
             low: w - 0.01,
             high: w + 0.01,
         };
-        let s = optimum_gain_share(at(wr), kl).unwrap().unwrap();
+        let s = gain_fraction_at_kl(at(wr), kl).unwrap().unwrap();
         assert!((s.mean - 1.0).abs() < 1e-4, "{s:?}");
         assert!(s.low < 1.0 && s.high > 1.0);
-        let half = optimum_gain_share(at(0.5), kl).unwrap().unwrap();
+        let half = gain_fraction_at_kl(at(0.5), kl).unwrap().unwrap();
         assert!(half.mean.abs() < 1e-12);
         // Halfway between one half and the optimum is a share of one half.
-        let mid = optimum_gain_share(at(0.25 + wr / 2.0), kl)
+        let mid = gain_fraction_at_kl(at(0.25 + wr / 2.0), kl)
             .unwrap()
             .unwrap();
         assert!((mid.mean - 0.5).abs() < 1e-4, "{mid:?}");
-        assert!(optimum_gain_share(at(0.6), 0.0).unwrap().is_none());
+        assert!(gain_fraction_at_kl(at(0.6), 0.0).unwrap().is_none());
     }
 
     #[test]

@@ -247,14 +247,16 @@ pub fn add_curves_named(
             .iter()
             .map(|p| format!("{} win rate", procedure_name(*p))),
     );
-    header.push("share of optimum gain".into());
+    header.push("gain fraction".into());
     let rows: Vec<Vec<String>> = points
         .iter()
         .map(|p| -> Result<Vec<String>, EvalError> {
             let mut row = vec![
                 p.method.clone(),
-                match (&p.param, p.value) {
-                    (Some(k), Some(v)) => format!("{k} = {v}"),
+                match (&p.param, p.value, p.replicate) {
+                    (Some(k), Some(v), Some(r)) => format!("{k} = {v}, replicate {r}"),
+                    (Some(k), Some(v), None) => format!("{k} = {v}"),
+                    (_, _, Some(r)) => format!("replicate {r}"),
                     _ => "-".into(),
                 },
                 fmt_kl(&p.kl),
@@ -302,11 +304,11 @@ pub fn add_curves_named(
     report.paragraph(format!(
         "{ties}; intervals are 95% bootstrap intervals over prompts. KL marked `bound` is an \
          upper bound (best-of-N: ln N − (N−1)/N; blockwise CD: that per block), so those points \
-         sit at most that far right. The share of optimum gain is (WR − ½) / (WR* − ½) for the \
-         standard win rate, WR* that of the best policy at the same KL on a reward without ties \
-         (the analytic tool); at a KL bound it is a lower bound (≥), it ignores the KL \
-         estimate's own error, and with many ties (a length at its cap) WR* is out of reach, so \
-         the share understates. Grey curves are theory: best-of-N against one base sample, \
+         sit at most that far right. The gain fraction is (WR − ½) / (WR* − ½) for the standard \
+         win rate, WR* that of the best policy at the same KL on a reward without ties (the \
+         analytic tool): the share of the largest gain any policy at that KL could reach. At a KL \
+         bound it is a lower bound (≥); it ignores the KL estimate's own error; with many ties (a \
+         length at its cap) WR* is out of reach, so it understates. Grey curves are theory: best-of-N against one base sample, \
          and the analytic tool's prediction for the identity transform of a calibrated reward."
     ));
     report.heading("Curves");
@@ -322,14 +324,14 @@ pub fn add_curves_named(
     Ok(())
 }
 
-/// The "share of optimum gain" cell of a point (see [`crate::curve::optimum_gain_share`]): `-`
-/// for the base model and points at zero KL.
+/// The "gain fraction" cell of a point ([`crate::curve::gain_fraction_at_kl`]): `-` for the
+/// base model and points at zero KL.
 fn gain_share_cell(p: &CurvePoint) -> Result<String, EvalError> {
     if p.kl.kind == KlKind::Zero {
         return Ok("-".into());
     }
     Ok(
-        match crate::curve::optimum_gain_share(p.win_rate, p.kl.value.max(0.0))? {
+        match crate::curve::gain_fraction_at_kl(p.win_rate, p.kl.value.max(0.0))? {
             Some(share) if p.kl.kind == KlKind::Bound => format!("≥ {}", fmt_interval(share)),
             Some(share) => fmt_interval(share),
             None => "-".into(),
@@ -337,12 +339,9 @@ fn gain_share_cell(p: &CurvePoint) -> Result<String, EvalError> {
     )
 }
 
-/// The point a comparison names: `METHOD`, or `METHOD@VALUE` when the method has several
-/// points (its swept parameter's value).
-pub fn find_point<'a>(
-    points: &'a [CurvePoint],
-    selector: &str,
-) -> Result<&'a CurvePoint, EvalError> {
+/// The points a selector names: `METHOD`, or `METHOD@VALUE` when the method has several points
+/// (its swept parameter's value). An error when it names none.
+fn select<'a>(points: &'a [CurvePoint], selector: &str) -> Result<Vec<&'a CurvePoint>, EvalError> {
     let (method, value) = match selector.rsplit_once('@') {
         Some((m, v)) => {
             let v: f64 = v.trim().parse().map_err(|_| EvalError::Invalid {
@@ -357,41 +356,181 @@ pub fn find_point<'a>(
         .iter()
         .filter(|p| p.method == method && value.is_none_or(|v| p.value == Some(v)))
         .collect();
-    match found.as_slice() {
-        [one] => Ok(one),
-        [] => {
-            let mut methods: Vec<&str> = points.iter().map(|p| p.method.as_str()).collect();
-            methods.dedup();
-            Err(EvalError::Invalid {
-                field: "compare",
-                message: format!(
-                    "`{selector}` names no point; methods: {}",
-                    methods.join(", ")
-                ),
-            })
-        }
-        many => Err(EvalError::Invalid {
+    if found.is_empty() {
+        let mut methods: Vec<&str> = points.iter().map(|p| p.method.as_str()).collect();
+        methods.dedup();
+        return Err(EvalError::Invalid {
             field: "compare",
             message: format!(
-                "`{selector}` names {} points; add @VALUE (one of {})",
-                many.len(),
-                many.iter()
-                    .filter_map(|p| p.value.map(|v| v.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "`{selector}` names no point; methods: {}",
+                methods.join(", ")
             ),
-        }),
+        });
+    }
+    Ok(found)
+}
+
+fn ambiguous(selector: &str, many: &[&CurvePoint]) -> EvalError {
+    EvalError::Invalid {
+        field: "compare",
+        message: format!(
+            "`{selector}` names {} points; add @VALUE (one of {})",
+            many.len(),
+            many.iter()
+                .filter_map(|p| p.value.map(|v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
-/// The paired differences `A − B` of two points evaluated on the same prompts: mean reward and
-/// the win rate under every procedure both measured, each with a bootstrap interval over
-/// prompts that resamples the same prompts for both ([`crate::paired`]).
-pub fn paired_rows(
+/// The point a comparison names (`METHOD` or `METHOD@VALUE`); an error when it names none or
+/// several.
+pub fn find_point<'a>(
+    points: &'a [CurvePoint],
+    selector: &str,
+) -> Result<&'a CurvePoint, EvalError> {
+    match select(points, selector)?.as_slice() {
+        [one] => Ok(one),
+        many => Err(ambiguous(selector, many)),
+    }
+}
+
+/// The points a comparison names (`METHOD` or `METHOD@VALUE`): one, or one per replicate of a method trained
+/// several times (each with its own `replicate`, in increasing order).
+pub fn find_replicates<'a>(
+    points: &'a [CurvePoint],
+    selector: &str,
+) -> Result<Vec<&'a CurvePoint>, EvalError> {
+    let mut found = select(points, selector)?;
+    if found.len() > 1 {
+        found.sort_by_key(|p| p.replicate);
+        let distinct = found.iter().all(|p| p.replicate.is_some())
+            && found.windows(2).all(|w| w[0].replicate != w[1].replicate);
+        if !distinct {
+            return Err(ambiguous(selector, &found));
+        }
+    }
+    Ok(found)
+}
+
+/// The point whose per-prompt outcomes are the mean of `points`' (replicates of one method,
+/// evaluated on the same prompts), prompt by prompt; its KL is their mean.
+pub fn average_replicates(points: &[&CurvePoint]) -> Result<CurvePoint, EvalError> {
+    use crate::curve::ProcedureOutcomes;
+    let Some(first) = points.first() else {
+        return Err(EvalError::Invalid {
+            field: "compare",
+            message: "no replicates to average".into(),
+        });
+    };
+    let per: Vec<&crate::curve::PerPrompt> = points
+        .iter()
+        .map(|p| {
+            p.per_prompt
+                .as_ref()
+                .filter(|q| {
+                    first
+                        .per_prompt
+                        .as_ref()
+                        .is_some_and(|f| f.prompts_key == q.prompts_key)
+                })
+                .ok_or_else(|| EvalError::Invalid {
+                    field: "compare",
+                    message: format!(
+                        "`{}`'s replicates lack per-prompt outcomes on the same prompts",
+                        p.method
+                    ),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let n = points.len() as f64;
+    let mean_of = |rows: Vec<&Vec<f64>>| -> Vec<f64> {
+        let len = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+        (0..len)
+            .map(|i| rows.iter().map(|r| r[i]).sum::<f64>() / rows.len() as f64)
+            .collect()
+    };
+    let mean_reward = mean_of(per.iter().map(|q| &q.mean_reward).collect());
+    let win_rates = per[0]
+        .win_rates
+        .iter()
+        .filter_map(|o| {
+            let rows: Vec<&Vec<f64>> = per
+                .iter()
+                .filter_map(|q| {
+                    q.win_rates
+                        .iter()
+                        .find(|x| x.procedure == o.procedure)
+                        .map(|x| &x.per_prompt)
+                })
+                .collect();
+            (rows.len() == per.len()).then(|| ProcedureOutcomes {
+                procedure: o.procedure,
+                per_prompt: mean_of(rows),
+            })
+        })
+        .collect();
+    let mut avg = (*first).clone();
+    avg.method = format!("{} (mean of {} replicates)", first.method, points.len());
+    avg.replicate = None;
+    avg.kl.value = points.iter().map(|p| p.kl.value).sum::<f64>() / n;
+    avg.kl.stderr = None;
+    avg.mean_reward = mean_reward.iter().sum::<f64>() / mean_reward.len().max(1) as f64;
+    avg.per_prompt = Some(crate::curve::PerPrompt {
+        prompts_key: per[0].prompts_key.clone(),
+        mean_reward,
+        win_rates,
+    });
+    Ok(avg)
+}
+
+/// A point's name in a comparison: method, setting, replicate and KL.
+fn point_name(p: &CurvePoint) -> String {
+    let kl = match p.kl.kind {
+        KlKind::Bound => format!("KL ≤ {:.2}", p.kl.value),
+        _ => format!("KL {:.2}", p.kl.value),
+    };
+    let replicate = p
+        .replicate
+        .map_or_else(String::new, |r| format!("; replicate {r}"));
+    match (&p.param, p.value) {
+        (Some(k), Some(v)) => format!("{} ({k} = {v}{replicate}; {kl})", p.method),
+        _ => format!("{} ({kl}{replicate})", p.method),
+    }
+}
+
+fn verdict(d: &crate::paired::Difference) -> &'static str {
+    if d.excludes_zero() {
+        if d.mean > 0.0 { "A better" } else { "B better" }
+    } else {
+        "inconclusive"
+    }
+}
+
+fn difference_row(
+    label: &str,
+    measure: &str,
+    d: &crate::paired::Difference,
+    verdict: &str,
+) -> Vec<String> {
+    vec![
+        label.to_string(),
+        measure.to_string(),
+        d.prompts.to_string(),
+        format!("{:+.3} [{:+.3}, {:+.3}]", d.mean, d.low, d.high),
+        verdict.to_string(),
+    ]
+}
+
+/// The paired differences `A − B` of two points evaluated on the same prompts, by measure: mean
+/// reward and the win rate under every procedure both measured, each with a bootstrap interval
+/// over prompts that resamples the same prompts for both ([`crate::paired`]).
+fn paired_differences(
     a: &CurvePoint,
     b: &CurvePoint,
     seed: u64,
-) -> Result<Vec<Vec<String>>, EvalError> {
+) -> Result<Vec<(String, crate::paired::Difference)>, EvalError> {
     let (Some(pa), Some(pb)) = (&a.per_prompt, &b.per_prompt) else {
         return Err(EvalError::Invalid {
             field: "compare",
@@ -410,57 +549,84 @@ pub fn paired_rows(
             ),
         });
     }
-    let name = |p: &CurvePoint| {
-        let kl = match p.kl.kind {
-            KlKind::Bound => format!("KL ≤ {:.2}", p.kl.value),
-            _ => format!("KL {:.2}", p.kl.value),
-        };
-        match (&p.param, p.value) {
-            (Some(k), Some(v)) => format!("{} ({k} = {v}; {kl})", p.method),
-            _ => format!("{} ({kl})", p.method),
-        }
-    };
-    let label = format!("{} − {}", name(a), name(b));
-    let cell = |d: &crate::paired::Difference| {
-        let verdict = if d.excludes_zero() {
-            if d.mean > 0.0 { "A better" } else { "B better" }
-        } else {
-            "inconclusive"
-        };
-        vec![
-            format!("{:+.3} [{:+.3}, {:+.3}]", d.mean, d.low, d.high),
-            verdict.to_string(),
-        ]
-    };
-    let mut rows = Vec::new();
-    let ra =
-        crate::paired::Outcomes::new(crate::paired::Measure::MeanReward, pa.mean_reward.clone())?;
-    let rb =
-        crate::paired::Outcomes::new(crate::paired::Measure::MeanReward, pb.mean_reward.clone())?;
-    let d = crate::paired::paired_difference(&ra, &rb, seed)?;
-    let mut row = vec![label.clone(), "mean reward".into(), d.prompts.to_string()];
-    row.extend(cell(&d));
-    rows.push(row);
+    use crate::paired::{Measure, Outcomes, paired_difference};
+    let mut out = vec![(
+        "mean reward".to_string(),
+        paired_difference(
+            &Outcomes::new(Measure::MeanReward, pa.mean_reward.clone())?,
+            &Outcomes::new(Measure::MeanReward, pb.mean_reward.clone())?,
+            seed,
+        )?,
+    )];
     for oa in &pa.win_rates {
         let Some(vb) = b.outcomes_under(oa.procedure) else {
             continue;
         };
-        let measure = crate::paired::Measure::WinRate {
+        let measure = Measure::WinRate {
             procedure: oa.procedure,
             ties: a.ties,
         };
-        let d = crate::paired::paired_difference(
-            &crate::paired::Outcomes::new(measure, oa.per_prompt.clone())?,
-            &crate::paired::Outcomes::new(measure, vb.to_vec())?,
+        let d = paired_difference(
+            &Outcomes::new(measure, oa.per_prompt.clone())?,
+            &Outcomes::new(measure, vb.to_vec())?,
             seed,
         )?;
-        let mut row = vec![
-            label.clone(),
-            format!("{} win rate", procedure_name(oa.procedure)),
-            d.prompts.to_string(),
-        ];
-        row.extend(cell(&d));
-        rows.push(row);
+        out.push((format!("{} win rate", procedure_name(oa.procedure)), d));
+    }
+    Ok(out)
+}
+
+/// The rows of the paired comparison `A − B`, with a verdict each: the mean reward and the win
+/// rate under every procedure both points measured, each with a bootstrap interval over prompts
+/// that resamples the same prompts for both ([`crate::paired`]).
+pub fn paired_rows(
+    a: &CurvePoint,
+    b: &CurvePoint,
+    seed: u64,
+) -> Result<Vec<Vec<String>>, EvalError> {
+    let label = format!("{} − {}", point_name(a), point_name(b));
+    Ok(paired_differences(a, b, seed)?
+        .iter()
+        .map(|(m, d)| difference_row(&label, m, d, verdict(d)))
+        .collect())
+}
+
+/// The rows of a comparison between two methods trained several times: one comparison per
+/// replicate (replicate r of A against replicate r of B, on the same prompts), then their means
+/// compared prompt by prompt ([`average_replicates`]). The mean's verdict names a winner only
+/// when its interval excludes zero *and* every replicate's difference has the same sign: the
+/// interval is over prompts, and the replicates show how much training seeds move the result.
+pub fn replicated_rows(
+    pairs: &[(CurvePoint, CurvePoint)],
+    seed: u64,
+) -> Result<Vec<Vec<String>>, EvalError> {
+    if let [(a, b)] = pairs {
+        return paired_rows(a, b, seed);
+    }
+    let mut rows = Vec::new();
+    let mut each = Vec::new();
+    for (a, b) in pairs {
+        rows.extend(paired_rows(a, b, seed)?);
+        each.push(paired_differences(a, b, seed)?);
+    }
+    let a = average_replicates(&pairs.iter().map(|p| &p.0).collect::<Vec<_>>())?;
+    let b = average_replicates(&pairs.iter().map(|p| &p.1).collect::<Vec<_>>())?;
+    let label = format!("{} − {}", point_name(&a), point_name(&b));
+    for (measure, d) in paired_differences(&a, &b, seed)? {
+        let signs: Vec<f64> = each
+            .iter()
+            .filter_map(|e| e.iter().find(|(m, _)| *m == measure).map(|(_, x)| x.mean))
+            .collect();
+        let agree = signs.len() == pairs.len()
+            && signs
+                .iter()
+                .all(|x| *x != 0.0 && x.signum() == d.mean.signum());
+        let v = match (d.excludes_zero(), agree) {
+            (true, true) => verdict(&d),
+            (true, false) => "inconclusive (replicates disagree in sign)",
+            _ => "inconclusive",
+        };
+        rows.push(difference_row(&label, &measure, &d, v));
     }
     Ok(rows)
 }
@@ -573,6 +739,7 @@ pub fn interpolate_at_kl(a: &[&CurvePoint], b: &CurvePoint) -> Result<CurvePoint
             mean_reward: mean_values,
             win_rates,
         }),
+        replicate: None,
     })
 }
 
@@ -585,9 +752,18 @@ pub fn add_paired_at_kl(
     seed: u64,
 ) -> Result<(), EvalError> {
     let rows = paired_rows_of(pairs, |a, b| {
-        let path: Vec<&CurvePoint> = points.iter().filter(|p| p.method == a.trim()).collect();
-        let b = find_point(points, b)?;
-        paired_rows(&interpolate_at_kl(&path, b)?, b, seed)
+        let mut matched = Vec::new();
+        for b in find_replicates(points, b)? {
+            // Replicate r of A's path against replicate r of B.
+            let path: Vec<&CurvePoint> = points
+                .iter()
+                .filter(|p| p.method == a.trim() && p.replicate == b.replicate)
+                .collect();
+            let mut at = interpolate_at_kl(&path, b)?;
+            at.replicate = b.replicate;
+            matched.push((at, b.clone()));
+        }
+        replicated_rows(&matched, seed)
     })?;
     if !rows.is_empty() {
         paired_table(
@@ -638,8 +814,28 @@ pub fn add_paired(
     pairs: &[(String, String)],
     seed: u64,
 ) -> Result<(), EvalError> {
-    let rows = paired_rows_of(pairs, |a, b| {
-        paired_rows(find_point(points, a)?, find_point(points, b)?, seed)
+    let rows = paired_rows_of(pairs, |a_sel, b_sel| {
+        let (a, b) = (
+            find_replicates(points, a_sel)?,
+            find_replicates(points, b_sel)?,
+        );
+        let matched = a
+            .iter()
+            .map(|a| {
+                let b = b
+                    .iter()
+                    .find(|b| b.replicate == a.replicate)
+                    .ok_or_else(|| EvalError::Invalid {
+                        field: "compare",
+                        message: format!(
+                            "`{a_sel}`'s replicate {:?} has no counterpart in `{b_sel}`",
+                            a.replicate
+                        ),
+                    })?;
+                Ok(((*a).clone(), (*b).clone()))
+            })
+            .collect::<Result<Vec<_>, EvalError>>()?;
+        replicated_rows(&matched, seed)
     })?;
     if rows.is_empty() {
         return Ok(());
@@ -772,6 +968,74 @@ mod tests {
                 .contains("names 2 points")
         );
         assert_eq!(find_point(&pts, "a").unwrap().method, "a");
+    }
+
+    #[test]
+    fn replicates_are_compared_one_by_one_then_by_their_mean() {
+        use crate::curve::{Comparison, Kl, KlKind};
+        let prompts: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+        let base = vec![vec![0.0, 1.0, 2.0, 3.0]; 8];
+        // Rewards shifted by `shift[i]` on prompt i.
+        let point = |method: &str, shift: &dyn Fn(usize) -> f64, replicate: u64| {
+            let policy: Vec<Vec<f64>> = base
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.iter().map(|x| x + shift(i)).collect())
+                .collect();
+            let c = Comparison {
+                policy: &policy,
+                base: &base,
+                procedures: &[],
+                ties: Ties::Half,
+                reps: 1,
+                seed: 3,
+                prompts: Some(&prompts),
+            };
+            let kl = Kl {
+                value: replicate as f64,
+                stderr: None,
+                kind: KlKind::K3,
+            };
+            let mut p = CurvePoint::measure(method, None, kl, &c).unwrap();
+            p.replicate = Some(replicate);
+            p
+        };
+        // Replicate 1 of A is 4 above B everywhere, replicate 2 is 2 below: they disagree.
+        let b1 = point("b", &|_| 0.0, 1);
+        let b2 = point("b", &|_| 0.0, 2);
+        let a1 = point("a", &|_| 4.0, 1);
+        let a2 = point("a", &|_| -2.0, 2);
+        // The mean averages prompt by prompt: +1 on every prompt, KL the mean of 1 and 2.
+        let mean = average_replicates(&[&a1, &a2]).unwrap();
+        let per = mean.per_prompt.as_ref().unwrap();
+        assert!(
+            per.mean_reward.iter().all(|r| (r - 2.5).abs() < 1e-12),
+            "{per:?}"
+        );
+        assert!((mean.kl.value - 1.5).abs() < 1e-12);
+        assert_eq!(mean.method, "a (mean of 2 replicates)");
+        let pairs = vec![(a1.clone(), b1.clone()), (a2.clone(), b2.clone())];
+        let rows = replicated_rows(&pairs, 1).unwrap();
+        // Two measures (mean reward, standard win rate) per replicate, then for the mean.
+        assert_eq!(rows.len(), 6);
+        assert!(rows[0][0].contains("replicate 1") && rows[2][0].contains("replicate 2"));
+        assert_eq!(rows[0][3], "+4.000 [+4.000, +4.000]");
+        assert_eq!(rows[2][3], "-2.000 [-2.000, -2.000]");
+        assert_eq!(rows[4][3], "+1.000 [+1.000, +1.000]");
+        assert_eq!(rows[4][4], "inconclusive (replicates disagree in sign)");
+        // Replicates that agree give the mean's verdict.
+        let a2 = point("a", &|_| 2.0, 2);
+        let rows =
+            replicated_rows(&[(a1.clone(), b1.clone()), (a2.clone(), b2.clone())], 1).unwrap();
+        assert_eq!(rows[4][4], "A better");
+        // Selectors find every replicate; a method with two unlabelled points is ambiguous.
+        let pts = vec![a1.clone(), a2, b1, b2];
+        assert_eq!(find_replicates(&pts, "a").unwrap().len(), 2);
+        let mut twin = a1.clone();
+        twin.replicate = None;
+        let mut other = a1;
+        other.replicate = None;
+        assert!(find_replicates(&[twin, other], "a").is_err());
     }
     use super::*;
     use crate::plot::Series;

@@ -15,7 +15,7 @@
 //! - Grouped-query attention: query head `h` reads key/value head `h / (H / H_kv)`.
 //! - Results agree with an `f64` reference within the rounding of `f32` sums.
 
-use crate::{Isa, LANES, ShapeError, fma, lane_sum, pool, split};
+use crate::{Isa, LANES, ShapeError, fma, lane_sum, run_parts, split};
 
 /// A read-only strided view of a 4-D `f32` array: element `[i, j, k, l]` lies at
 /// `offset + i·strides[0] + j·strides[1] + k·strides[2] + l·strides[3]` in `data`.
@@ -143,25 +143,7 @@ pub fn attention(
     if ranges.len() <= 1 {
         return Ok(Some(ranges.first().map_or_else(Vec::new, |&r| run(r))));
     }
-    let mut pieces: Vec<Vec<f32>> = vec![Vec::new(); ranges.len()];
-    match pool() {
-        Some(pool) => {
-            let (first, rest) = pieces.split_at_mut(1);
-            pool.in_place_scope(|s| {
-                for (piece, &range) in rest.iter_mut().zip(&ranges[1..]) {
-                    let run = &run;
-                    s.spawn(move |_| *piece = run(range));
-                }
-                first[0] = run(ranges[0]);
-            });
-        }
-        None => {
-            for (piece, &range) in pieces.iter_mut().zip(&ranges) {
-                *piece = run(range);
-            }
-        }
-    }
-    Ok(Some(pieces.concat()))
+    Ok(Some(run_parts(&ranges, run).concat()))
 }
 
 /// The operands of one [`attention`] call.

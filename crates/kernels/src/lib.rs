@@ -140,24 +140,7 @@ fn matmul_on(
         // One part, or none when there are no outputs.
         return ranges.first().map_or_else(Vec::new, |&r| run(r));
     }
-    let mut pieces: Vec<Vec<f32>> = vec![Vec::new(); ranges.len()];
-    match pool() {
-        Some(pool) => {
-            let (first, rest) = pieces.split_at_mut(1);
-            pool.in_place_scope(|s| {
-                for (piece, &range) in rest.iter_mut().zip(&ranges[1..]) {
-                    let run = &run;
-                    s.spawn(move |_| *piece = run(range));
-                }
-                first[0] = run(ranges[0]);
-            });
-        }
-        None => {
-            for (piece, &range) in pieces.iter_mut().zip(&ranges) {
-                *piece = run(range);
-            }
-        }
-    }
+    let pieces = run_parts(&ranges, run);
     let n = w.outputs;
     let mut y = vec![0.0f32; rows * n];
     for (piece, &(start, end)) in pieces.iter().zip(&ranges) {
@@ -167,6 +150,34 @@ fn matmul_on(
         }
     }
     y
+}
+
+/// `run` over every range at once, the first on the calling thread and the others on the
+/// [`pool`] (one after another on the caller if it could not be started); results in range
+/// order.
+fn run_parts(
+    ranges: &[(usize, usize)],
+    run: impl Fn((usize, usize)) -> Vec<f32> + Sync,
+) -> Vec<Vec<f32>> {
+    let mut pieces: Vec<Vec<f32>> = vec![Vec::new(); ranges.len()];
+    match (pool(), ranges.split_first()) {
+        (Some(pool), Some((&first_range, rest_ranges))) => {
+            let (first, rest) = pieces.split_at_mut(1);
+            pool.in_place_scope(|s| {
+                for (piece, &range) in rest.iter_mut().zip(rest_ranges) {
+                    let run = &run;
+                    s.spawn(move |_| *piece = run(range));
+                }
+                first[0] = run(first_range);
+            });
+        }
+        _ => {
+            for (piece, &range) in pieces.iter_mut().zip(ranges) {
+                *piece = run(range);
+            }
+        }
+    }
+    pieces
 }
 
 /// Splits `0..n` into at most `parts` contiguous ranges whose boundaries are multiples of

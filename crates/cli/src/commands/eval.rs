@@ -60,6 +60,10 @@ pub struct Args {
     /// Its value.
     #[arg(long, requires = "param", allow_negative_numbers = true)]
     pub value: Option<f64>,
+    /// Which of several training runs of this method and setting (different seeds) the policy
+    /// is: the report compares replicates one by one and then their mean.
+    #[arg(long)]
+    pub replicate: Option<u64>,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -146,6 +150,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             prompts: Some(&prompts),
         },
     )?;
+    point.replicate = a.replicate;
     point.sample_stats = Some(SampleStats::of(pol.iter().map(|s| s.tokens.len()), &rp));
     point.base_sample_stats = Some(SampleStats::of(refs.iter().map(|s| s.tokens.len()), &rb));
     let mut report = Report::new("Evaluation");

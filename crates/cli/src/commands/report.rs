@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_eval::curve::CurvePoint;
-use infalign_eval::report::{Report, add_curves_named, add_paired, add_paired_at_kl, find_point};
+use infalign_eval::report::{
+    Report, add_curves_named, add_paired, add_paired_at_kl, find_replicates,
+};
 
 /// Flags of `infalign report`.
 #[derive(Debug, clap::Args)]
@@ -141,7 +143,7 @@ pub fn run(a: Args) -> Result<()> {
     // A matched-KL comparison belongs to the first section with a point of method A and B.
     let home_at_kl = |(x, y): &(String, String)| {
         parts.iter().position(|(_, points)| {
-            points.iter().any(|p| p.method == *x) && find_point(points, y).is_ok()
+            points.iter().any(|p| p.method == *x) && find_replicates(points, y).is_ok()
         })
     };
     if let Some((x, y)) = at_kl.iter().find(|p| home_at_kl(p).is_none()) {
@@ -149,15 +151,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     // Each comparison goes to the first section holding both of its points.
     let home = |(x, y): &(String, String)| {
-        parts
-            .iter()
-            .position(|(_, points)| find_point(points, x).is_ok() && find_point(points, y).is_ok())
+        parts.iter().position(|(_, points)| {
+            find_replicates(points, x).is_ok() && find_replicates(points, y).is_ok()
+        })
     };
     if let Some(p) = pairs.iter().find(|p| home(p).is_none()) {
         // No section holds both: report the lookup error of the first section.
         let points = &parts[0].1;
-        find_point(points, &p.0)?;
-        find_point(points, &p.1)?;
+        find_replicates(points, &p.0)?;
+        find_replicates(points, &p.1)?;
         bail!(
             "--compare `{} vs {}`: the two points are in different sections",
             p.0,
