@@ -127,12 +127,26 @@ pub(crate) fn model_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
-/// `assets/base-model` of the repository, or `$INFALIGN_ASSETS/base-model`.
-pub(crate) fn shipped_model_dir() -> PathBuf {
+/// The shipped assets: `assets/` of the repository, or `$INFALIGN_ASSETS`.
+pub(crate) fn assets_dir() -> PathBuf {
     std::env::var_os("INFALIGN_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
-        .join("base-model")
+}
+
+/// `assets/base-model` of the repository, or `$INFALIGN_ASSETS/base-model`.
+pub(crate) fn shipped_model_dir() -> PathBuf {
+    assets_dir().join("base-model")
+}
+
+/// A path into the shipped assets as configs write it (`assets/...`, relative to the
+/// repository), found from any working directory: as given when it exists there, else under
+/// [`assets_dir`]. Other paths are returned unchanged.
+pub(crate) fn shipped_asset(path: &std::path::Path) -> PathBuf {
+    match path.strip_prefix("assets") {
+        Ok(rest) if path.is_relative() && !path.exists() => assets_dir().join(rest),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Loads a model directory with a message that names it.

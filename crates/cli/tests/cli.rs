@@ -1188,3 +1188,285 @@ fn a_run_directory_is_never_mixed_or_shared() {
     ok(&strs(&init(&["--overwrite"])));
     assert!(!model.join("stray.txt").exists() && model.join("config.json").is_file());
 }
+
+#[test]
+fn rows_outside_the_models_range_are_refused_naming_the_line() {
+    // A token id past the vocabulary, a row longer than the context and an id that is not a
+    // token id: each an error naming the file and line, where they used to panic in the
+    // embedding lookup. A bad `k` names the config key, and pretraining finds the shipped
+    // corpus from another working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let write = |name: &str, bad: serde_json::Value| -> String {
+        let mut lines = Vec::new();
+        for p in 0..3 {
+            for j in 0..3 {
+                lines.push(serde_json::json!({
+                    "prompt": format!("the cat {p}"), "completion": " sat",
+                    "reward": j as f64, "tokens": [5, 6]
+                }));
+            }
+        }
+        lines.insert(4, bad);
+        let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let path = dir.path().join(name);
+        // A blank line first: the error must count it.
+        std::fs::write(&path, format!("\n{}\n", text.join("\n"))).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let row = |tokens: serde_json::Value, completion: &str| {
+        serde_json::json!({"prompt": "the cat 1", "completion": completion, "reward": 1.0,
+            "tokens": tokens})
+    };
+    let big_id = write("big-id.jsonl", row(serde_json::json!([5, 300]), " sat"));
+    let negative = write("negative.jsonl", row(serde_json::json!([5, -2]), " sat"));
+    let mut long = row(serde_json::json!(null), &" the mat".repeat(60));
+    long.as_object_mut().unwrap().remove("tokens");
+    let long = write("long.jsonl", long);
+    let scorer = |rollouts: &str| {
+        err(&[
+            "train-scorer",
+            "--model",
+            m,
+            "--rollouts",
+            rollouts,
+            "--method",
+            "q",
+            "--set",
+            "steps=1",
+            "--out",
+            dir.path().join("s").to_str().unwrap(),
+            "--overwrite",
+        ])
+    };
+    let e = scorer(&big_id);
+    assert!(
+        e.contains("big-id.jsonl:6:") && e.contains("outside the vocabulary of 300"),
+        "{e}"
+    );
+    let e = scorer(&negative);
+    assert!(
+        e.contains("negative.jsonl:6:") && e.contains("not a token id"),
+        "{e}"
+    );
+    let e = scorer(&long);
+    assert!(
+        e.contains("long.jsonl:6:") && e.contains("context of 48"),
+        "{e}"
+    );
+    let e = err(&[
+        "train-rm",
+        "--model",
+        m,
+        "--rollouts",
+        &long,
+        "--set",
+        "steps=1",
+        "--out",
+        dir.path().join("rm").to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("long.jsonl:6:") && e.contains("context of 48"),
+        "{e}"
+    );
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--reward",
+        "length",
+        "--raw",
+        "--set",
+        "k=1",
+        "--out",
+        dir.path().join("a").to_str().unwrap(),
+    ]);
+    assert!(e.contains("invalid `k`") && e.contains("at least 2"), "{e}");
+    // Pretraining with the defaults from a directory that has no `assets/`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infalign"))
+        .args([
+            "pretrain",
+            "--set",
+            "steps=1",
+            "--set",
+            "batch_size=2",
+            "--set",
+            "seq_len=16",
+        ])
+        .arg("--set")
+        .arg(format!("out_dir={}", dir.path().join("pt").display()))
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("pt/final/model.safetensors").is_file());
+}
+
+#[test]
+fn every_reader_survives_random_and_extreme_files() {
+    // Fuzz-style: seeded random bytes and valid-but-extreme JSONL fed to every command that
+    // reads a user's file. Any outcome but a panic (or an abort) is acceptable: success, or an
+    // error.
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap().to_string();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let extreme = [
+        serde_json::json!(1e308),
+        serde_json::json!(-1e308),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(i64::MIN),
+        serde_json::json!(""),
+        serde_json::json!("x".repeat(3000)),
+        serde_json::json!([]),
+        serde_json::json!({}),
+        serde_json::json!(null),
+        serde_json::json!(true),
+        serde_json::json!([[[[[[1]]]]]]),
+        serde_json::json!([4294967296u64, 0]),
+    ];
+    let keys = [
+        "prompt",
+        "completion",
+        "reward",
+        "tokens",
+        "chosen",
+        "rejected",
+        "finish",
+        "policy",
+    ];
+    let mut files = Vec::new();
+    for f in 0..12 {
+        let path = dir.path().join(format!("fuzz-{f}.jsonl"));
+        let bytes: Vec<u8> = if f % 3 == 0 {
+            (0..rng.random_range(0..400))
+                .map(|_| rng.random())
+                .collect()
+        } else {
+            // Every third file: well-formed rows but one extreme value, so that the readers
+            // get past their first checks; the others: random keys and values throughout.
+            let one_bad = f % 3 == 1;
+            let rows = rng.random_range(4..12);
+            let bad_row = rng.random_range(0..rows);
+            let mut text = String::new();
+            for r in 0..rows {
+                let mut row = serde_json::Map::new();
+                let bad_key = rng.random_range(0..keys.len());
+                for (ki, k) in keys.iter().enumerate() {
+                    let extreme_here = if one_bad {
+                        r == bad_row && ki == bad_key
+                    } else {
+                        rng.random_bool(0.5)
+                    };
+                    if one_bad || rng.random_bool(0.7) {
+                        let v = if extreme_here {
+                            extreme[rng.random_range(0..extreme.len())].clone()
+                        } else {
+                            match *k {
+                                "reward" => serde_json::json!(rng.random_range(-5.0..5.0)),
+                                "tokens" => serde_json::json!([rng.random_range(0..400u32)]),
+                                _ => {
+                                    serde_json::json!(format!("the cat {}", rng.random_range(0..3)))
+                                }
+                            }
+                        };
+                        row.insert(k.to_string(), v);
+                    }
+                }
+                text.push_str(&serde_json::Value::Object(row).to_string());
+                text.push('\n');
+            }
+            text.into_bytes()
+        };
+        std::fs::write(&path, bytes).unwrap();
+        files.push(path.to_str().unwrap().to_string());
+    }
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    for f in &files {
+        let runs: Vec<Vec<String>> = vec![
+            vec![
+                "calibrate".into(),
+                "--reference".into(),
+                f.clone(),
+                "--out".into(),
+                out("c.json"),
+            ],
+            vec![
+                "preferences".into(),
+                "--samples".into(),
+                f.clone(),
+                "--reward".into(),
+                "length".into(),
+                "--out".into(),
+                out("p.jsonl"),
+            ],
+            vec![
+                "train-scorer".into(),
+                "--model".into(),
+                m.clone(),
+                "--rollouts".into(),
+                f.clone(),
+                "--method".into(),
+                "q".into(),
+                "--set".into(),
+                "steps=1".into(),
+                "--out".into(),
+                out("s"),
+                "--overwrite".into(),
+            ],
+            vec![
+                "train-rm".into(),
+                "--model".into(),
+                m.clone(),
+                "--data".into(),
+                f.clone(),
+                "--set".into(),
+                "steps=1".into(),
+                "--out".into(),
+                out("rm"),
+                "--overwrite".into(),
+            ],
+            vec![
+                "train-rm".into(),
+                "--model".into(),
+                m.clone(),
+                "--rollouts".into(),
+                f.clone(),
+                "--set".into(),
+                "steps=1".into(),
+                "--out".into(),
+                out("rm2"),
+                "--overwrite".into(),
+            ],
+            vec![
+                "generate".into(),
+                "--model".into(),
+                m.clone(),
+                "--prompts".into(),
+                f.clone(),
+                "--max-new-tokens".into(),
+                "2".into(),
+                "--out".into(),
+                out("g.jsonl"),
+            ],
+        ];
+        for args in runs {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = common::infalign(&args);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                !stderr.contains("panicked") && o.status.code().is_some(),
+                "{args:?} on {f}: {stderr}"
+            );
+        }
+    }
+}

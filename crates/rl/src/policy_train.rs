@@ -358,6 +358,23 @@ pub fn train_policy(
             message: format!("{} must be non-negative", cfg.beta),
         });
     }
+    // Checked before any work, naming the config key (the sampler would name its own `n`).
+    let least_k = if cfg.algo == Algo::Rloo { 2 } else { 1 };
+    if cfg.k < least_k {
+        return Err(RlError::InvalidParameter {
+            field: "k",
+            message: format!(
+                "{} samples per prompt: {:?} needs at least {least_k}",
+                cfg.k, cfg.algo
+            ),
+        });
+    }
+    if cfg.prompts_per_step == 0 {
+        return Err(RlError::InvalidParameter {
+            field: "prompts_per_step",
+            message: "must be at least 1".into(),
+        });
+    }
     let gain_ok = (0.0..=5.0).contains(&cfg.kl_gain) && cfg.kl_gain > 0.0;
     if !gain_ok || cfg.target_kl.is_nan() || cfg.target_kl < 0.0 {
         return Err(RlError::InvalidParameter {

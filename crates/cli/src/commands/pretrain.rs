@@ -26,7 +26,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let cfg: PretrainConfig = infalign_core::config::load_config(a.config.as_deref(), &a.set)?;
+    let mut cfg: PretrainConfig = infalign_core::config::load_config(a.config.as_deref(), &a.set)?;
+    // The defaults name the shipped corpus, tokenizer and config as `assets/...`: found from
+    // any working directory, as the other commands find the shipped model.
+    for path in [
+        &mut cfg.train_data,
+        &mut cfg.valid_data,
+        &mut cfg.tokenizer,
+        &mut cfg.model_config,
+    ] {
+        *path = crate::shipped_asset(path);
+    }
     let _claim = super::common::claim_run_dir(&cfg.out_dir, a.resume, a.overwrite)?;
     let summary = pretrain(&cfg, device, a.resume)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

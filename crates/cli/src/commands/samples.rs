@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Result, bail};
+use infalign_models::LoadedModel;
 use serde_json::Value;
 
 /// One row of a samples file.
@@ -12,6 +13,8 @@ use serde_json::Value;
 pub struct SampleRow {
     /// The whole JSON object (written back with any added keys).
     pub value: Value,
+    /// Its line in the file it was read from (1-based).
+    pub line: usize,
 }
 
 impl SampleRow {
@@ -24,12 +27,44 @@ impl SampleRow {
     pub fn reward(&self) -> Option<f64> {
         self.value["reward"].as_f64()
     }
-    pub fn tokens(&self) -> Option<Vec<u32>> {
-        self.value["tokens"].as_array().map(|a| {
-            a.iter()
-                .filter_map(|t| t.as_u64().map(|t| t as u32))
-                .collect()
-        })
+    /// The completion's token ids, if the row has `tokens`: an error unless every entry is an
+    /// integer in `0..2³²`.
+    pub fn tokens(&self) -> std::result::Result<Option<Vec<u32>>, String> {
+        let Some(list) = self.value.get("tokens") else {
+            return Ok(None);
+        };
+        let Some(list) = list.as_array() else {
+            return Err("`tokens` is not a list".into());
+        };
+        list.iter()
+            .map(|t| {
+                t.as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .ok_or_else(|| format!("`tokens` holds {t}, not a token id"))
+            })
+            .collect::<std::result::Result<Vec<u32>, String>>()
+            .map(Some)
+    }
+
+    /// The row as the model reads it: the prompt's ids and the completion's (its `tokens`, else
+    /// the completion encoded), checked against the model's vocabulary and context; an error
+    /// naming `path` and the row's line otherwise (an id past the vocabulary would index outside
+    /// the embedding table, a row past the context outside the position table).
+    pub fn model_ids(&self, path: &Path, lm: &LoadedModel) -> Result<(Vec<u32>, Vec<u32>)> {
+        let at = || format!("{}:{}", path.display(), self.line);
+        let prompt = lm.tokenizer.encode(self.prompt())?;
+        let tokens = match self
+            .tokens()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?
+        {
+            Some(t) => t,
+            None => lm.tokenizer.encode(self.completion())?,
+        };
+        let all: Vec<u32> = prompt.iter().chain(&tokens).copied().collect();
+        lm.model
+            .check_ids(&all, all.len())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+        Ok((prompt, tokens))
     }
 }
 
@@ -55,7 +90,7 @@ pub fn read_samples(path: &Path, need_reward: bool) -> Result<Vec<SampleRow>> {
                 ),
             }
         }
-        rows.push(SampleRow { value: v });
+        rows.push(SampleRow { value: v, line });
     }
     if rows.is_empty() {
         bail!("{}: no samples", path.display());

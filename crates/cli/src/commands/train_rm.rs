@@ -7,7 +7,7 @@
 //!
 //! The result scores as `--reward rm(path=OUT)`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
@@ -67,14 +67,19 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let _claim = a.run.claim()?;
     let cfg: RmTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     let lm = crate::load_model(a.model, device)?;
-    let join = |prompt: &str, completion: &str| -> Result<Vec<u32>> {
+    // Prompt and completion as one row of ids, checked against the model's vocabulary and
+    // context (an error naming the file and line, not a panic in the embedding lookup).
+    let join = |prompt: &str, completion: &str, path: &Path, line: usize| -> Result<Vec<u32>> {
         let mut ids = lm.tokenizer.encode(prompt)?;
         ids.extend(lm.tokenizer.encode(completion)?);
+        lm.model
+            .check_ids(&ids, ids.len())
+            .with_context(|| format!("{}:{line}", path.display()))?;
         Ok(ids)
     };
     let (data, source) = match (&a.data, &a.rollouts) {
         (Some(path), _) => {
-            let prefs: Vec<Preference> = infalign_core::io::read_jsonl(path)?;
+            let prefs: Vec<(usize, Preference)> = infalign_core::io::read_jsonl_numbered(path)?;
             anyhow::ensure!(
                 prefs.len() >= 2,
                 "{}: need at least two preference pairs",
@@ -82,10 +87,10 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             );
             let mut pairs = prefs
                 .iter()
-                .map(|p| {
+                .map(|(line, p)| {
                     Ok(EncodedPair {
-                        chosen: join(&p.prompt, &p.chosen)?,
-                        rejected: join(&p.prompt, &p.rejected)?,
+                        chosen: join(&p.prompt, &p.chosen, path, *line)?,
+                        rejected: join(&p.prompt, &p.rejected, path, *line)?,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -108,7 +113,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             let (mut train, mut held) = (Vec::new(), Vec::new());
             for (r, t) in rows.iter().zip(targets) {
                 let ex = CalibratedExample {
-                    ids: join(r.prompt(), r.completion())?,
+                    ids: join(r.prompt(), r.completion(), path, r.line)?,
                     target: t,
                 };
                 if held_set.contains(r.prompt()) {

@@ -185,7 +185,7 @@ fn scorer_rollouts(
         None
     };
     let mut out = Vec::with_capacity(rows.len());
-    for (i, r) in rows.iter().enumerate() {
+    for r in rows {
         let mut reward = r.reward().expect("checked on read");
         if let Some(cal) = &calibrator {
             reward = cal.calibrate_leave_one_out(r.prompt(), reward)?;
@@ -193,13 +193,9 @@ fn scorer_rollouts(
                 reward = t.apply(reward);
             }
         }
-        let prompt_ids = lm.tokenizer.encode(r.prompt())?;
-        let tokens = match r.tokens() {
-            Some(t) => t,
-            None => lm.tokenizer.encode(r.completion())?,
-        };
+        let (prompt_ids, tokens) = r.model_ids(path, lm)?;
         if tokens.is_empty() {
-            tracing::warn!(file = %path.display(), line = i + 1, "skipping a rollout with an empty completion");
+            tracing::warn!(file = %path.display(), line = r.line, "skipping a rollout with an empty completion");
             continue;
         }
         // Truncated rollouts are treated as ending where they stop.
