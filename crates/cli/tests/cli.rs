@@ -1470,3 +1470,57 @@ fn every_reader_survives_random_and_extreme_files() {
         }
     }
 }
+
+#[test]
+fn align_trains_with_online_dpo_and_ipo() {
+    // `--algo dpo|ipo` end to end: a final model and one metrics row per step whose loss at the
+    // first step with a pair is the closed form (policy = reference: ln 2, (1/(2τ))²).
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    for (algo, first) in [("dpo", std::f64::consts::LN_2), ("ipo", 0.25)] {
+        let out = dir.path().join(algo);
+        ok(&[
+            "align",
+            "--model",
+            m,
+            "--prompt",
+            "the cat",
+            "--prompt",
+            "a dog",
+            "--reward",
+            "length(t_max=6)",
+            "--raw",
+            "--algo",
+            algo,
+            "--beta",
+            "1",
+            "--set",
+            "steps=3",
+            "--set",
+            "max_new_tokens=6",
+            "--set",
+            "k=4",
+            "--set",
+            "prompts_per_step=2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(out.join("final/model.safetensors").is_file());
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 3, "{algo}");
+        let loss = rows
+            .iter()
+            .map(|r| r["loss/policy"].as_f64().unwrap())
+            .find(|&l| l != 0.0)
+            .expect("some step had a pair");
+        assert!(
+            (loss - first).abs() < 1e-3,
+            "{algo}: first loss {loss}, want {first}"
+        );
+    }
+}

@@ -15,9 +15,12 @@
 
 mod cd_fudge;
 mod cd_q;
+pub mod dpo;
 mod error;
+pub mod ipo;
 mod policy_train;
 mod ppo;
+pub mod preference_pairs;
 pub mod rloo;
 mod scorer_train;
 

@@ -59,6 +59,11 @@ pub enum Algo {
     Rloo,
     /// PPO with a learned value head, GAE and clipped ratios.
     Ppo,
+    /// Online DPO: the best and the worst of k samples per prompt as a preference pair, the
+    /// DPO loss against the frozen reference with β as its KL weight (`crate::dpo`).
+    Dpo,
+    /// Online IPO: the same pairs, the IPO loss with β as its τ (`crate::ipo`).
+    Ipo,
 }
 
 /// PPO's own hyperparameters.
@@ -260,6 +265,33 @@ fn load_policy_checkpoint(
     ad: &Device,
 ) -> Result<(Carry, u64), RlError> {
     let state: PolicyTrainState = read_state(dir)?;
+    // A different objective cannot continue this run: its state (PPO's value network) and its
+    // meaning differ. Other changes only warn.
+    let objective = [
+        ("algo", state.config.algo != cfg.algo),
+        ("kl_mode", state.config.kl_mode != cfg.kl_mode),
+    ];
+    let changed: Vec<&str> = objective
+        .iter()
+        .filter(|(_, c)| *c)
+        .map(|(k, _)| *k)
+        .collect();
+    if !changed.is_empty() {
+        return Err(RlError::InvalidParameter {
+            field: "resume",
+            message: format!(
+                "{} holds a run with {} {:?} / {:?}; this run asks for {:?} / {:?} ({} changed): \
+                 resume with the run's settings, or start over with --overwrite",
+                dir.display(),
+                "algo / kl_mode",
+                state.config.algo,
+                state.config.kl_mode,
+                cfg.algo,
+                cfg.kl_mode,
+                changed.join(", ")
+            ),
+        });
+    }
     warn_on_config_change(
         &state.config,
         cfg,
@@ -280,7 +312,7 @@ fn load_policy_checkpoint(
             let o = load_optimizer(&dir.join(VALUE_OPTIMIZER_FILE), adamw())?;
             (Some(v), o)
         }
-        Algo::Rloo => (None, adamw()),
+        Algo::Rloo | Algo::Dpo | Algo::Ipo => (None, adamw()),
     };
     if !(beta >= 0.0 && beta.is_finite()) || (beta - state.beta).abs() > 1e-9 * beta.abs() {
         return Err(RlError::InvalidParameter {
@@ -359,7 +391,7 @@ pub fn train_policy(
         });
     }
     // Checked before any work, naming the config key (the sampler would name its own `n`).
-    let least_k = if cfg.algo == Algo::Rloo { 2 } else { 1 };
+    let least_k = if cfg.algo == Algo::Ppo { 1 } else { 2 };
     if cfg.k < least_k {
         return Err(RlError::InvalidParameter {
             field: "k",
@@ -405,7 +437,7 @@ pub fn train_policy(
                 ScorerLayout::Scalar,
                 &ad,
             )?),
-            Algo::Rloo => None,
+            Algo::Rloo | Algo::Dpo | Algo::Ipo => None,
         };
         let carry = Carry {
             policy,
@@ -464,6 +496,7 @@ pub fn train_policy(
         };
         let mut scores = Vec::with_capacity(samples.len());
         let mut shaped_scores = Vec::with_capacity(samples.len());
+        let mut ref_seq = Vec::with_capacity(samples.len());
         let inputs: Vec<RewardInput<'_>> = samples
             .iter()
             .map(|s| RewardInput {
@@ -489,6 +522,7 @@ pub fn train_policy(
             let n_prompt = s.prompt_ids.len();
             let ref_sum: f64 = rlp[n_prompt - 1..].iter().map(|&x| f64::from(x)).sum();
             let kl = s.policy_logprob() - ref_sum;
+            ref_seq.push(ref_sum);
             let score = match cfg.kl_mode {
                 KlMode::RewardK1 => shaped - beta * kl,
                 KlMode::LossK3 => shaped,
@@ -540,6 +574,13 @@ pub fn train_policy(
                     policy_gradient_step(policy, &mut optim, &table, &adv_tok, cfg, beta)
                         .map_err(RlError::at_step(step))?;
                 (p, loss)
+            }
+            Algo::Dpo | Algo::Ipo => {
+                let pairs = crate::preference_pairs::pairs_by_score(&shaped_scores, cfg.k);
+                crate::preference_pairs::step(
+                    policy, &mut optim, &table, &pairs, &ref_seq, cfg, beta,
+                )
+                .map_err(RlError::at_step(step))?
             }
             Algo::Ppo => {
                 let vnet = value_net.take().expect("PPO has a value network");
@@ -670,6 +711,35 @@ impl TokenTable {
     /// Completion tokens in the table.
     pub(crate) fn completion_tokens(&self) -> f64 {
         self.weight.iter().filter(|&&w| w > 0.0).count() as f64
+    }
+
+    /// The rows `rows` (in that order, repeats allowed) as a table of their own.
+    pub(crate) fn select(&self, rows: &[usize]) -> TokenTable {
+        let c = self.cols;
+        let idx = Tensor::<1, burn::tensor::Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            &self.batch.tokens.device(),
+        );
+        let pick = |v: &[f32]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&r| v[r * c..(r + 1) * c].iter().copied())
+                .collect()
+        };
+        TokenTable {
+            batch: TokenBatch {
+                tokens: self.batch.tokens.clone().select(0, idx.clone()),
+                mask: self.batch.mask.clone().select(0, idx),
+                pad_left: rows.iter().map(|&r| self.batch.pad_left[r]).collect(),
+            },
+            cols: c,
+            weight: pick(&self.weight),
+            old_lp: pick(&self.old_lp),
+            ref_cols: pick(&self.ref_cols),
+            spans: rows.iter().map(|&r| self.spans[r]).collect(),
+        }
     }
 
     /// The rows `lo..hi` as a table of their own (same columns).

@@ -144,3 +144,95 @@ fn rloo_and_ppo_reach_the_kl_regularised_optimum() {
         assert!(gap < 0.02, "{algo:?} {mode:?}: KL to the optimum {gap}");
     }
 }
+
+/// A two-armed bandit: arm 1 ("b") has the higher reward, so every pair of one sample of each
+/// arm prefers it. IPO's loss `(h − 1/(2τ))²` then has its minimum at the margin
+/// `h = log(π(b)/π(a)) − log(π_ref(b)/π_ref(a)) = 1/(2τ)` whatever the sampling frequencies;
+/// DPO's `−log σ(β h)` keeps raising h. Both start at their closed-form loss (policy =
+/// reference): `ln 2` and `(1/(2τ))²`.
+#[test]
+fn online_dpo_and_ipo_start_at_their_closed_form_loss_and_ipo_reaches_its_margin() {
+    struct TwoArms;
+    impl Reward for TwoArms {
+        fn name(&self) -> String {
+            "two arms".into()
+        }
+        fn score(&self, input: &RewardInput<'_>) -> Result<f64, RewardError> {
+            Ok(f64::from(input.ids[0]))
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let config = ModelConfig::Gpt2(Gpt2Config::new(2, 4, 16, 1, 2));
+    let init = |d: &burn::tensor::Device| {
+        CausalLm::init(
+            &config,
+            &mut RandomInit::with_scale(Seed(5).stream("init"), 1.0),
+            d,
+        )
+        .unwrap()
+    };
+    let tok = Tokenizer::word_level(&["a", "b"]).unwrap();
+    let lm = LoadedModel::assemble(init(&device), tok, dir.path());
+    let p_ref = probs(&lm.model);
+    assert!(
+        p_ref[0] > 0.2 && p_ref[1] > 0.2,
+        "both arms are sampled: {p_ref:?}"
+    );
+    let margin = |p: &[f64]| (p[1] / p[0]).ln() - (p_ref[1] / p_ref[0]).ln();
+    let tau = 1.0;
+    for algo in [Algo::Dpo, Algo::Ipo] {
+        let cfg = PolicyTrainConfig {
+            algo,
+            steps: 300,
+            prompts_per_step: 8,
+            k: 2,
+            max_new_tokens: 1,
+            lr: 2e-2,
+            beta: tau,
+            ..Default::default()
+        };
+        let pipeline = RewardPipeline {
+            reward: &TwoArms,
+            calibrator: None,
+            transform: None,
+        };
+        let mut first_loss = None;
+        let trained = train_policy(
+            &cfg,
+            &lm,
+            init(&device.clone().autodiff()),
+            &["a".into()],
+            &pipeline,
+            &device,
+            false,
+            |_, m| {
+                // The first step with a pair (a step whose samples all agree has none).
+                if first_loss.is_none() && m.loss != 0.0 {
+                    first_loss = Some(m.loss);
+                }
+            },
+        )
+        .unwrap();
+        let first = first_loss.unwrap();
+        let want = match algo {
+            Algo::Dpo => std::f64::consts::LN_2,
+            _ => (0.5 / tau).powi(2),
+        };
+        // The policy's and the reference's log-probs differ only by the rounding of two
+        // forward paths (about 1e-6 on log-probs of order 1).
+        assert!(
+            (first - want).abs() < 1e-4,
+            "{algo:?}: first loss {first}, want {want}"
+        );
+        let h = margin(&probs(&trained));
+        eprintln!("{algo:?}: margin {h:.4} (IPO's optimum {})", 0.5 / tau);
+        match algo {
+            Algo::Ipo => assert!((h - 0.5 / tau).abs() < 0.05, "IPO margin {h}"),
+            _ => assert!(
+                h > 0.5 / tau,
+                "DPO must keep raising the preferred arm: {h}"
+            ),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use infalign_models::{
 };
 use infalign_rewards::{Reward, RewardError, RewardInput};
 use infalign_rl::{
-    Algo, PolicyTrainConfig, PpoConfig, RewardPipeline, ScorerMethod, ScorerRollout,
+    Algo, KlMode, PolicyTrainConfig, PpoConfig, RewardPipeline, ScorerMethod, ScorerRollout,
     ScorerTrainConfig, train_policy, train_scorer,
 };
 
@@ -134,7 +134,7 @@ fn policy_cfg(algo: Algo, out: PathBuf) -> PolicyTrainConfig {
 
 #[test]
 fn policy_training_resumes_exactly() {
-    for algo in [Algo::Rloo, Algo::Ppo] {
+    for algo in [Algo::Rloo, Algo::Ppo, Algo::Dpo, Algo::Ipo] {
         let dir = tempfile::tempdir().unwrap();
         let run = PolicyRun::new(dir.path());
         let device = DeviceSpec::Cpu.device().unwrap();
@@ -228,6 +228,19 @@ fn policy_resume_refuses_missing_and_corrupt_checkpoints() {
         let e = run.run(&cfg, true).unwrap_err();
         assert!(e.contains(file), "corrupt {file}: {e}");
         std::fs::write(&path, &good).unwrap();
+    }
+    // Another objective cannot continue the run: refused, naming what changed.
+    for (algo, mode) in [(Algo::Rloo, KlMode::RewardK1), (Algo::Ppo, KlMode::LossK3)] {
+        let mut other = cfg.clone();
+        other.algo = algo;
+        other.kl_mode = mode;
+        let e = run.run(&other, true).unwrap_err();
+        let named = if algo == Algo::Rloo {
+            "algo"
+        } else {
+            "kl_mode"
+        };
+        assert!(e.contains(&format!("({named} changed)")), "{e}");
     }
     std::fs::remove_file(ckpt.join("value_optimizer.bpk")).unwrap();
     let e = run.run(&cfg, true).unwrap_err();

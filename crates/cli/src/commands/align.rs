@@ -44,7 +44,9 @@ pub struct Args {
     /// KL weight β (default 0.05; `--set beta=B` works too, the flag wins when both are given).
     #[arg(long)]
     pub beta: Option<f64>,
-    /// Policy-optimisation algorithm: rloo (default) or ppo (`--set algo=ppo` works too).
+    /// Policy-optimisation algorithm: rloo (default), ppo, or online dpo / ipo (the best and the
+    /// worst of `k` samples per prompt as a preference pair; β is DPO's KL weight, IPO's τ)
+    /// (`--set algo=ppo` works too).
     #[arg(long)]
     pub algo: Option<String>,
     #[command(flatten)]
@@ -59,7 +61,9 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         cfg.algo = match algo.as_str() {
             "rloo" => Algo::Rloo,
             "ppo" => Algo::Ppo,
-            other => bail!("--algo `{other}`: expected rloo or ppo"),
+            "dpo" => Algo::Dpo,
+            "ipo" => Algo::Ipo,
+            other => bail!("--algo `{other}`: expected rloo, ppo, dpo or ipo"),
         };
     }
     if let Some(beta) = a.beta {
