@@ -1524,3 +1524,111 @@ fn align_trains_with_online_dpo_and_ipo() {
         );
     }
 }
+
+#[test]
+fn align_trains_offline_dpo_and_ipo_on_a_trl_preference_file() {
+    // TRL's keys (`prompt`, `chosen`, `rejected`) train unchanged; the first step's loss is the
+    // closed form (policy = reference); bad files and algorithms are errors naming them.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let prefs = dir.path().join("prefs.jsonl");
+    let rows: Vec<String> = (0..6)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("the cat {i}"), "chosen": " sat on the mat",
+                "rejected": " ran"})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&prefs, rows.join("\n") + "\n").unwrap();
+    let p = prefs.to_str().unwrap();
+    for (algo, first) in [("dpo", std::f64::consts::LN_2), ("ipo", 0.25)] {
+        let out = dir.path().join(format!("offline-{algo}"));
+        ok(&[
+            "align",
+            "--model",
+            m,
+            "--preferences",
+            p,
+            "--algo",
+            algo,
+            "--beta",
+            "1",
+            "--set",
+            "steps=3",
+            "--set",
+            "prompts_per_step=2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(out.join("final/model.safetensors").is_file());
+        let row: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        let loss = row["loss/policy"].as_f64().unwrap();
+        assert!(
+            (loss - first).abs() < 1e-3,
+            "{algo}: first loss {loss}, want {first}"
+        );
+    }
+    let out = dir.path().join("bad");
+    let o = out.to_str().unwrap();
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--preferences",
+        p,
+        "--algo",
+        "rloo",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("--algo dpo"), "{e}");
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--preferences",
+        p,
+        "--reward",
+        "length",
+        "--algo",
+        "dpo",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    let long = dir.path().join("long.jsonl");
+    let too_long = " the mat".repeat(60);
+    std::fs::write(
+        &long,
+        format!(
+            "{}\n{}\n",
+            rows[0],
+            serde_json::json!({"prompt": "a", "chosen": too_long, "rejected": "b"})
+        ),
+    )
+    .unwrap();
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--preferences",
+        long.to_str().unwrap(),
+        "--algo",
+        "dpo",
+        "--out",
+        o,
+        "--overwrite",
+    ]);
+    assert!(
+        e.contains("long.jsonl:2") && e.contains("context of 48"),
+        "{e}"
+    );
+}

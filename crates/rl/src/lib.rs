@@ -27,8 +27,9 @@ mod scorer_train;
 pub use error::RlError;
 pub use policy_train::{
     Algo, KlMode, PolicyTrainConfig, PolicyTrainState, PpoConfig, RewardPipeline, SNAPSHOT_DIR,
-    StepMetrics, VALUE_DIR, VALUE_OPTIMIZER_FILE, train_policy,
+    StepMetrics, VALUE_DIR, VALUE_OPTIMIZER_FILE, train_policy, train_policy_on_pairs,
 };
+pub use preference_pairs::OfflinePair;
 pub use scorer_train::{
     ClassifierCheck, ScorerMethod, ScorerRollout, ScorerTrainConfig, ScorerTrainState, TARGET_DIR,
     classifier_check, train_scorer,

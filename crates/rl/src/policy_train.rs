@@ -362,8 +362,9 @@ pub struct StepMetrics {
     pub value_loss: f64,
 }
 
-/// Trains `policy` (on an autodiff device) with RLOO or PPO against the reference `lm.model`
-/// (plain device); `lm` also supplies the tokenizer and special ids. With `resume`, the policy,
+/// Trains `policy` (on an autodiff device) with RLOO, PPO, or online DPO / IPO against the
+/// reference `lm.model` (plain device), sampling from the current policy on `prompts` and scoring
+/// with `pipeline`; `lm` also supplies the tokenizer and special ids. With `resume`, the policy,
 /// optimizers, value network, β and step come from `out_dir/checkpoint` instead (`policy` is
 /// then unused). Returns the trained policy (no autodiff); after `halt_after` steps, the policy
 /// of that step.
@@ -376,7 +377,7 @@ pub fn train_policy(
     pipeline: &RewardPipeline<'_>,
     device: &Device,
     resume: bool,
-    mut on_step: impl FnMut(u64, &StepMetrics),
+    on_step: impl FnMut(u64, &StepMetrics),
 ) -> Result<CausalLm, RlError> {
     if prompts.is_empty() {
         return Err(RlError::InvalidParameter {
@@ -384,6 +385,71 @@ pub fn train_policy(
             message: "no prompts".into(),
         });
     }
+    let source = Source::Online { prompts, pipeline };
+    train(cfg, lm, policy, &source, device, resume, on_step)
+}
+
+/// Offline DPO or IPO (`cfg.algo`) on preference pairs, TRL's `prompt` / `chosen` / `rejected`
+/// data: each step takes `prompts_per_step` pairs, drawn with replacement from the seeded stream
+/// of that step. Otherwise as [`train_policy`] (checkpoints, resume, metrics).
+pub fn train_policy_on_pairs(
+    cfg: &PolicyTrainConfig,
+    lm: &LoadedModel,
+    policy: CausalLm,
+    pairs: &[crate::preference_pairs::OfflinePair],
+    device: &Device,
+    resume: bool,
+    on_step: impl FnMut(u64, &StepMetrics),
+) -> Result<CausalLm, RlError> {
+    if !matches!(cfg.algo, Algo::Dpo | Algo::Ipo) {
+        return Err(RlError::InvalidParameter {
+            field: "algo",
+            message: format!(
+                "{:?} learns from its own samples; preference pairs need dpo or ipo",
+                cfg.algo
+            ),
+        });
+    }
+    if pairs.is_empty() {
+        return Err(RlError::InvalidParameter {
+            field: "pairs",
+            message: "no preference pairs".into(),
+        });
+    }
+    train(
+        cfg,
+        lm,
+        policy,
+        &Source::Offline { pairs },
+        device,
+        resume,
+        on_step,
+    )
+}
+
+/// Where a step's experience comes from.
+enum Source<'a> {
+    /// Samples of the current policy on these prompts, scored by the pipeline.
+    Online {
+        prompts: &'a [String],
+        pipeline: &'a RewardPipeline<'a>,
+    },
+    /// Fixed preference pairs.
+    Offline {
+        pairs: &'a [crate::preference_pairs::OfflinePair],
+    },
+}
+
+/// The training loop behind [`train_policy`] and [`train_policy_on_pairs`].
+fn train(
+    cfg: &PolicyTrainConfig,
+    lm: &LoadedModel,
+    policy: CausalLm,
+    source: &Source<'_>,
+    device: &Device,
+    resume: bool,
+    mut on_step: impl FnMut(u64, &StepMetrics),
+) -> Result<CausalLm, RlError> {
     if !(cfg.beta >= 0.0 && cfg.beta.is_finite()) {
         return Err(RlError::InvalidParameter {
             field: "beta",
@@ -392,7 +458,7 @@ pub fn train_policy(
     }
     // Checked before any work, naming the config key (the sampler would name its own `n`).
     let least_k = if cfg.algo == Algo::Ppo { 1 } else { 2 };
-    if cfg.k < least_k {
+    if matches!(source, Source::Online { .. }) && cfg.k < least_k {
         return Err(RlError::InvalidParameter {
             field: "k",
             message: format!(
@@ -464,108 +530,27 @@ pub fn train_policy(
     } else {
         None
     };
-    let seed = Seed(cfg.seed);
     for step in start + 1..=cfg.steps {
-        // 1. Sample k completions of each prompt from the current policy.
-        let mut rng = seed.derive("policy-prompts", step).stream("prompts");
-        let batch_prompts: Vec<String> = (0..cfg.prompts_per_step)
-            .map(|_| prompts[rng.random_range(0..prompts.len())].clone())
-            .collect();
-        let current = LoadedModel::assemble(policy.valid(), lm.tokenizer.clone(), &lm.dir);
-        let gen_cfg = GenerationConfig {
-            max_new_tokens: cfg.max_new_tokens,
-            n: cfg.k,
-            // One prompt (its k samples) per chunk: chunks decode in parallel on the CPU.
-            prompt_batch: 1,
-            ..Default::default()
-        };
-        let samples = Generator::new(&current, device.clone()).generate(
-            &batch_prompts,
-            &gen_cfg,
-            seed.derive("policy-samples", step),
-        )?;
-        // 2. Rewards, reference log-probs, KL.
-        let rows: Vec<Vec<u32>> = samples
-            .iter()
-            .map(|s| s.prompt_ids.iter().chain(&s.tokens).copied().collect())
-            .collect();
-        let ref_lp = lm.model.sequence_logprobs(&rows, lm.pad_id, device)?;
         let mut m = StepMetrics {
             beta,
             ..Default::default()
         };
-        let mut scores = Vec::with_capacity(samples.len());
-        let mut shaped_scores = Vec::with_capacity(samples.len());
-        let mut ref_seq = Vec::with_capacity(samples.len());
-        let inputs: Vec<RewardInput<'_>> = samples
-            .iter()
-            .map(|s| RewardInput {
-                prompt: &s.prompt,
-                completion: &s.completion,
-                tokens: s.tokens.len(),
-                ids: &s.tokens,
-            })
-            .collect();
-        let scored = pipeline.score(&inputs)?;
-        for &(raw, shaped) in &scored {
-            for (quantity, value) in [("reward", raw), ("transformed reward", shaped)] {
-                if !value.is_finite() {
-                    return Err(RlError::NonFinite {
-                        step,
-                        quantity,
-                        value,
-                    });
-                }
+        let StepBatch {
+            table,
+            scores,
+            shaped_scores,
+            ref_seq,
+            pairs,
+        } = match source {
+            Source::Online { prompts, pipeline } => online_batch(
+                cfg, lm, &policy, prompts, pipeline, device, step, beta, &mut m,
+            )?,
+            Source::Offline { pairs } => {
+                crate::preference_pairs::offline_batch(cfg, lm, pairs, device, step, &mut m)?
             }
-        }
-        for ((s, rlp), (raw, shaped)) in samples.iter().zip(&ref_lp).zip(scored) {
-            let n_prompt = s.prompt_ids.len();
-            let ref_sum: f64 = rlp[n_prompt - 1..].iter().map(|&x| f64::from(x)).sum();
-            let kl = s.policy_logprob() - ref_sum;
-            ref_seq.push(ref_sum);
-            let score = match cfg.kl_mode {
-                KlMode::RewardK1 => shaped - beta * kl,
-                KlMode::LossK3 => shaped,
-            };
-            scores.push(score);
-            shaped_scores.push(shaped);
-            let n = samples.len() as f64;
-            m.kl += kl / n;
-            m.scores += shaped / n;
-            m.raw_reward += raw / n;
-            m.entropy += -s.policy_logprob() / s.tokens.len().max(1) as f64 / n;
-            m.response_length += s.tokens.len() as f64 / n;
-            m.eos_rate += f64::from(u8::from(s.finish == infalign_decoding::Finish::Eos)) / n;
-        }
-        m.rlhf_reward = m.scores - beta * m.kl;
-        // 3. The token table: which columns are completion tokens, old and reference log-probs.
-        let batch = TokenBatch::left_padded(&rows, lm.pad_id, &ad)?;
-        let [b, l] = batch.tokens.dims();
-        let cols = l - 1;
-        let mut weight = vec![0f32; b * cols];
-        let mut old_lp = vec![0f32; b * cols];
-        let mut ref_cols = vec![0f32; b * cols];
-        let mut spans = Vec::with_capacity(b);
-        for (i, s) in samples.iter().enumerate() {
-            let pad = batch.pad_left[i];
-            let first = pad + s.prompt_ids.len() - 1; // column predicting the first completion token
-            for (j, c) in (first..cols).enumerate() {
-                weight[i * cols + c] = 1.0;
-                old_lp[i * cols + c] = s.policy_logprobs[j];
-            }
-            for (e, &x) in ref_lp[i].iter().enumerate() {
-                ref_cols[i * cols + pad + e] = x;
-            }
-            spans.push((first, cols));
-        }
-        let table = TokenTable {
-            batch,
-            cols,
-            weight,
-            old_lp,
-            ref_cols,
-            spans,
         };
+        let [b, _] = table.batch.tokens.dims();
+        let cols = table.cols;
         let (new_policy, loss) = match cfg.algo {
             Algo::Rloo => {
                 let adv = crate::rloo::advantages(&scores, cfg.k)?;
@@ -575,13 +560,10 @@ pub fn train_policy(
                         .map_err(RlError::at_step(step))?;
                 (p, loss)
             }
-            Algo::Dpo | Algo::Ipo => {
-                let pairs = crate::preference_pairs::pairs_by_score(&shaped_scores, cfg.k);
-                crate::preference_pairs::step(
-                    policy, &mut optim, &table, &pairs, &ref_seq, cfg, beta,
-                )
-                .map_err(RlError::at_step(step))?
-            }
+            Algo::Dpo | Algo::Ipo => crate::preference_pairs::step(
+                policy, &mut optim, &table, &pairs, &ref_seq, cfg, beta,
+            )
+            .map_err(RlError::at_step(step))?,
             Algo::Ppo => {
                 let vnet = value_net.take().expect("PPO has a value network");
                 let (p, v, ppo_m) = crate::ppo::update(
@@ -658,6 +640,125 @@ pub fn train_policy(
     Ok(policy.valid())
 }
 
+/// What one step learns from: the token table of its rows, and what each objective needs.
+pub(crate) struct StepBatch {
+    /// The rows (prompt + completion) with their completion columns.
+    pub table: TokenTable,
+    /// The objective's per-row scores (RLOO: the shaped reward minus β·KL with k1 in the reward).
+    pub scores: Vec<f64>,
+    /// The shaped reward of each row (PPO).
+    pub shaped_scores: Vec<f64>,
+    /// The reference's log-prob of each row's completion (DPO, IPO).
+    pub ref_seq: Vec<f64>,
+    /// Preference pairs of rows (DPO, IPO): from the scores online, from the file offline.
+    pub pairs: Vec<(usize, usize)>,
+}
+
+/// An online step's batch: k completions of each of `prompts_per_step` prompts sampled from the
+/// current policy, scored, with their reference log-probs and KL; `m` gets the step's reward
+/// and KL metrics.
+#[allow(clippy::too_many_arguments)]
+fn online_batch(
+    cfg: &PolicyTrainConfig,
+    lm: &LoadedModel,
+    policy: &CausalLm,
+    prompts: &[String],
+    pipeline: &RewardPipeline<'_>,
+    device: &Device,
+    step: u64,
+    beta: f64,
+    m: &mut StepMetrics,
+) -> Result<StepBatch, RlError> {
+    let ad = device.clone().autodiff();
+    let seed = Seed(cfg.seed);
+    // 1. Sample k completions of each prompt from the current policy.
+    let mut rng = seed.derive("policy-prompts", step).stream("prompts");
+    let batch_prompts: Vec<String> = (0..cfg.prompts_per_step)
+        .map(|_| prompts[rng.random_range(0..prompts.len())].clone())
+        .collect();
+    let current = LoadedModel::assemble(policy.valid(), lm.tokenizer.clone(), &lm.dir);
+    let gen_cfg = GenerationConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        n: cfg.k,
+        // One prompt (its k samples) per chunk: chunks decode in parallel on the CPU.
+        prompt_batch: 1,
+        ..Default::default()
+    };
+    let samples = Generator::new(&current, device.clone()).generate(
+        &batch_prompts,
+        &gen_cfg,
+        seed.derive("policy-samples", step),
+    )?;
+    // 2. Rewards, reference log-probs, KL.
+    let rows: Vec<Vec<u32>> = samples
+        .iter()
+        .map(|s| s.prompt_ids.iter().chain(&s.tokens).copied().collect())
+        .collect();
+    let ref_lp = lm.model.sequence_logprobs(&rows, lm.pad_id, device)?;
+    let mut scores = Vec::with_capacity(samples.len());
+    let mut shaped_scores = Vec::with_capacity(samples.len());
+    let mut ref_seq = Vec::with_capacity(samples.len());
+    let inputs: Vec<RewardInput<'_>> = samples
+        .iter()
+        .map(|s| RewardInput {
+            prompt: &s.prompt,
+            completion: &s.completion,
+            tokens: s.tokens.len(),
+            ids: &s.tokens,
+        })
+        .collect();
+    let scored = pipeline.score(&inputs)?;
+    for &(raw, shaped) in &scored {
+        for (quantity, value) in [("reward", raw), ("transformed reward", shaped)] {
+            if !value.is_finite() {
+                return Err(RlError::NonFinite {
+                    step,
+                    quantity,
+                    value,
+                });
+            }
+        }
+    }
+    for ((s, rlp), (raw, shaped)) in samples.iter().zip(&ref_lp).zip(scored) {
+        let n_prompt = s.prompt_ids.len();
+        let ref_sum: f64 = rlp[n_prompt - 1..].iter().map(|&x| f64::from(x)).sum();
+        let kl = s.policy_logprob() - ref_sum;
+        ref_seq.push(ref_sum);
+        let score = match cfg.kl_mode {
+            KlMode::RewardK1 => shaped - beta * kl,
+            KlMode::LossK3 => shaped,
+        };
+        scores.push(score);
+        shaped_scores.push(shaped);
+        let n = samples.len() as f64;
+        m.kl += kl / n;
+        m.scores += shaped / n;
+        m.raw_reward += raw / n;
+        m.entropy += -s.policy_logprob() / s.tokens.len().max(1) as f64 / n;
+        m.response_length += s.tokens.len() as f64 / n;
+        m.eos_rate += f64::from(u8::from(s.finish == infalign_decoding::Finish::Eos)) / n;
+    }
+    m.rlhf_reward = m.scores - beta * m.kl;
+    // 3. The token table: which columns are completion tokens, old and reference log-probs.
+    let prompt_lens: Vec<usize> = samples.iter().map(|s| s.prompt_ids.len()).collect();
+    let old: Vec<&[f32]> = samples
+        .iter()
+        .map(|s| s.policy_logprobs.as_slice())
+        .collect();
+    let table = TokenTable::new(&rows, &prompt_lens, Some(&old), &ref_lp, lm.pad_id, &ad)?;
+    let pairs = match cfg.algo {
+        Algo::Dpo | Algo::Ipo => crate::preference_pairs::pairs_by_score(&shaped_scores, cfg.k),
+        _ => Vec::new(),
+    };
+    Ok(StepBatch {
+        table,
+        scores,
+        shaped_scores,
+        ref_seq,
+        pairs,
+    })
+}
+
 /// The completion tokens of a batch of rollouts, column-aligned with the model's predictions
 /// (column c predicts token c + 1).
 pub(crate) struct TokenTable {
@@ -676,6 +777,49 @@ pub(crate) struct TokenTable {
 }
 
 impl TokenTable {
+    /// The table of `rows` (prompt + completion ids; `prompt_lens[i]` of row i are the prompt),
+    /// left-padded on the device `ad`, with the reference's per-position log-probs `ref_lp` (as
+    /// `sequence_logprobs` returns them) and the sampling policy's completion log-probs `old`
+    /// (zeros when `None`: rows the policy did not sample).
+    pub(crate) fn new(
+        rows: &[Vec<u32>],
+        prompt_lens: &[usize],
+        old: Option<&[&[f32]]>,
+        ref_lp: &[Vec<f32>],
+        pad_id: u32,
+        ad: &Device,
+    ) -> Result<Self, RlError> {
+        let batch = TokenBatch::left_padded(rows, pad_id, ad)?;
+        let [b, l] = batch.tokens.dims();
+        let cols = l - 1;
+        let mut weight = vec![0f32; b * cols];
+        let mut old_lp = vec![0f32; b * cols];
+        let mut ref_cols = vec![0f32; b * cols];
+        let mut spans = Vec::with_capacity(b);
+        for (i, &n_prompt) in prompt_lens.iter().enumerate() {
+            let pad = batch.pad_left[i];
+            let first = pad + n_prompt - 1; // column predicting the first completion token
+            for (j, c) in (first..cols).enumerate() {
+                weight[i * cols + c] = 1.0;
+                if let Some(old) = old {
+                    old_lp[i * cols + c] = old[i][j];
+                }
+            }
+            for (e, &x) in ref_lp[i].iter().enumerate() {
+                ref_cols[i * cols + pad + e] = x;
+            }
+            spans.push((first, cols));
+        }
+        Ok(TokenTable {
+            batch,
+            cols,
+            weight,
+            old_lp,
+            ref_cols,
+            spans,
+        })
+    }
+
     pub(crate) fn tensor(&self, values: &[f32]) -> Tensor<2> {
         let b = self.spans.len();
         Tensor::from_data(

@@ -1,19 +1,94 @@
-//! Online preference optimisation (the CD paper's online DPO and IPO baselines): each step
-//! samples k ≥ 2 completions per prompt from the current policy, orders them by the (shaped)
-//! reward, and takes the best as preferred and the worst as dispreferred; the pair's margin
-//! against the frozen reference goes through the DPO ([`crate::dpo`]) or IPO ([`crate::ipo`])
-//! loss.
+//! Preference optimisation with DPO ([`crate::dpo`]) or IPO ([`crate::ipo`]). Online (the CD
+//! paper's baselines): each step samples k ≥ 2 completions per prompt from the current policy,
+//! orders them by the (shaped) reward, and takes the best as preferred and the worst as
+//! dispreferred. Offline: pairs from a preference file ([`OfflinePair`]). Either way the pair's
+//! margin against the frozen reference goes through the loss.
 //!
 //! Invariants: a prompt whose samples all score the same gives no pair (no preference); pairs
 //! stay together in one shard, so shard gradients add up to the batch's; the loss is averaged
 //! over pairs.
 
-use burn::tensor::{Tensor, TensorData};
-use infalign_models::CausalLm;
+use burn::tensor::{Device, Tensor, TensorData};
+use infalign_core::Seed;
 use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
+use infalign_models::{CausalLm, LoadedModel};
+use rand::Rng;
 
 use crate::RlError;
-use crate::policy_train::{Algo, PolicyTrainConfig, TokenTable};
+use crate::policy_train::{Algo, PolicyTrainConfig, StepBatch, StepMetrics, TokenTable};
+
+/// A preference pair as the model reads it: the prompt's ids and each completion's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfflinePair {
+    /// The prompt.
+    pub prompt: Vec<u32>,
+    /// The preferred completion.
+    pub chosen: Vec<u32>,
+    /// The dispreferred completion.
+    pub rejected: Vec<u32>,
+}
+
+/// An offline step's batch: `prompts_per_step` pairs drawn with replacement from the seeded
+/// stream of `step`, as rows (prompt + chosen, prompt + rejected, ...) with their reference
+/// log-probs; `m` gets the reference-relative log-ratio of the rows as its KL (an estimate of
+/// nothing but drift on these fixed completions).
+pub(crate) fn offline_batch(
+    cfg: &PolicyTrainConfig,
+    lm: &LoadedModel,
+    pairs: &[OfflinePair],
+    device: &Device,
+    step: u64,
+    m: &mut StepMetrics,
+) -> Result<StepBatch, RlError> {
+    let mut rng = Seed(cfg.seed)
+        .derive("policy-prompts", step)
+        .stream("prompts");
+    let picked: Vec<&OfflinePair> = (0..cfg.prompts_per_step)
+        .map(|_| &pairs[rng.random_range(0..pairs.len())])
+        .collect();
+    let mut rows = Vec::with_capacity(2 * picked.len());
+    let mut prompt_lens = Vec::with_capacity(2 * picked.len());
+    for p in &picked {
+        for completion in [&p.chosen, &p.rejected] {
+            rows.push(
+                p.prompt
+                    .iter()
+                    .chain(completion)
+                    .copied()
+                    .collect::<Vec<u32>>(),
+            );
+            prompt_lens.push(p.prompt.len());
+        }
+    }
+    let ref_lp = lm.model.sequence_logprobs(&rows, lm.pad_id, device)?;
+    let ref_seq: Vec<f64> = ref_lp
+        .iter()
+        .zip(&prompt_lens)
+        .map(|(r, &n)| r[n - 1..].iter().map(|&x| f64::from(x)).sum())
+        .collect();
+    let n = rows.len() as f64;
+    m.response_length = rows
+        .iter()
+        .zip(&prompt_lens)
+        .map(|(r, &p)| (r.len() - p) as f64)
+        .sum::<f64>()
+        / n;
+    let table = TokenTable::new(
+        &rows,
+        &prompt_lens,
+        None,
+        &ref_lp,
+        lm.pad_id,
+        &device.clone().autodiff(),
+    )?;
+    Ok(StepBatch {
+        table,
+        scores: vec![0.0; rows.len()],
+        shaped_scores: vec![0.0; rows.len()],
+        ref_seq,
+        pairs: (0..picked.len()).map(|i| (2 * i, 2 * i + 1)).collect(),
+    })
+}
 
 /// The (preferred, dispreferred) rows of each prompt's group of `k` consecutive scores: its
 /// best and its worst (the first of equals); none where every score of the group is equal.

@@ -10,7 +10,10 @@ use infalign_core::{DeviceSpec, Seed};
 use infalign_models::weights::{RandomInit, read_f32};
 use infalign_models::{CausalLm, Gpt2Config, LoadedModel, ModelConfig, TokenBatch, Tokenizer};
 use infalign_rewards::{Reward, RewardError, RewardInput};
-use infalign_rl::{Algo, KlMode, PolicyTrainConfig, PpoConfig, RewardPipeline, train_policy};
+use infalign_rl::{
+    Algo, KlMode, OfflinePair, PolicyTrainConfig, PpoConfig, RewardPipeline, train_policy,
+    train_policy_on_pairs,
+};
 
 const REWARD: [f64; 6] = [0.0, 1.0, 0.5, 2.0, -1.0, 0.3];
 
@@ -149,9 +152,10 @@ fn rloo_and_ppo_reach_the_kl_regularised_optimum() {
 /// arm prefers it. IPO's loss `(h − 1/(2τ))²` then has its minimum at the margin
 /// `h = log(π(b)/π(a)) − log(π_ref(b)/π_ref(a)) = 1/(2τ)` whatever the sampling frequencies;
 /// DPO's `−log σ(β h)` keeps raising h. Both start at their closed-form loss (policy =
-/// reference): `ln 2` and `(1/(2τ))²`.
+/// reference): `ln 2` and `(1/(2τ))²`. The same online (pairs of the policy's own samples) and
+/// offline (a fixed pair).
 #[test]
-fn online_dpo_and_ipo_start_at_their_closed_form_loss_and_ipo_reaches_its_margin() {
+fn dpo_and_ipo_online_and_offline_start_at_their_closed_form_loss_and_ipo_reaches_its_margin() {
     struct TwoArms;
     impl Reward for TwoArms {
         fn name(&self) -> String {
@@ -181,7 +185,18 @@ fn online_dpo_and_ipo_start_at_their_closed_form_loss_and_ipo_reaches_its_margin
     );
     let margin = |p: &[f64]| (p[1] / p[0]).ln() - (p_ref[1] / p_ref[0]).ln();
     let tau = 1.0;
-    for algo in [Algo::Dpo, Algo::Ipo] {
+    // Offline, from fixed pairs (prompt "a", chosen "b", rejected "a"), the same two optima.
+    let pairs = vec![OfflinePair {
+        prompt: vec![0],
+        chosen: vec![1],
+        rejected: vec![0],
+    }];
+    for (algo, offline) in [
+        (Algo::Dpo, false),
+        (Algo::Ipo, false),
+        (Algo::Dpo, true),
+        (Algo::Ipo, true),
+    ] {
         let cfg = PolicyTrainConfig {
             algo,
             steps: 300,
@@ -198,21 +213,21 @@ fn online_dpo_and_ipo_start_at_their_closed_form_loss_and_ipo_reaches_its_margin
             transform: None,
         };
         let mut first_loss = None;
-        let trained = train_policy(
-            &cfg,
-            &lm,
-            init(&device.clone().autodiff()),
-            &["a".into()],
-            &pipeline,
-            &device,
-            false,
-            |_, m| {
-                // The first step with a pair (a step whose samples all agree has none).
-                if first_loss.is_none() && m.loss != 0.0 {
-                    first_loss = Some(m.loss);
-                }
-            },
-        )
+        let on_step = |_: u64, m: &infalign_rl::StepMetrics| {
+            // The first step with a pair (a step whose samples all agree has none).
+            if first_loss.is_none() && m.loss != 0.0 {
+                first_loss = Some(m.loss);
+            }
+        };
+        let policy = init(&device.clone().autodiff());
+        let trained = if offline {
+            train_policy_on_pairs(&cfg, &lm, policy, &pairs, &device, false, on_step)
+        } else {
+            let prompts = ["a".to_string()];
+            train_policy(
+                &cfg, &lm, policy, &prompts, &pipeline, &device, false, on_step,
+            )
+        }
         .unwrap();
         let first = first_loss.unwrap();
         let want = match algo {
@@ -223,10 +238,13 @@ fn online_dpo_and_ipo_start_at_their_closed_form_loss_and_ipo_reaches_its_margin
         // forward paths (about 1e-6 on log-probs of order 1).
         assert!(
             (first - want).abs() < 1e-4,
-            "{algo:?}: first loss {first}, want {want}"
+            "{algo:?} offline {offline}: first loss {first}, want {want}"
         );
         let h = margin(&probs(&trained));
-        eprintln!("{algo:?}: margin {h:.4} (IPO's optimum {})", 0.5 / tau);
+        eprintln!(
+            "{algo:?} offline {offline}: margin {h:.4} (IPO's optimum {})",
+            0.5 / tau
+        );
         match algo {
             Algo::Ipo => assert!((h - 0.5 / tau).abs() < 0.05, "IPO margin {h}"),
             _ => assert!(

@@ -2,14 +2,18 @@
 //! reward is calibrated against reference rollouts and transformed (`--transform`), or used raw
 //! (`--raw`, the standard RLHF baseline). Writes the aligned model to `OUT/final`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
 use infalign_models::train_checkpoint::progress_bar;
-use infalign_models::{LoadedModel, save_model_dir};
+use infalign_models::{CausalLm, LoadedModel, save_model_dir};
 use infalign_rewards::Transform;
-use infalign_rl::{Algo, PolicyTrainConfig, RewardPipeline, train_policy};
+use infalign_rewards::bradley_terry::Preference;
+use infalign_rl::{
+    Algo, OfflinePair, PolicyTrainConfig, RewardPipeline, StepMetrics, train_policy,
+    train_policy_on_pairs,
+};
 
 use super::common::{PromptArgs, TrainRunArgs};
 use super::samples::{calibrator_of, read_samples};
@@ -23,8 +27,13 @@ pub struct Args {
     #[command(flatten)]
     pub prompts: PromptArgs,
     /// Reward spec (e.g. `sentiment`).
-    #[arg(long)]
-    pub reward: String,
+    #[arg(long, required_unless_present = "preferences")]
+    pub reward: Option<String>,
+    /// Offline DPO or IPO (`--algo dpo|ipo`) on a preference file with TRL's keys (`prompt`,
+    /// `chosen`, `rejected`, one pair per line) instead of samples of the policy: no reward,
+    /// prompts or reference rollouts.
+    #[arg(long, conflicts_with_all = ["reward", "reference", "raw", "calibrated_reward", "prompt", "prompts"])]
+    pub preferences: Option<PathBuf>,
     /// Reference rollouts of the base model (from `infalign rollouts`) for calibration.
     #[arg(long)]
     pub reference: Option<PathBuf>,
@@ -70,8 +79,15 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         cfg.beta = beta;
     }
     cfg.out_dir = a.run.out.clone();
+    if let Some(path) = &a.preferences {
+        return offline(&a, path, &cfg, device);
+    }
     let prompts = a.prompts.collect()?;
-    let reward = infalign_rewards::reward_from_spec_on(&a.reward, device)?;
+    let spec = a
+        .reward
+        .as_deref()
+        .context("--reward is required without --preferences")?;
+    let reward = infalign_rewards::reward_from_spec_on(spec, device)?;
     let calibrator = if a.raw || a.calibrated_reward {
         None
     } else {
@@ -95,7 +111,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     } else {
         Some(Transform::from_name(&a.transform, a.t)?)
     };
-    let lm = crate::load_model(a.model, device)?;
+    let lm = crate::load_model(a.model.clone(), device)?;
     let ad = device.clone().autodiff();
     let policy =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
@@ -104,34 +120,99 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         calibrator: calibrator.as_ref(),
         transform,
     };
+    let trained = with_progress(&cfg, |on_step| {
+        Ok(train_policy(
+            &cfg,
+            &lm,
+            policy.model,
+            &prompts,
+            &pipeline,
+            device,
+            a.run.resume,
+            on_step,
+        )?)
+    })?;
+    finish(&a, &cfg, &lm, trained)
+}
+
+/// Offline DPO or IPO on the pairs of `path`.
+fn offline(a: &Args, path: &Path, cfg: &PolicyTrainConfig, device: &Device) -> Result<()> {
+    if !matches!(cfg.algo, Algo::Dpo | Algo::Ipo) {
+        bail!("--preferences trains offline DPO or IPO: pass --algo dpo or --algo ipo");
+    }
+    let lm = crate::load_model(a.model.clone(), device)?;
+    let rows: Vec<(usize, Preference)> = infalign_core::io::read_jsonl_numbered(path)?;
+    let mut pairs = Vec::with_capacity(rows.len());
+    for (line, p) in rows {
+        let at = || format!("{}:{line}", path.display());
+        let prompt = lm.tokenizer.encode(&p.prompt)?;
+        let chosen = lm.tokenizer.encode(&p.chosen)?;
+        let rejected = lm.tokenizer.encode(&p.rejected)?;
+        for completion in [&chosen, &rejected] {
+            let all: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+            lm.model.check_ids(&all, all.len()).with_context(at)?;
+        }
+        if prompt.is_empty() {
+            bail!("{}: empty prompt", at());
+        }
+        pairs.push(OfflinePair {
+            prompt,
+            chosen,
+            rejected,
+        });
+    }
+    let ad = device.clone().autodiff();
+    let policy =
+        LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
+    let trained = with_progress(cfg, |on_step| {
+        Ok(train_policy_on_pairs(
+            cfg,
+            &lm,
+            policy.model,
+            &pairs,
+            device,
+            a.run.resume,
+            on_step,
+        )?)
+    })?;
+    finish(a, cfg, &lm, trained)
+}
+
+/// Runs `train` with a progress bar fed by its step callback.
+fn with_progress(
+    cfg: &PolicyTrainConfig,
+    train: impl FnOnce(&mut dyn FnMut(u64, &StepMetrics)) -> Result<CausalLm>,
+) -> Result<CausalLm> {
     let bar = progress_bar(cfg.steps, 0);
-    let trained = train_policy(
-        &cfg,
-        &lm,
-        policy.model,
-        &prompts,
-        &pipeline,
-        device,
-        a.run.resume,
-        |step, m| {
-            bar.set_position(step);
-            bar.set_message(format!("kl {:.3} score {:.3}", m.kl, m.scores));
-        },
-    )?;
+    let trained = train(&mut |step, m| {
+        bar.set_position(step);
+        bar.set_message(format!(
+            "kl {:.3} score {:.3} loss {:.3}",
+            m.kl, m.scores, m.loss
+        ));
+    })?;
     if cfg.halts_early() {
         bar.abandon_with_message(format!("halted after step {}", cfg.halt_after));
+    } else {
+        bar.finish();
+    }
+    Ok(trained)
+}
+
+/// Writes the final model (whole or absent) and the config, or stops after `halt_after`.
+fn finish(a: &Args, cfg: &PolicyTrainConfig, lm: &LoadedModel, trained: CausalLm) -> Result<()> {
+    if cfg.halts_early() {
         eprintln!(
             "halted after step {}; continue with --resume",
             cfg.halt_after
         );
         return Ok(());
     }
-    bar.finish();
     // Whole or absent, even over the final model of an earlier run in this directory.
     infalign_core::io::write_dir_atomic(&a.run.out.join("final"), |dir| {
         save_model_dir(dir, &trained, &lm.tokenizer)
     })?;
-    infalign_core::io::write_json_atomic(a.run.out.join("align_config.json"), &cfg)?;
+    infalign_core::io::write_json_atomic(a.run.out.join("align_config.json"), cfg)?;
     eprintln!(
         "wrote the aligned model to {}",
         a.run.out.join("final").display()
