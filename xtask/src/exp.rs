@@ -508,6 +508,27 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_training_step_reruns_with_resume_or_overwrite() {
+        let root = tempfile::tempdir().unwrap();
+        let args = |cmd: &str| -> Vec<String> {
+            [cmd, "--x", "1", "--out", "run/a"].map(String::from).to_vec()
+        };
+        let flag = |cmd: &str| with_rerun_flag(root.path(), &args(cmd)).last().cloned().unwrap();
+        // Nothing there yet: as written.
+        assert_eq!(flag("align"), "run/a");
+        // Files of an attempt without a checkpoint: start over.
+        std::fs::create_dir_all(root.path().join("run/a")).unwrap();
+        std::fs::write(root.path().join("run/a/metrics.jsonl"), "").unwrap();
+        assert_eq!(flag("align"), "--overwrite");
+        assert_eq!(flag("init"), "--overwrite");
+        // A checkpoint: continue from it; commands that write files, not runs, are unchanged.
+        std::fs::create_dir_all(root.path().join("run/a/checkpoint")).unwrap();
+        std::fs::write(root.path().join("run/a/checkpoint/state.json"), "{}").unwrap();
+        assert_eq!(flag("train-scorer"), "--resume");
+        assert_eq!(flag("rollouts"), "run/a");
+    }
+
+    #[test]
     fn shipped_presets_parse_and_expand() {
         let root = crate::root();
         for name in presets(&root).unwrap() {
