@@ -1632,3 +1632,37 @@ fn align_trains_offline_dpo_and_ipo_on_a_trl_preference_file() {
         "{e}"
     );
 }
+
+#[test]
+fn train_rm_holds_out_whole_prompts_of_a_preference_file() {
+    // Pairs of a held-out prompt never train the model: the hold-out is by prompt, so with 4
+    // prompts of 3 pairs each and a quarter held out, exactly one prompt's 3 pairs are held out.
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("the cat {}", i % 4), "chosen": " sat",
+                "rejected": " ran"})
+            .to_string()
+        })
+        .collect();
+    let prefs = dir.path().join("prefs.jsonl");
+    std::fs::write(&prefs, rows.join("\n") + "\n").unwrap();
+    let out = ok(&[
+        "train-rm",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        prefs.to_str().unwrap(),
+        "--holdout",
+        "0.25",
+        "--set",
+        "steps=1",
+        "--out",
+        dir.path().join("rm").to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["heldout_prompts"], 1, "{summary}");
+    assert_eq!(summary["heldout_pairs"], 3, "{summary}");
+    assert_eq!(summary["train_pairs"], 9, "{summary}");
+}

@@ -40,14 +40,6 @@ pub(crate) fn reward_of(s: &Sample) -> f64 {
 
 /// The reward of every sample, scored in one batch.
 pub fn score_samples(samples: &[Sample], reward: &dyn Reward) -> Result<Vec<f64>, DecodingError> {
-    let inputs: Vec<RewardInput<'_>> = samples
-        .iter()
-        .map(|s| RewardInput {
-            prompt: &s.prompt,
-            completion: &s.completion,
-            tokens: s.tokens.len(),
-            ids: &s.tokens,
-        })
-        .collect();
+    let inputs: Vec<RewardInput<'_>> = samples.iter().map(Sample::reward_input).collect();
     Ok(reward.score_batch(&inputs)?)
 }

@@ -66,4 +66,14 @@ impl Sample {
     pub fn base_logprob(&self) -> f64 {
         self.base_logprobs.iter().map(|&x| f64::from(x)).sum()
     }
+
+    /// What a reward reads of this sample.
+    pub fn reward_input(&self) -> infalign_rewards::RewardInput<'_> {
+        infalign_rewards::RewardInput {
+            prompt: &self.prompt,
+            completion: &self.completion,
+            tokens: self.tokens.len(),
+            ids: &self.tokens,
+        }
+    }
 }

@@ -700,12 +700,7 @@ fn online_batch(
     let mut ref_seq = Vec::with_capacity(samples.len());
     let inputs: Vec<RewardInput<'_>> = samples
         .iter()
-        .map(|s| RewardInput {
-            prompt: &s.prompt,
-            completion: &s.completion,
-            tokens: s.tokens.len(),
-            ids: &s.tokens,
-        })
+        .map(infalign_decoding::Sample::reward_input)
         .collect();
     let scored = pipeline.score(&inputs)?;
     for &(raw, shaped) in &scored {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use infalign_core::{Device, Seed};
 use infalign_decoding::{GenerationConfig, Generator, SamplingConfig};
-use infalign_rewards::{RewardInput, reward_from_spec};
+use infalign_rewards::reward_from_spec;
 
 use super::common::PromptArgs;
 
@@ -57,12 +57,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let samples = Generator::new(&lm, device.clone()).generate(&prompts, &cfg, Seed(a.seed))?;
     let mut rows = Vec::with_capacity(samples.len());
     for s in &samples {
-        let r = reward.score(&RewardInput {
-            prompt: &s.prompt,
-            completion: &s.completion,
-            tokens: s.tokens.len(),
-            ids: &s.tokens,
-        })?;
+        let r = reward.score(&s.reward_input())?;
         rows.push(serde_json::json!({
             "prompt": s.prompt, "completion": s.completion, "reward": r, "tokens": s.tokens,
             "finish": s.finish, "logprob": s.policy_logprob(),

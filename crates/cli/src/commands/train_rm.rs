@@ -51,6 +51,7 @@ enum Data {
     Pairs {
         train: Vec<EncodedPair>,
         held: Vec<EncodedPair>,
+        held_prompts: usize,
     },
     Calibrated {
         train: Vec<CalibratedExample>,
@@ -85,17 +86,40 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                 "{}: need at least two preference pairs",
                 path.display()
             );
-            let mut pairs = prefs
-                .iter()
-                .map(|(line, p)| {
-                    Ok(EncodedPair {
-                        chosen: join(&p.prompt, &p.chosen, path, *line)?,
-                        rejected: join(&p.prompt, &p.rejected, path, *line)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let train = pairs.split_off(held_count(pairs.len(), a.holdout));
-            (Data::Pairs { train, held: pairs }, path)
+            // Held out by prompt, so that no prompt of the held-out pairs was trained on; with
+            // a single prompt, by position (and said so).
+            let held_set =
+                held_out_prompts(prefs.iter().map(|(_, p)| p.prompt.as_str()), a.holdout, 1);
+            let n_held = if held_set.is_empty() {
+                tracing::warn!(
+                    "{}: every pair has the same prompt; the held-out pairs share it",
+                    path.display()
+                );
+                held_count(prefs.len(), a.holdout)
+            } else {
+                0
+            };
+            let (mut train, mut held) = (Vec::new(), Vec::new());
+            for (i, (line, p)) in prefs.iter().enumerate() {
+                let pair = EncodedPair {
+                    chosen: join(&p.prompt, &p.chosen, path, *line)?,
+                    rejected: join(&p.prompt, &p.rejected, path, *line)?,
+                };
+                if held_set.contains(&p.prompt) || i < n_held {
+                    held.push(pair);
+                } else {
+                    train.push(pair);
+                }
+            }
+            let held_prompts = held_set.len();
+            (
+                Data::Pairs {
+                    train,
+                    held,
+                    held_prompts,
+                },
+                path,
+            )
         }
         (None, Some(path)) => {
             let rows = read_samples(path, true)?;
@@ -164,7 +188,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     }
     let rm = RewardModel::new(net, lm.tokenizer.clone(), device.clone())?.with_output(output);
     let summary = match &data {
-        Data::Pairs { train, held } => {
+        Data::Pairs {
+            train,
+            held,
+            held_prompts,
+        } => {
             let ids = |f: fn(&EncodedPair) -> &Vec<u32>| -> Vec<Vec<u32>> {
                 held.iter().map(|p| f(p).clone()).collect()
             };
@@ -172,7 +200,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             let rejected = rm.score_ids(&ids(|p| &p.rejected))?;
             serde_json::json!({
                 "objective": "bradley_terry", "train_pairs": train.len(),
-                "heldout_pairs": held.len(),
+                "heldout_pairs": held.len(), "heldout_prompts": held_prompts,
                 "heldout_accuracy": pairwise_accuracy(&chosen, &rejected),
             })
         }
