@@ -511,9 +511,16 @@ mod tests {
     fn an_interrupted_training_step_reruns_with_resume_or_overwrite() {
         let root = tempfile::tempdir().unwrap();
         let args = |cmd: &str| -> Vec<String> {
-            [cmd, "--x", "1", "--out", "run/a"].map(String::from).to_vec()
+            [cmd, "--x", "1", "--out", "run/a"]
+                .map(String::from)
+                .to_vec()
         };
-        let flag = |cmd: &str| with_rerun_flag(root.path(), &args(cmd)).last().cloned().unwrap();
+        let flag = |cmd: &str| {
+            with_rerun_flag(root.path(), &args(cmd))
+                .last()
+                .cloned()
+                .unwrap()
+        };
         // Nothing there yet: as written.
         assert_eq!(flag("align"), "run/a");
         // Files of an attempt without a checkpoint: start over.

@@ -39,7 +39,8 @@ pub struct Args {
     /// Ĉ.
     #[arg(long)]
     pub rollouts: Option<PathBuf>,
-    /// Fraction held out (pairs; for rollouts, whole prompts).
+    /// Fraction of prompts held out, with all their pairs or rollouts (a file whose pairs all
+    /// share one prompt holds out that fraction of its pairs).
     #[arg(long, default_value_t = 0.1, value_parser = super::common::holdout_fraction)]
     pub holdout: f64,
     #[command(flatten)]
