@@ -410,9 +410,14 @@ pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
             "step": name, "args": args, "seconds": t.elapsed().as_secs_f64(),
             "success": status.success(),
         });
-        let mut text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.push_str(&format!("{row}\n"));
-        std::fs::write(&log, text)?;
+        // One line appended per step (one write): earlier lines are never rewritten.
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(format!("{row}\n").as_bytes()))
+            .with_context(|| format!("appending to {}", log.display()))?;
         if !status.success() {
             bail!(
                 "step `{name}` failed: infalign {}\n(fix and rerun: finished steps are kept)",
