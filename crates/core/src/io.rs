@@ -3,7 +3,7 @@
 //! interrupted run never leaves a truncated file.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -192,14 +192,30 @@ pub fn read_jsonl_numbered<T: DeserializeOwned>(
 ) -> Result<Vec<(usize, T)>, CoreError> {
     let path = path.as_ref();
     let file = fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
+    let mut reader = BufReader::new(file);
     let mut rows = Vec::new();
-    for (i, bytes) in BufReader::new(file).split(b'\n').enumerate() {
-        let bytes = bytes.map_err(|e| CoreError::io(path, e))?;
+    let mut bytes = Vec::new();
+    for i in 0.. {
+        bytes.clear();
+        // At most one byte past the limit, so that an endless line (`/dev/zero`) is an error,
+        // not an allocation that takes the machine's memory.
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut bytes)
+            .map_err(|e| CoreError::io(path, e))?;
+        if read == 0 {
+            break;
+        }
         let bad = |message: String| CoreError::Jsonl {
             path: path.to_path_buf(),
             line: i + 1,
             message,
         };
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        } else if bytes.len() > MAX_LINE_BYTES {
+            return Err(bad(format!("longer than {MAX_LINE_BYTES} bytes")));
+        }
         let line = std::str::from_utf8(&bytes).map_err(|e| bad(format!("not UTF-8 ({e})")))?;
         let line = if i == 0 {
             line.strip_prefix('\u{feff}').unwrap_or(line)
@@ -214,6 +230,10 @@ pub fn read_jsonl_numbered<T: DeserializeOwned>(
     }
     Ok(rows)
 }
+
+/// The longest JSONL line read (64 MiB): far above any prompt or completion this project
+/// handles, far below a machine's memory.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
 
 /// Reads a whole file to a string, naming the file on error.
 pub fn read_to_string(path: impl AsRef<Path>) -> Result<String, CoreError> {
@@ -309,6 +329,13 @@ mod tests {
             assert!(e.to_string().contains("symbolic link"), "{e}");
             assert!(fs::read_dir(&target).unwrap().next().is_none());
         }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn an_endless_line_is_an_error_not_an_allocation() {
+        let e = read_jsonl_numbered::<serde_json::Value>("/dev/zero").unwrap_err();
+        assert!(e.to_string().contains("/dev/zero:1: longer than"), "{e}");
     }
 
     #[test]

@@ -31,7 +31,20 @@ pub struct GenerationConfig {
     /// Prompts prefilled together (each expands to `n` rows); on the CPU, chunks of this many
     /// prompts are also what the cores decode in parallel.
     pub prompt_batch: usize,
+    /// Rows (prompts × samples) decoded at once at most; 0: as many as keep the KV cache under
+    /// [`KV_BUDGET_BYTES`]. When `prompt_batch × n` exceeds it, prompts decode one at a time and
+    /// their samples in blocks of this many, so memory stays bounded whatever `n` is; each
+    /// sample keeps its own random stream, so the samples are those of `prompt_batch = 1`.
+    #[serde(default)]
+    pub max_rows: usize,
 }
+
+/// A unit of decoding work: the index of its first prompt, the prompts' ids, and the samples of
+/// each prompt it draws.
+type Chunk<'a> = (usize, &'a [Vec<u32>], std::ops::Range<usize>);
+
+/// The KV-cache memory a decoding chunk may take when [`GenerationConfig::max_rows`] is 0.
+pub const KV_BUDGET_BYTES: usize = 2 << 30;
 
 impl Default for GenerationConfig {
     fn default() -> Self {
@@ -41,6 +54,7 @@ impl Default for GenerationConfig {
             sampling: SamplingConfig::default(),
             stop: Vec::new(),
             prompt_batch: 8,
+            max_rows: 0,
         }
     }
 }
@@ -131,34 +145,61 @@ impl<'a> Generator<'a> {
             .collect::<Result<Vec<_>, _>>()?;
         // Chunks are `prompt_batch` prompts whatever the number of workers: the padding of a
         // prefill batch changes rounding, and results must not depend on the machine's cores.
-        let chunk = cfg.prompt_batch.max(1);
-        let chunks: Vec<(usize, &[Vec<u32>])> = encoded
+        // Past `max_rows` rows, one prompt per chunk and its samples in blocks.
+        let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+        let max_rows = self.max_rows(cfg, longest + cfg.max_new_tokens);
+        let (chunk, block) = if cfg.prompt_batch.max(1) * cfg.n > max_rows {
+            (1, max_rows.min(cfg.n))
+        } else {
+            (cfg.prompt_batch.max(1), cfg.n)
+        };
+        let chunks: Vec<Chunk<'_>> = encoded
             .chunks(chunk)
             .enumerate()
-            .map(|(c, ids)| (c * chunk, ids))
+            .flat_map(|(c, ids)| {
+                (0..cfg.n)
+                    .step_by(block)
+                    .map(move |j| (c * chunk, ids, j..(j + block).min(cfg.n)))
+            })
             .collect();
-        let run = |first: usize, ids: &[Vec<u32>], steer: Option<&mut (dyn Steer + 's)>| {
+        let run = |first: usize,
+                   ids: &[Vec<u32>],
+                   samples: std::ops::Range<usize>,
+                   steer: Option<&mut (dyn Steer + 's)>| {
             let prompts = &prompts[first..first + ids.len()];
-            self.generate_chunk(prompts, ids, first, cfg, seed, steer)
+            self.generate_chunk(prompts, ids, first, samples, cfg, seed, steer)
         };
         let mut out = Vec::with_capacity(prompts.len() * cfg.n);
         match steer {
             // A steer tracks the rows of one batch: its chunks go one after the other.
             Some(s) => {
-                for &(first, ids) in &chunks {
-                    out.extend(run(first, ids, Some(&mut *s))?);
+                for (first, ids, samples) in &chunks {
+                    out.extend(run(*first, ids, samples.clone(), Some(&mut *s))?);
                 }
             }
             // Chunks are independent (each sample has its own random stream): on the CPU they
             // decode in parallel, with the same result as one after the other.
             None => {
                 let done = infalign_core::run_on_workers(&self.device, chunks.len(), |c| {
-                    run(chunks[c].0, chunks[c].1, None)
+                    let (first, ids, samples) = &chunks[c];
+                    run(*first, ids, samples.clone(), None)
                 })?;
                 out.extend(done.into_iter().flatten());
             }
         }
         Ok(out)
+    }
+
+    /// `cfg.max_rows`, or the rows whose KV cache (every layer's keys and values, f32, for
+    /// `positions` = the longest prompt plus `max_new_tokens`) fits [`KV_BUDGET_BYTES`]; at
+    /// least 1.
+    fn max_rows(&self, cfg: &GenerationConfig, positions: usize) -> usize {
+        if cfg.max_rows > 0 {
+            return cfg.max_rows;
+        }
+        let c = self.lm.model.config();
+        let per_row = c.n_layers() * 2 * c.d_model() * 4 * positions.max(1);
+        (KV_BUDGET_BYTES / per_row.max(1)).max(1)
     }
 
     /// Token ids of a prompt; an empty prompt starts from BOS (or EOS, GPT-2's convention).
@@ -187,17 +228,20 @@ impl<'a> Generator<'a> {
         Ok(ids)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn generate_chunk<'s>(
         &self,
         prompts: &[String],
         ids: &[Vec<u32>],
         first_index: usize,
+        samples: std::ops::Range<usize>,
         cfg: &GenerationConfig,
         seed: Seed,
         mut steer: Option<&mut (dyn Steer + 's)>,
     ) -> Result<Vec<Sample>, DecodingError> {
         let model = &self.lm.model;
-        let n = cfg.n;
+        // Rows per prompt in this chunk: samples `samples` of each.
+        let n = samples.len();
         if let Some(s) = steer.as_deref_mut() {
             s.prefill(ids, n, self.lm.pad_id)?;
         }
@@ -223,7 +267,10 @@ impl<'a> Generator<'a> {
                 step_kl: Vec::new(),
                 finish: None,
                 rng: seed
-                    .derive("sample", ((first_index + r / n) * n + r % n) as u64)
+                    .derive(
+                        "sample",
+                        ((first_index + r / n) * cfg.n + samples.start + r % n) as u64,
+                    )
                     .stream("sampling"),
             })
             .collect();

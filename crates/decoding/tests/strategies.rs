@@ -637,3 +637,38 @@ fn sampling_and_tokenwise_cd_do_not_depend_on_batching() {
     );
     assert_same_samples(&steered, &cd(&alone));
 }
+
+#[test]
+fn many_samples_decode_in_blocks_with_the_same_samples() {
+    // More rows than `max_rows`: one prompt at a time, its samples in blocks; each sample keeps
+    // its own random stream, so the samples are those of one prompt at a time, unsplit, for base
+    // sampling and for tokenwise CD (whose scorer prefills each block).
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(3.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device.clone());
+    let s = scorer(&lm.model, ScorerLayout::VocabWide, 4);
+    let ps: Vec<String> = (0..3).map(|i| format!("the dog {i}")).collect();
+    let whole = GenerationConfig {
+        max_new_tokens: 12,
+        n: 10,
+        prompt_batch: 1,
+        ..Default::default()
+    };
+    let blocks = GenerationConfig {
+        prompt_batch: 4,
+        max_rows: 3,
+        ..whole.clone()
+    };
+    let a = g.generate(&ps, &whole, Seed(5)).unwrap();
+    assert_eq!(a.len(), 30);
+    assert_same_samples(&a, &g.generate(&ps, &blocks, Seed(5)).unwrap());
+    let cd = |cfg: &GenerationConfig| {
+        let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+        TokenwiseCd::new(2.0, None, mix)
+            .unwrap()
+            .decode(&g, &ps, cfg, Seed(5))
+            .unwrap()
+    };
+    assert_same_samples(&cd(&whole), &cd(&blocks));
+}

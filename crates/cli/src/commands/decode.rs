@@ -175,6 +175,7 @@ impl Decoder {
             sampling: sampling.sampling(a.strategy == Strategy::Greedy),
             stop: sampling.stop.clone(),
             prompt_batch: sampling.batch,
+            max_rows: 0,
         };
         let weights: Vec<f32> = if a.weight.is_empty() {
             vec![1.0; self.scorers.len()]

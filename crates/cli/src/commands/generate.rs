@@ -40,6 +40,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         sampling: a.input.sampling.sampling(a.greedy),
         stop: a.input.sampling.stop.clone(),
         prompt_batch: a.input.sampling.batch,
+        max_rows: 0,
     };
     let samples = Generator::new(&lm, device.clone()).generate(
         &prompts,

@@ -53,6 +53,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         sampling: SamplingConfig::default(),
         stop: Vec::new(),
         prompt_batch: a.batch,
+        max_rows: 0,
     };
     let samples = Generator::new(&lm, device.clone()).generate(&prompts, &cfg, Seed(a.seed))?;
     let mut rows = Vec::with_capacity(samples.len());
