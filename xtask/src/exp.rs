@@ -233,28 +233,40 @@ fn write_prompts(root: &Path, run: &Path, first: usize, count: usize, name: &str
 }
 
 /// A step that runs again (its `creates` is missing) into an output directory an interrupted
-/// attempt left behind: a training command continues from the checkpoint there (`--resume`), or
-/// starts over (`--overwrite`) when there is none; `init` replaces the directory. The commands
-/// refuse such a directory without one of the two flags.
+/// attempt left behind: a training command continues from the checkpoint there (`--resume`;
+/// a checkpoint completed but not yet swapped in, `.checkpoint.ready`, counts), or starts over
+/// (`--overwrite`) when there is none; `init` replaces the directory. The commands refuse such a
+/// directory without one of the two flags. The directory is `--out`'s, or pretrain's
+/// `--set out_dir=`.
 fn with_rerun_flag(root: &Path, args: &[String]) -> Vec<String> {
     let mut args = args.to_vec();
     let command = args.first().map(String::as_str);
-    let trains = matches!(command, Some("align" | "train-scorer" | "train-rm"));
+    let trains = matches!(
+        command,
+        Some("align" | "train-scorer" | "train-rm" | "pretrain")
+    );
     if !(trains || command == Some("init"))
         || args.iter().any(|a| a == "--resume" || a == "--overwrite")
     {
         return args;
     }
-    let Some(out) = args
+    let out = args
         .iter()
         .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(|o| root.join(o))
-    else {
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.windows(2)
+                .filter(|w| w[0] == "--set")
+                .find_map(|w| w[1].strip_prefix("out_dir=").map(str::to_string))
+        });
+    let Some(out) = out.map(|o| root.join(o)) else {
         return args;
     };
     let holds_files = std::fs::read_dir(&out).is_ok_and(|mut e| e.next().is_some());
-    if trains && out.join("checkpoint").join("state.json").is_file() {
+    let checkpoint = ["checkpoint", ".checkpoint.ready"]
+        .iter()
+        .any(|c| out.join(c).join("state.json").is_file());
+    if trains && checkpoint {
         args.push("--resume".into());
     } else if holds_files {
         args.push("--overwrite".into());
@@ -538,6 +550,21 @@ mod tests {
         std::fs::write(root.path().join("run/a/checkpoint/state.json"), "{}").unwrap();
         assert_eq!(flag("train-scorer"), "--resume");
         assert_eq!(flag("rollouts"), "run/a");
+        // A checkpoint completed but not swapped in counts; pretrain names its directory in
+        // `--set out_dir=`.
+        std::fs::rename(
+            root.path().join("run/a/checkpoint"),
+            root.path().join("run/a/.checkpoint.ready"),
+        )
+        .unwrap();
+        assert_eq!(flag("align"), "--resume");
+        let pretrain: Vec<String> = ["pretrain", "--set", "steps=3", "--set", "out_dir=run/a"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            with_rerun_flag(root.path(), &pretrain).last().unwrap(),
+            "--resume"
+        );
     }
 
     #[test]

@@ -1110,8 +1110,8 @@ fn strs(v: &[String]) -> Vec<&str> {
 #[test]
 fn a_run_directory_is_never_mixed_or_shared() {
     // A training command refuses a directory that holds an earlier run unless told to resume
-    // it or start over; a directory another live command is writing to is refused; a lock left
-    // by a process that no longer runs is taken over; `init` does not write over a directory.
+    // it or start over; a directory another live command is writing to is refused (an OS lock,
+    // which the system releases when its holder ends); `init` does not write over a directory.
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
@@ -1155,13 +1155,17 @@ fn a_run_directory_is_never_mixed_or_shared() {
     assert!(err(&strs(&both)).contains("cannot be used with"));
     // A live holder of the lock (this test's own process) keeps others out.
     let lock = out.join(".lock");
-    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock)
+        .unwrap();
+    held.try_lock().unwrap();
     let e = err(&strs(&align(&["--overwrite"])));
-    assert!(e.contains("is writing to") && e.contains(".lock"), "{e}");
-    // A stale lock (no such process) is taken over; --overwrite starts over.
-    std::fs::write(&lock, "4294967294\n").unwrap();
+    assert!(e.contains("is writing to"), "{e}");
+    drop(held);
+    // Released (as when its process ends, killed or not): --overwrite starts over.
     ok(&strs(&align(&["--overwrite"])));
-    assert!(!lock.exists(), "the lock is released at the end");
     assert!(weights.is_file());
     // --resume continues the finished run (nothing left to do) and keeps its model.
     ok(&strs(&align(&["--resume"])));
@@ -1590,6 +1594,34 @@ fn align_trains_offline_dpo_and_ipo_on_a_trl_preference_file() {
         o,
     ]);
     assert!(e.contains("--algo dpo"), "{e}");
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--preferences",
+        p,
+        "--algo",
+        "ipo",
+        "--beta",
+        "0",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("needs β > 0"), "{e}");
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--preferences",
+        p,
+        "--algo",
+        "dpo",
+        "--set",
+        "target_kl=1",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("target_kl"), "{e}");
     let e = err(&[
         "align",
         "--model",

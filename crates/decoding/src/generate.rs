@@ -43,7 +43,8 @@ pub struct GenerationConfig {
 /// each prompt it draws.
 type Chunk<'a> = (usize, &'a [Vec<u32>], std::ops::Range<usize>);
 
-/// The KV-cache memory a decoding chunk may take when [`GenerationConfig::max_rows`] is 0.
+/// The KV-cache memory a decoding chunk may take when [`GenerationConfig::max_rows`] is 0 (on
+/// the CPU, chunks decode one per core at once: the bound is per chunk).
 pub const KV_BUDGET_BYTES: usize = 2 << 30;
 
 impl Default for GenerationConfig {
@@ -147,7 +148,7 @@ impl<'a> Generator<'a> {
         // prefill batch changes rounding, and results must not depend on the machine's cores.
         // Past `max_rows` rows, one prompt per chunk and its samples in blocks.
         let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-        let max_rows = self.max_rows(cfg, longest + cfg.max_new_tokens);
+        let max_rows = self.max_rows(cfg, longest.saturating_add(cfg.max_new_tokens));
         let (chunk, block) = if cfg.prompt_batch.max(1) * cfg.n > max_rows {
             (1, max_rows.min(cfg.n))
         } else {
@@ -198,7 +199,7 @@ impl<'a> Generator<'a> {
             return cfg.max_rows;
         }
         let c = self.lm.model.config();
-        let per_row = c.n_layers() * 2 * c.d_model() * 4 * positions.max(1);
+        let per_row = (c.n_layers() * 2 * c.d_model() * 4).saturating_mul(positions.max(1));
         (KV_BUDGET_BYTES / per_row.max(1)).max(1)
     }
 

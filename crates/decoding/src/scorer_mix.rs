@@ -165,6 +165,18 @@ impl<'a> ScorerMix<'a> {
 
     /// Appends one token per row.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<(), DecodingError> {
+        if self
+            .tracks
+            .iter()
+            .any(|t| !t.pending.is_empty() || (t.next.is_empty() && t.width > 0))
+        {
+            return Err(DecodingError::InvalidParameter {
+                field: "scorer",
+                message: "feed after advance: read the block (read_block) and prefill again \
+                          before feeding token by token"
+                    .into(),
+            });
+        }
         let batch = TokenBatch::step(tokens, &self.device);
         for t in &mut self.tracks {
             if t.scorer.layout() == ScorerLayout::VocabWide {
@@ -257,8 +269,9 @@ impl<'a> ScorerMix<'a> {
 
     /// Advances every scorer by one token per row, like [`ScorerMix::feed`], but without the
     /// head: only the backbone's hidden state is kept, for [`ScorerMix::read_block`] to read the
-    /// values a block needs at its end. [`ScorerMix::next_values`] is unavailable until the next
-    /// [`ScorerMix::feed`] or [`ScorerMix::prefill`].
+    /// values a block needs at its end. Afterwards [`ScorerMix::next_values`] and
+    /// [`ScorerMix::feed`] are unavailable (`feed` is an error) until the next
+    /// [`ScorerMix::prefill`].
     pub fn advance(&mut self, tokens: &[u32]) -> Result<(), DecodingError> {
         let batch = TokenBatch::step(tokens, &self.device);
         for t in &mut self.tracks {

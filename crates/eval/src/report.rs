@@ -284,7 +284,7 @@ pub fn add_curves_named(
                     .map(fmt_interval)
                     .unwrap_or_else(|| "-".into())
             }));
-            row.push(gain_share_cell(p)?);
+            row.push(gain_share_cell(p));
             Ok(row)
         })
         .collect::<Result<_, EvalError>>()?;
@@ -307,8 +307,9 @@ pub fn add_curves_named(
          sit at most that far right. The gain fraction is (WR − ½) / (WR* − ½) for the standard \
          win rate, WR* that of the best policy at the same KL on a reward without ties (the \
          analytic tool): the share of the largest gain any policy at that KL could reach. At a KL \
-         bound it is a lower bound (≥); it ignores the KL estimate's own error; with many ties (a \
-         length at its cap) WR* is out of reach, so it understates. Grey curves are theory: best-of-N against one base sample, \
+         bound it bounds the true fraction (≥ above a win rate of ½, ≤ below); it ignores the \
+         KL estimate's own error; with many ties (a length at its cap) WR* is out of reach, so \
+         it understates; `-` beyond the tool's reach (KL above ln 20,000). Grey curves are theory: best-of-N against one base sample, \
          and the analytic tool's prediction for the identity transform of a calibrated reward."
     ));
     report.heading("Curves");
@@ -325,18 +326,21 @@ pub fn add_curves_named(
 }
 
 /// The "gain fraction" cell of a point ([`crate::curve::gain_fraction_at_kl`]): `-` for the
-/// base model and points at zero KL.
-fn gain_share_cell(p: &CurvePoint) -> Result<String, EvalError> {
+/// base model, points at zero KL, and KLs beyond the analytic tool's reach. At a KL bound the
+/// true KL is lower, so the optimum's gain is smaller: the shown fraction bounds the true one
+/// from below when the win rate is above ½ (≥) and from above when it is below (≤).
+fn gain_share_cell(p: &CurvePoint) -> String {
     if p.kl.kind == KlKind::Zero {
-        return Ok("-".into());
+        return "-".into();
     }
-    Ok(
-        match crate::curve::gain_fraction_at_kl(p.win_rate, p.kl.value.max(0.0))? {
-            Some(share) if p.kl.kind == KlKind::Bound => format!("≥ {}", fmt_interval(share)),
-            Some(share) => fmt_interval(share),
-            None => "-".into(),
-        },
-    )
+    match crate::curve::gain_fraction_at_kl(p.win_rate, p.kl.value.max(0.0)) {
+        Ok(Some(share)) if p.kl.kind == KlKind::Bound => {
+            let side = if p.win_rate.mean >= 0.5 { "≥" } else { "≤" };
+            format!("{side} {}", fmt_interval(share))
+        }
+        Ok(Some(share)) => fmt_interval(share),
+        Ok(None) | Err(_) => "-".into(),
+    }
 }
 
 /// The points a selector names: `METHOD`, or `METHOD@VALUE` when the method has several points
@@ -471,9 +475,25 @@ pub fn average_replicates(points: &[&CurvePoint]) -> Result<CurvePoint, EvalErro
             })
         })
         .collect();
+    // Only the per-prompt outcomes, KL and mean reward are averaged; the rest is cleared or
+    // summarised, so that nothing of one replicate passes for the mean.
     let mut avg = (*first).clone();
     avg.method = format!("{} (mean of {} replicates)", first.method, points.len());
     avg.replicate = None;
+    avg.inference.clear();
+    avg.measures.clear();
+    avg.sample_stats = None;
+    avg.win_rate = crate::Interval {
+        mean: points.iter().map(|p| p.win_rate.mean).sum::<f64>() / n,
+        low: points
+            .iter()
+            .map(|p| p.win_rate.low)
+            .fold(f64::INFINITY, f64::min),
+        high: points
+            .iter()
+            .map(|p| p.win_rate.high)
+            .fold(f64::NEG_INFINITY, f64::max),
+    };
     avg.kl.value = points.iter().map(|p| p.kl.value).sum::<f64>() / n;
     avg.kl.stderr = None;
     avg.mean_reward = mean_reward.iter().sum::<f64>() / mean_reward.len().max(1) as f64;

@@ -456,6 +456,21 @@ fn train(
             message: format!("{} must be non-negative", cfg.beta),
         });
     }
+    // DPO's β and IPO's τ scale the loss (β = 0: no gradient; τ = 0: an infinite target).
+    if matches!(cfg.algo, Algo::Dpo | Algo::Ipo) && cfg.beta <= 0.0 {
+        return Err(RlError::InvalidParameter {
+            field: "beta",
+            message: format!("{:?} needs β > 0 (got {})", cfg.algo, cfg.beta),
+        });
+    }
+    if matches!(source, Source::Offline { .. }) && cfg.target_kl > 0.0 {
+        return Err(RlError::InvalidParameter {
+            field: "target_kl",
+            message: "offline training measures no KL of its own samples to adapt β to: \
+                      use a fixed β (target_kl = 0)"
+                .into(),
+        });
+    }
     // Checked before any work, naming the config key (the sampler would name its own `n`).
     let least_k = if cfg.algo == Algo::Ppo { 1 } else { 2 };
     if matches!(source, Source::Online { .. }) && cfg.k < least_k {
@@ -589,6 +604,10 @@ fn train(
             // Ziegler et al.'s proportional controller: the error is clipped to ±0.2.
             let err = ((m.kl - cfg.target_kl) / cfg.target_kl).clamp(-0.2, 0.2);
             beta *= 1.0 + cfg.kl_gain * err;
+            if matches!(cfg.algo, Algo::Dpo | Algo::Ipo) {
+                // At kl_gain 5 the factor can reach 0; these losses need β > 0.
+                beta = beta.max(1e-6);
+            }
         }
         if let Some(w) = metrics.as_mut() {
             let mut row = vec![

@@ -30,8 +30,8 @@ pub struct OfflinePair {
 
 /// An offline step's batch: `prompts_per_step` pairs drawn with replacement from the seeded
 /// stream of `step`, as rows (prompt + chosen, prompt + rejected, ...) with their reference
-/// log-probs; `m` gets the reference-relative log-ratio of the rows as its KL (an estimate of
-/// nothing but drift on these fixed completions).
+/// log-probs; `m` gets the rows' mean completion length. No KL is measured (the rows are not
+/// the policy's samples): the step's KL and reward metrics stay 0.
 pub(crate) fn offline_batch(
     cfg: &PolicyTrainConfig,
     lm: &LoadedModel,

@@ -149,34 +149,20 @@ impl TrainRunArgs {
     }
 }
 
-/// The lock file inside a run directory while a command writes to it.
+/// The lock file inside a run directory: a command writing to the directory holds an OS lock on
+/// it (`flock`), which the system releases when the process ends, however it ends.
 pub const LOCK_FILE: &str = ".lock";
 
-/// A claimed run directory: its [`LOCK_FILE`] names this process until the claim is dropped.
+/// A claimed run directory: the open, locked [`LOCK_FILE`]; dropping it releases the lock.
 #[derive(Debug)]
 pub struct RunDirLock {
-    path: PathBuf,
-}
-
-impl Drop for RunDirLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Whether the process that wrote a lock file may still be running: on Linux, whether
-/// `/proc/PID` exists; elsewhere it cannot be told, and the lock is taken as held.
-fn lock_holder_alive(pid: u32) -> bool {
-    if Path::new("/proc/self").exists() {
-        Path::new("/proc").join(pid.to_string()).exists()
-    } else {
-        true
-    }
+    _file: std::fs::File,
 }
 
 /// Claims `out` for a training run before anything is read or written there:
-/// - a second command writing to the same directory is refused (the [`LOCK_FILE`] names the
-///   first one's process; a lock left by a process that no longer runs is taken over);
+/// - a second command writing to the same directory is refused while the first runs (an OS
+///   lock on [`LOCK_FILE`], released by the system when a process ends, even killed, so no lock
+///   is ever stale); the file names the holder's process id, for people;
 /// - without `resume` or `overwrite`, a directory that already holds files is refused, so an
 ///   earlier run is never mixed with a new one; with `overwrite`, its checkpoint is removed
 ///   first.
@@ -190,40 +176,35 @@ pub fn claim_run_dir(out: &Path, resume: bool, overwrite: bool) -> Result<RunDir
     std::fs::create_dir_all(out)
         .map_err(|e| anyhow::anyhow!("cannot create the run directory {}: {e}", out.display()))?;
     let path = out.join(LOCK_FILE);
-    let mut taken_over = false;
-    let lock = loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                use std::io::Write;
-                writeln!(f, "{}", std::process::id())
-                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-                break RunDirLock { path };
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !taken_over => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                match holder.trim().parse::<u32>() {
-                    Ok(pid) if lock_holder_alive(pid) => bail!(
-                        "another command (process {pid}) is writing to {}: wait for it to \
-                         finish, or, if no such process runs, remove {}",
-                        out.display(),
-                        path.display()
-                    ),
-                    _ => {
-                        tracing::warn!(lock = %path.display(), "taking over a stale lock");
-                        std::fs::remove_file(&path).map_err(|e| {
-                            anyhow::anyhow!("removing the stale lock {}: {e}", path.display())
-                        })?;
-                        taken_over = true;
-                    }
-                }
-            }
-            Err(e) => bail!("cannot lock the run directory ({}): {e}", path.display()),
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open the lock {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another command (process {}) is writing to {}: wait for it to finish",
+                holder.trim(),
+                out.display()
+            );
         }
-    };
+        Err(std::fs::TryLockError::Error(e)) => {
+            bail!("cannot lock the run directory ({}): {e}", path.display())
+        }
+    }
+    {
+        use std::io::{Seek, Write};
+        file.set_len(0)
+            .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    let lock = RunDirLock { _file: file };
     if !resume {
         let mut held: Vec<String> = std::fs::read_dir(out)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", out.display()))?
