@@ -1582,59 +1582,18 @@ fn align_trains_offline_dpo_and_ipo_on_a_trl_preference_file() {
     }
     let out = dir.path().join("bad");
     let o = out.to_str().unwrap();
-    let e = err(&[
-        "align",
-        "--model",
-        m,
-        "--preferences",
-        p,
-        "--algo",
-        "rloo",
-        "--out",
-        o,
-    ]);
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["align", "--model", m, "--preferences", p, "--out", o];
+        args.extend_from_slice(extra);
+        err(&args)
+    };
+    let e = refused(&["--algo", "rloo"]);
     assert!(e.contains("--algo dpo"), "{e}");
-    let e = err(&[
-        "align",
-        "--model",
-        m,
-        "--preferences",
-        p,
-        "--algo",
-        "ipo",
-        "--beta",
-        "0",
-        "--out",
-        o,
-    ]);
+    let e = refused(&["--algo", "ipo", "--beta", "0"]);
     assert!(e.contains("needs β > 0"), "{e}");
-    let e = err(&[
-        "align",
-        "--model",
-        m,
-        "--preferences",
-        p,
-        "--algo",
-        "dpo",
-        "--set",
-        "target_kl=1",
-        "--out",
-        o,
-    ]);
+    let e = refused(&["--algo", "dpo", "--set", "target_kl=1"]);
     assert!(e.contains("target_kl"), "{e}");
-    let e = err(&[
-        "align",
-        "--model",
-        m,
-        "--preferences",
-        p,
-        "--reward",
-        "length",
-        "--algo",
-        "dpo",
-        "--out",
-        o,
-    ]);
+    let e = refused(&["--algo", "dpo", "--reward", "length"]);
     assert!(e.contains("cannot be used with"), "{e}");
     let long = dir.path().join("long.jsonl");
     let too_long = " the mat".repeat(60);

@@ -478,7 +478,16 @@ pub fn average_replicates(points: &[&CurvePoint]) -> Result<CurvePoint, EvalErro
     // Only the per-prompt outcomes, KL and mean reward are averaged; the rest is cleared or
     // summarised, so that nothing of one replicate passes for the mean.
     let mut avg = (*first).clone();
-    avg.method = format!("{} (mean of {} replicates)", first.method, points.len());
+    // Interpolated replicates may bracket their KL with different points: name what is common.
+    let method = if points.iter().all(|p| p.method == first.method) {
+        first.method.clone()
+    } else {
+        match first.method.split_once(" between ") {
+            Some((common, _)) => common.to_string(),
+            None => first.method.clone(),
+        }
+    };
+    avg.method = format!("{method} (mean of {} replicates)", points.len());
     avg.replicate = None;
     avg.inference.clear();
     avg.measures.clear();
