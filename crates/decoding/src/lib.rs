@@ -37,7 +37,7 @@ pub use best_of_n::BestOfN;
 pub use blockwise_cd::{BlockwiseCd, TieBreak};
 pub use candidates::{score_samples, scored_candidates};
 pub use error::DecodingError;
-pub use generate::{GenerationConfig, Generator, Steer};
+pub use generate::{GenerationConfig, Generator, KV_BUDGET_BYTES, Steer};
 pub use sample::{Finish, Sample};
 pub use sampler::{SamplingConfig, kl_divergence, process_logprobs, sample_token};
 pub use scorer_mix::ScorerMix;
