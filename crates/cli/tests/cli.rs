@@ -1657,3 +1657,44 @@ fn train_rm_holds_out_whole_prompts_of_a_preference_file() {
     assert_eq!(summary["heldout_pairs"], 3, "{summary}");
     assert_eq!(summary["train_pairs"], 9, "{summary}");
 }
+
+#[test]
+fn a_log_transform_gets_a_smoothed_calibration_without_asking() {
+    // Ĉ = 0 (the lowest reward of a prompt) under `log` would be ln(1e-6) ≈ −13.8 without
+    // smoothing; with it, the lowest value is ln(½ / (K + 1)) for K references (here K − 1 = 3
+    // others in the leave-one-out, so ln(0.5 / 4) ≈ −2.08).
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("p{}", i % 2), "completion": "x",
+                "reward": f64::from(i)})
+            .to_string()
+        })
+        .collect();
+    let refs = dir.path().join("refs.jsonl");
+    std::fs::write(&refs, rows.join("\n") + "\n").unwrap();
+    let out = dir.path().join("c.jsonl");
+    ok(&[
+        "calibrate",
+        "--reference",
+        refs.to_str().unwrap(),
+        "--transform",
+        "log",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let lowest = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["transformed"]
+                .as_f64()
+                .unwrap()
+        })
+        .fold(f64::INFINITY, f64::min);
+    // `log` is ln(u + ε), ε = 1e-6.
+    assert!(
+        (lowest - (0.5f64 / 4.0 + 1e-6).ln()).abs() < 1e-9,
+        "lowest {lowest}"
+    );
+}

@@ -44,7 +44,9 @@ pub struct Args {
     /// `train-rm --rollouts`): apply --transform to it, no reference rollouts needed.
     #[arg(long, conflicts_with = "reference")]
     pub calibrated_reward: bool,
-    /// Transform of the calibrated reward: identity, log, exp, negexp, power.
+    /// Transform of the calibrated reward: identity, log, exp, negexp, power. With `log`, the
+    /// calibrated reward is smoothed to `(K·Ĉ + ½)/(K + 1)` (K reference rollouts) so that
+    /// Ĉ = 0 stays finite.
     #[arg(long, default_value = "identity")]
     pub transform: String,
     /// Parameter of the transform (t of exp/negexp).
@@ -88,6 +90,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         .as_deref()
         .context("--reward is required without --preferences")?;
     let reward = infalign_rewards::reward_from_spec_on(spec, device)?;
+    let transform = if a.raw {
+        None
+    } else {
+        Some(Transform::from_name(&a.transform, a.t)?)
+    };
     let calibrator = if a.raw || a.calibrated_reward {
         None
     } else {
@@ -97,7 +104,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
                  --calibrated-reward with a calibrated reward model, or --raw"
             );
         };
-        let cal = calibrator_of(&read_samples(path, true)?)?;
+        let cal = calibrator_of(&read_samples(path, true)?, transform.as_ref(), false)?;
         if let Some(p) = prompts.iter().find(|p| cal.reference(p).is_none()) {
             bail!(
                 "{}: no reference rollouts for training prompt {p:?}",
@@ -105,11 +112,6 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             );
         }
         Some(cal)
-    };
-    let transform = if a.raw {
-        None
-    } else {
-        Some(Transform::from_name(&a.transform, a.t)?)
     };
     let lm = crate::load_model(a.model.clone(), device)?;
     let ad = device.clone().autodiff();

@@ -17,7 +17,7 @@ pub struct Args {
     /// Samples to calibrate (default: the reference rollouts themselves, leave-one-out).
     #[arg(long)]
     pub samples: Option<PathBuf>,
-    /// Map Ĉ to (K Ĉ + ½)/(K + 1) so that log Ĉ is finite.
+    /// Map Ĉ to (K Ĉ + ½)/(K + 1) so that log Ĉ is finite (always on with `--transform log`).
     #[arg(long)]
     pub smoothing: bool,
     /// Also write `transformed` = Φ(Ĉ): identity, log, exp, negexp or power.
@@ -49,8 +49,7 @@ pub fn run(a: Args) -> Result<()> {
         ],
     )?;
     let reference = read_samples(&a.reference, true)?;
-    let mut cal = calibrator_of(&reference)?;
-    cal.smoothing = a.smoothing;
+    let cal = calibrator_of(&reference, transform.as_ref(), a.smoothing)?;
     let leave_one_out = a.samples.is_none();
     let mut rows = match &a.samples {
         Some(p) => read_samples(p, true)?,

@@ -116,11 +116,18 @@ pub fn write_samples(path: &Path, rows: &[SampleRow]) -> Result<()> {
     Ok(())
 }
 
-/// A calibrator whose reference for each prompt is the rewards of that prompt's rows.
-pub fn calibrator_of(rows: &[SampleRow]) -> Result<infalign_rewards::Calibrator> {
+/// A calibrator whose reference for each prompt is the rewards of that prompt's rows; it
+/// smooths Ĉ away from 0 and 1 when asked, and always before a transform unbounded at 0
+/// (`log`), where an unsmoothed Ĉ = 0 would become `ln ε` (−13.8 at ε = 1e-6), a cliff.
+pub fn calibrator_of(
+    rows: &[SampleRow],
+    transform: Option<&infalign_rewards::Transform>,
+    smoothing: bool,
+) -> Result<infalign_rewards::Calibrator> {
     let mut cal = infalign_rewards::Calibrator::default();
     for (prompt, rewards) in rewards_by_prompt(rows) {
         cal.insert(&prompt, rewards)?;
     }
+    cal.smoothing = smoothing || transform.is_some_and(|t| t.unbounded_at_zero());
     Ok(cal)
 }

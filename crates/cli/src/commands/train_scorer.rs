@@ -180,7 +180,7 @@ fn scorer_rollouts(
                 path.display()
             );
         }
-        Some(calibrator_of(rows)?)
+        Some(calibrator_of(rows, transform, false)?)
     } else {
         None
     };

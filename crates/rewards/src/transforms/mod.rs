@@ -64,6 +64,13 @@ impl Transform {
         Self::Log(Log { eps })
     }
 
+    /// Whether Φ(u) goes to −∞ as u → 0 (`log` with a tiny ε): such a transform needs the
+    /// calibrated reward kept away from 0, so calibration smooths it for them
+    /// ([`crate::Calibrator::smoothing`]).
+    pub fn unbounded_at_zero(&self) -> bool {
+        matches!(self, Self::Log(_))
+    }
+
     /// Parses a command-line name (`identity`, `log`, `exp`, `negexp`, `power`) with its
     /// parameter (`t` for exp/negexp, `k` for power, `eps` for log).
     pub fn from_name(name: &str, param: Option<f64>) -> Result<Self, RewardError> {
