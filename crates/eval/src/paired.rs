@@ -809,7 +809,7 @@ mod tests {
     #[test]
     fn gain_fraction_maps_the_interval() {
         // The analytic optimum's win rate at KL 0.3 (standard procedure).
-        let phi = optimal_transform(Procedure::Standard, 3.0, 201);
+        let phi = optimal_transform(Procedure::Standard, 3.0, 201).unwrap();
         let lambda = lambda_for_kl(&phi, 0.3).unwrap();
         let best = evaluate(&phi, lambda, Procedure::Standard).win_rate;
         assert!(best > 0.6 && best < 0.8, "{best}");

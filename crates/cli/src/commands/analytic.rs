@@ -2,7 +2,9 @@
 //! JSON object with `lambda`, `kl`, `win_rate` (under the procedure) and `standard_win_rate`.
 
 use anyhow::{Result, bail};
-use infalign_eval::analytic::{Procedure, evaluate, lambda_for_kl, optimal_transform};
+use infalign_eval::analytic::{
+    Procedure, evaluate, lambda_for_kl, optimal_transform, optimal_transform_at_kl,
+};
 use infalign_rewards::Transform;
 
 /// Flags of `infalign analytic`.
@@ -36,13 +38,18 @@ pub fn run(a: Args) -> Result<()> {
         other => bail!("--procedure `{other}`: expected standard, bon or won"),
     };
     let (phi, lambda) = if a.transform == "optimal" {
-        let Some(lambda) = a.lambda else {
-            bail!("--transform optimal needs --lambda (the optimal transform depends on it)");
-        };
-        (
-            Transform::Tabulated(optimal_transform(procedure, lambda, 201)),
-            lambda,
-        )
+        // The optimal transform depends on λ: at a KL, λ is solved with it.
+        match (a.lambda, a.kl) {
+            (Some(l), None) => (
+                Transform::Tabulated(optimal_transform(procedure, l, 201)?),
+                l,
+            ),
+            (None, Some(kl)) => {
+                let (l, phi) = optimal_transform_at_kl(procedure, kl, 201)?;
+                (Transform::Tabulated(phi), l)
+            }
+            _ => bail!("--transform optimal needs --lambda L or --kl K"),
+        }
     } else {
         let phi = Transform::from_name(&a.transform, a.t)?;
         let lambda = match (a.lambda, a.kl) {
