@@ -526,8 +526,22 @@ fn analytic_prints_closed_forms() {
         "3",
     ]);
     assert!(v["win_rate"].as_f64().unwrap() > 0.5);
-    let e = err(&["analytic", "--transform", "optimal", "--kl", "1"]);
-    assert!(e.contains("--lambda"), "{e}");
+    // At a KL, λ is solved with the optimal transform.
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "analytic",
+        "--procedure",
+        "bon",
+        "--n",
+        "4",
+        "--transform",
+        "optimal",
+        "--kl",
+        "1",
+    ]))
+    .unwrap();
+    assert!((v["kl"].as_f64().unwrap() - 1.0).abs() < 1e-4, "{v}");
+    let e = err(&["analytic", "--transform", "optimal"]);
+    assert!(e.contains("--lambda L or --kl K"), "{e}");
 }
 
 fn read_points(path: &Path) -> Vec<serde_json::Value> {
