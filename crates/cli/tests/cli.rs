@@ -1712,3 +1712,75 @@ fn a_log_transform_gets_a_smoothed_calibration_without_asking() {
         "lowest {lowest}"
     );
 }
+
+#[test]
+fn bon_distill_sets_the_log_transform_and_beta_from_n() {
+    // Best-of-N distillation is CTRL with Φ = log and β = 1/(N − 1): the config says so, and the
+    // log transform's calibration is smoothed (finite scores).
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let refs = dir.path().join("refs.jsonl");
+    ok(&[
+        "rollouts",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--k",
+        "4",
+        "--reward",
+        "length(t_max=6)",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        refs.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("bon");
+    ok(&[
+        "align",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--reward",
+        "length(t_max=6)",
+        "--reference",
+        refs.to_str().unwrap(),
+        "--bon-distill",
+        "4",
+        "--set",
+        "steps=2",
+        "--set",
+        "max_new_tokens=6",
+        "--set",
+        "prompts_per_step=1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("align_config.json")).unwrap())
+            .unwrap();
+    assert!(
+        (cfg["beta"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12,
+        "{cfg}"
+    );
+    let e = err(&[
+        "align",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--reward",
+        "length",
+        "--reference",
+        refs.to_str().unwrap(),
+        "--bon-distill",
+        "4",
+        "--beta",
+        "1",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
+}

@@ -55,6 +55,11 @@ pub struct Args {
     /// KL weight β (default 0.05; `--set beta=B` works too, the flag wins when both are given).
     #[arg(long)]
     pub beta: Option<f64>,
+    /// Best-of-N distillation (BoNBoN, BOND, vBoN): the `log` transform of the calibrated reward
+    /// with β = 1/(N − 1), whose KL-regularised optimum is the best-of-N policy itself (KL
+    /// `ln N − (N−1)/N`). Sets `--transform log` and `--beta`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["transform", "t", "beta", "raw", "preferences"])]
+    pub bon_distill: Option<u32>,
     /// Policy-optimisation algorithm: rloo (default), ppo, or online dpo / ipo (the best and the
     /// worst of `k` samples per prompt as a preference pair; β is DPO's KL weight, IPO's τ)
     /// (`--set algo=ppo` works too).
@@ -80,6 +85,12 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     if let Some(beta) = a.beta {
         cfg.beta = beta;
     }
+    if let Some(n) = a.bon_distill {
+        if n < 2 {
+            bail!("--bon-distill {n}: N must be at least 2 (β = 1/(N − 1))");
+        }
+        cfg.beta = 1.0 / f64::from(n - 1);
+    }
     cfg.out_dir = a.run.out.clone();
     if let Some(path) = &a.preferences {
         return offline(&a, path, &cfg, device);
@@ -93,7 +104,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let transform = if a.raw {
         None
     } else {
-        Some(Transform::from_name(&a.transform, a.t)?)
+        match a.bon_distill {
+            // log(u) exactly: ε = 0, the calibration is smoothed away from 0.
+            Some(_) => Some(Transform::log(0.0)),
+            None => Some(Transform::from_name(&a.transform, a.t)?),
+        }
     };
     let calibrator = if a.raw || a.calibrated_reward {
         None
