@@ -1183,6 +1183,12 @@ fn a_run_directory_is_never_mixed_or_shared() {
     assert!(weights.is_file());
     // --resume continues the finished run (nothing left to do) and keeps its model.
     ok(&strs(&align(&["--resume"])));
+    // Resuming with another reward or shaping is another run: refused, naming what changed.
+    let mut other = align(&["--resume"]);
+    let at = other.iter().position(|a| a == "length(t_max=4)").unwrap();
+    other[at] = "length(t_max=5)".into();
+    let e = err(&strs(&other));
+    assert!(e.contains("reward changed"), "{e}");
     // `init` refuses a directory that holds files, and --overwrite replaces it whole.
     let init = |extra: &[&str]| {
         let mut args: Vec<String> = [

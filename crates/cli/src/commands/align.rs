@@ -69,8 +69,60 @@ pub struct Args {
     pub run: TrainRunArgs,
 }
 
+/// What a run learns from, beyond its trainer config: kept in `OUT/run.json` so that `--resume`
+/// with another model, reward, shaping or data refuses instead of continuing a different run.
+fn run_identity(a: &Args) -> serde_json::Value {
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    serde_json::json!({
+        "model": path(&a.model),
+        "reward": a.reward,
+        "reference": path(&a.reference),
+        "raw": a.raw,
+        "calibrated_reward": a.calibrated_reward,
+        "transform": if a.raw { None } else { Some(&a.transform) },
+        "t": a.t,
+        "bon_distill": a.bon_distill,
+        "preferences": path(&a.preferences),
+    })
+}
+
+/// Writes `OUT/run.json` for a fresh run; on `--resume`, refuses when it differs, naming the
+/// keys that changed.
+fn check_run_identity(a: &Args) -> Result<()> {
+    let file = a.run.out.join("run.json");
+    let now = run_identity(a);
+    if !a.run.resume {
+        infalign_core::io::write_json_atomic(&file, &now)?;
+        return Ok(());
+    }
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        tracing::warn!(file = %file.display(), "no record of the run's settings: not checked");
+        return Ok(());
+    };
+    let saved: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
+    let changed: Vec<&str> = now
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| saved.get(k.as_str()).unwrap_or(&serde_json::Value::Null) != *v)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !changed.is_empty() {
+        bail!(
+            "--resume: {} was trained with other settings ({} changed; recorded in {}): resume \
+             with the same flags, or start over with --overwrite",
+            a.run.out.display(),
+            changed.join(", "),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let _claim = a.run.claim()?;
+    check_run_identity(&a)?;
     let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     // Flags override the config (and its `--set` keys) only when given.
     if let Some(algo) = &a.algo {
