@@ -86,13 +86,32 @@ fn run_identity(a: &Args) -> serde_json::Value {
     })
 }
 
-/// Writes `OUT/run.json` for a fresh run; on `--resume`, refuses when it differs, naming the
-/// keys that changed.
+/// Runs `train` with `OUT/run.json` recorded for a fresh run; if training stops before its
+/// first checkpoint (a refused setting), the record goes too, so that the directory is as the
+/// command found it.
+fn with_run_record<T>(a: &Args, train: impl FnOnce() -> Result<T>) -> Result<T> {
+    let file = a.run.out.join("run.json");
+    if !a.run.resume {
+        infalign_core::io::write_json_atomic(&file, &run_identity(a))?;
+    }
+    let out = train();
+    let checkpoint = a
+        .run
+        .out
+        .join(infalign_models::train_checkpoint::CHECKPOINT_DIR)
+        .join("state.json");
+    if out.is_err() && !a.run.resume && !checkpoint.is_file() {
+        let _ = std::fs::remove_file(&file);
+    }
+    out
+}
+
+/// On `--resume`, refuses when `OUT/run.json` differs from this run's settings, naming the keys
+/// that changed.
 fn check_run_identity(a: &Args) -> Result<()> {
     let file = a.run.out.join("run.json");
     let now = run_identity(a);
     if !a.run.resume {
-        infalign_core::io::write_json_atomic(&file, &now)?;
         return Ok(());
     }
     let Ok(text) = std::fs::read_to_string(&file) else {
@@ -189,17 +208,19 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         calibrator: calibrator.as_ref(),
         transform,
     };
-    let trained = with_progress(&cfg, |on_step| {
-        Ok(train_policy(
-            &cfg,
-            &lm,
-            policy.model,
-            &prompts,
-            &pipeline,
-            device,
-            a.run.resume,
-            on_step,
-        )?)
+    let trained = with_run_record(&a, || {
+        with_progress(&cfg, |on_step| {
+            Ok(train_policy(
+                &cfg,
+                &lm,
+                policy.model,
+                &prompts,
+                &pipeline,
+                device,
+                a.run.resume,
+                on_step,
+            )?)
+        })
     })?;
     finish(&a, &cfg, &lm, trained)
 }
@@ -233,16 +254,18 @@ fn offline(a: &Args, path: &Path, cfg: &PolicyTrainConfig, device: &Device) -> R
     let ad = device.clone().autodiff();
     let policy =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
-    let trained = with_progress(cfg, |on_step| {
-        Ok(train_policy_on_pairs(
-            cfg,
-            &lm,
-            policy.model,
-            &pairs,
-            device,
-            a.run.resume,
-            on_step,
-        )?)
+    let trained = with_run_record(a, || {
+        with_progress(cfg, |on_step| {
+            Ok(train_policy_on_pairs(
+                cfg,
+                &lm,
+                policy.model,
+                &pairs,
+                device,
+                a.run.resume,
+                on_step,
+            )?)
+        })
     })?;
     finish(a, cfg, &lm, trained)
 }
