@@ -1790,3 +1790,72 @@ fn bon_distill_sets_the_log_transform_and_beta_from_n() {
     ]);
     assert!(e.contains("cannot be used with"), "{e}");
 }
+
+#[test]
+fn scorer_and_reward_model_runs_resume_only_with_their_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let rollouts = dir.path().join("r.jsonl");
+    let r = rollouts.to_str().unwrap();
+    ok(&[
+        "rollouts",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--prompt",
+        "a dog",
+        "--k",
+        "4",
+        "--reward",
+        "length(t_max=4)",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        r,
+    ]);
+    let s = dir.path().join("s");
+    let scorer = |method: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train-scorer",
+            "--model",
+            m,
+            "--rollouts",
+            r,
+            "--method",
+            method,
+            "--set",
+            "steps=2",
+            "--out",
+            s.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    ok(&strs(&scorer("q", &[])));
+    ok(&strs(&scorer("q", &["--resume"])));
+    let e = err(&strs(&scorer("fudge", &["--resume"])));
+    assert!(e.contains("method changed"), "{e}");
+    let rm = dir.path().join("rm");
+    let train_rm = |holdout: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train-rm",
+            "--model",
+            m,
+            "--rollouts",
+            r,
+            "--holdout",
+            holdout,
+            "--set",
+            "steps=2",
+            "--out",
+            rm.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    ok(&strs(&train_rm("0.5", &[])));
+    let e = err(&strs(&train_rm("0.3", &["--resume"])));
+    assert!(e.contains("holdout changed"), "{e}");
+}

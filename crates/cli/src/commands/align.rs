@@ -86,62 +86,9 @@ fn run_identity(a: &Args) -> serde_json::Value {
     })
 }
 
-/// Runs `train` with `OUT/run.json` recorded for a fresh run; if training stops before its
-/// first checkpoint (a refused setting), the record goes too, so that the directory is as the
-/// command found it.
-fn with_run_record<T>(a: &Args, train: impl FnOnce() -> Result<T>) -> Result<T> {
-    let file = a.run.out.join("run.json");
-    if !a.run.resume {
-        infalign_core::io::write_json_atomic(&file, &run_identity(a))?;
-    }
-    let out = train();
-    let checkpoint = a
-        .run
-        .out
-        .join(infalign_models::train_checkpoint::CHECKPOINT_DIR)
-        .join("state.json");
-    if out.is_err() && !a.run.resume && !checkpoint.is_file() {
-        let _ = std::fs::remove_file(&file);
-    }
-    out
-}
-
-/// On `--resume`, refuses when `OUT/run.json` differs from this run's settings, naming the keys
-/// that changed.
-fn check_run_identity(a: &Args) -> Result<()> {
-    let file = a.run.out.join("run.json");
-    let now = run_identity(a);
-    if !a.run.resume {
-        return Ok(());
-    }
-    let Ok(text) = std::fs::read_to_string(&file) else {
-        tracing::warn!(file = %file.display(), "no record of the run's settings: not checked");
-        return Ok(());
-    };
-    let saved: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
-    let changed: Vec<&str> = now
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, v)| saved.get(k.as_str()).unwrap_or(&serde_json::Value::Null) != *v)
-        .map(|(k, _)| k.as_str())
-        .collect();
-    if !changed.is_empty() {
-        bail!(
-            "--resume: {} was trained with other settings ({} changed; recorded in {}): resume \
-             with the same flags, or start over with --overwrite",
-            a.run.out.display(),
-            changed.join(", "),
-            file.display()
-        );
-    }
-    Ok(())
-}
-
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let _claim = a.run.claim()?;
-    check_run_identity(&a)?;
+    a.run.check_settings(&run_identity(&a))?;
     let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     // Flags override the config (and its `--set` keys) only when given.
     if let Some(algo) = &a.algo {
@@ -208,7 +155,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         calibrator: calibrator.as_ref(),
         transform,
     };
-    let trained = with_run_record(&a, || {
+    let trained = a.run.with_settings_recorded(&run_identity(&a), || {
         with_progress(&cfg, |on_step| {
             Ok(train_policy(
                 &cfg,
@@ -254,7 +201,7 @@ fn offline(a: &Args, path: &Path, cfg: &PolicyTrainConfig, device: &Device) -> R
     let ad = device.clone().autodiff();
     let policy =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
-    let trained = with_run_record(a, || {
+    let trained = a.run.with_settings_recorded(&run_identity(a), || {
         with_progress(cfg, |on_step| {
             Ok(train_policy_on_pairs(
                 cfg,

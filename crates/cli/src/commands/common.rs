@@ -147,6 +147,68 @@ impl TrainRunArgs {
     pub fn claim(&self) -> Result<RunDirLock> {
         claim_run_dir(&self.out, self.resume, self.overwrite)
     }
+
+    /// `OUT/run.json`: what a run learns from beyond its trainer config (model, reward, data,
+    /// shaping), so that `--resume` with other settings refuses instead of continuing a
+    /// different run.
+    fn settings_file(&self) -> PathBuf {
+        self.out.join("run.json")
+    }
+
+    /// On `--resume`, refuses when `settings` differ from those recorded in `OUT/run.json`,
+    /// naming the keys that changed (a run without a record is not checked, with a warning).
+    pub fn check_settings(&self, settings: &serde_json::Value) -> Result<()> {
+        if !self.resume {
+            return Ok(());
+        }
+        let file = self.settings_file();
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            tracing::warn!(file = %file.display(), "no record of the run's settings: not checked");
+            return Ok(());
+        };
+        let saved: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+        let changed: Vec<&str> = settings
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| saved.get(k.as_str()).unwrap_or(&serde_json::Value::Null) != *v)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !changed.is_empty() {
+            bail!(
+                "--resume: {} was trained with other settings ({} changed; recorded in {}): \
+                 resume with the same flags, or start over with --overwrite",
+                self.out.display(),
+                changed.join(", "),
+                file.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `train` with `settings` recorded in `OUT/run.json` for a fresh run; if training
+    /// stops before its first checkpoint (a refused setting), the record goes too, so that the
+    /// directory is as the command found it.
+    pub fn with_settings_recorded<T>(
+        &self,
+        settings: &serde_json::Value,
+        train: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let file = self.settings_file();
+        if !self.resume {
+            infalign_core::io::write_json_atomic(&file, settings)?;
+        }
+        let out = train();
+        let checkpoint = self
+            .out
+            .join(infalign_models::train_checkpoint::CHECKPOINT_DIR)
+            .join("state.json");
+        if out.is_err() && !self.resume && !checkpoint.is_file() {
+            let _ = std::fs::remove_file(&file);
+        }
+        out
+    }
 }
 
 /// The lock file inside a run directory: a command writing to the directory holds an OS lock on

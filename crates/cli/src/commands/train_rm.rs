@@ -67,6 +67,12 @@ fn held_count(n: usize, fraction: f64) -> usize {
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let _claim = a.run.claim()?;
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let settings = serde_json::json!({
+        "model": path(&a.model), "data": path(&a.data), "rollouts": path(&a.rollouts),
+        "holdout": a.holdout,
+    });
+    a.run.check_settings(&settings)?;
     let cfg: RmTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     let lm = crate::load_model(a.model, device)?;
     // Prompt and completion as one row of ids, checked against the model's vocabulary and
@@ -172,14 +178,16 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             RewardModelOutput::Calibrated,
         ),
     };
-    let net = train_reward_model(
-        &cfg,
-        net,
-        objective.as_ref(),
-        lm.pad_id,
-        Some(files),
-        |_, _| {},
-    )?;
+    let net = a.run.with_settings_recorded(&settings, || {
+        Ok(train_reward_model(
+            &cfg,
+            net,
+            objective.as_ref(),
+            lm.pad_id,
+            Some(files),
+            |_, _| {},
+        )?)
+    })?;
     if cfg.halts_early() {
         eprintln!(
             "halted after step {}; continue with --resume",

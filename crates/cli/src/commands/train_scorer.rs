@@ -50,6 +50,13 @@ pub struct Args {
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
     let _claim = a.run.claim()?;
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let settings = serde_json::json!({
+        "model": path(&a.model), "rollouts": a.rollouts.display().to_string(),
+        "heldout_rollouts": path(&a.heldout_rollouts), "method": a.method,
+        "calibrate": a.calibrate, "transform": a.transform, "t": a.t, "holdout": a.holdout,
+    });
+    a.run.check_settings(&settings)?;
     let mut cfg: ScorerTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     cfg.method = match a.method.as_str() {
         "fudge" => ScorerMethod::Fudge,
@@ -111,7 +118,17 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         tokenizer: &lm.tokenizer,
         resume: a.run.resume,
     };
-    let scorer = train_scorer(&cfg, &lm.model, init, &data, lm.pad_id, device, Some(files))?;
+    let scorer = a.run.with_settings_recorded(&settings, || {
+        Ok(train_scorer(
+            &cfg,
+            &lm.model,
+            init,
+            &data,
+            lm.pad_id,
+            device,
+            Some(files),
+        )?)
+    })?;
     if cfg.halts_early() {
         eprintln!(
             "halted after step {}; continue with --resume",
