@@ -44,6 +44,22 @@ fn tiny_model(dir: &Path) -> PathBuf {
     model
 }
 
+/// `infalign rollouts` of `model`: `k` per prompt, scored by `length(t_max=T)`, at most `T` new
+/// tokens, into `out`.
+fn rollouts(model: &str, prompts: &[&str], k: usize, t_max: usize, out: &str) {
+    let (k, reward, t) = (
+        k.to_string(),
+        format!("length(t_max={t_max})"),
+        t_max.to_string(),
+    );
+    let mut args = vec!["rollouts", "--model", model, "--k", &k, "--reward", &reward];
+    for prompt in prompts {
+        args.extend(["--prompt", prompt]);
+    }
+    args.extend(["--max-new-tokens", &t, "--out", out]);
+    ok(&args);
+}
+
 #[test]
 fn generate_is_reproducible_and_writes_jsonl() {
     let dir = tempfile::tempdir().unwrap();
@@ -357,23 +373,7 @@ fn rollouts_calibrate_and_train_a_scorer() {
     let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    ok(&[
-        "rollouts",
-        "--model",
-        m,
-        "--prompt",
-        "the cat",
-        "--prompt",
-        "a dog",
-        "--k",
-        "8",
-        "--reward",
-        "length(t_max=10)",
-        "--max-new-tokens",
-        "10",
-        "--out",
-        &p("ref.jsonl"),
-    ]);
+    rollouts(m, &["the cat", "a dog"], 8, 10, &p("ref.jsonl"));
     let refs = std::fs::read_to_string(p("ref.jsonl")).unwrap();
     assert_eq!(refs.lines().count(), 16);
     // Calibrating the reference against itself (leave-one-out) puts every value in [0, 1] and
@@ -869,21 +869,7 @@ fn non_finite_numbers_stop_training_naming_the_step() {
     let m = model.to_str().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let refs = p("ref.jsonl");
-    ok(&[
-        "rollouts",
-        "--model",
-        m,
-        "--prompt",
-        "the cat",
-        "--k",
-        "4",
-        "--reward",
-        "length(t_max=4)",
-        "--max-new-tokens",
-        "4",
-        "--out",
-        &refs,
-    ]);
+    rollouts(m, &["the cat"], 4, 4, &refs);
     let run = |extra: &[&str], out: &str| {
         let mut args = vec![
             "align",
@@ -928,21 +914,7 @@ fn an_output_naming_an_input_is_refused_before_anything_is_read() {
     let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
     let samples = dir.path().join("samples.jsonl");
-    ok(&[
-        "rollouts",
-        "--model",
-        m,
-        "--prompt",
-        "the cat",
-        "--k",
-        "2",
-        "--reward",
-        "length(t_max=4)",
-        "--max-new-tokens",
-        "4",
-        "--out",
-        samples.to_str().unwrap(),
-    ]);
+    rollouts(m, &["the cat"], 2, 4, samples.to_str().unwrap());
     let before = std::fs::read(&samples).unwrap();
     let s = samples.to_str().unwrap();
     let e = err(&[
@@ -1727,21 +1699,7 @@ fn bon_distill_sets_the_log_transform_and_beta_from_n() {
     let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
     let refs = dir.path().join("refs.jsonl");
-    ok(&[
-        "rollouts",
-        "--model",
-        m,
-        "--prompt",
-        "the cat",
-        "--k",
-        "4",
-        "--reward",
-        "length(t_max=6)",
-        "--max-new-tokens",
-        "6",
-        "--out",
-        refs.to_str().unwrap(),
-    ]);
+    rollouts(m, &["the cat"], 4, 6, refs.to_str().unwrap());
     let out = dir.path().join("bon");
     ok(&[
         "align",
@@ -1796,25 +1754,9 @@ fn scorer_and_reward_model_runs_resume_only_with_their_settings() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
-    let rollouts = dir.path().join("r.jsonl");
-    let r = rollouts.to_str().unwrap();
-    ok(&[
-        "rollouts",
-        "--model",
-        m,
-        "--prompt",
-        "the cat",
-        "--prompt",
-        "a dog",
-        "--k",
-        "4",
-        "--reward",
-        "length(t_max=4)",
-        "--max-new-tokens",
-        "4",
-        "--out",
-        r,
-    ]);
+    let file = dir.path().join("r.jsonl");
+    let r = file.to_str().unwrap();
+    rollouts(m, &["the cat", "a dog"], 4, 4, r);
     let s = dir.path().join("s");
     let scorer = |method: &str, extra: &[&str]| {
         let mut args = vec![

@@ -175,18 +175,16 @@ pub fn run(a: Args) -> Result<()> {
             None => String::new(),
         };
         add_curves_named(&mut report, points, &prefix)?;
-        let mine: Vec<(String, String)> = pairs
-            .iter()
-            .filter(|p| home(p) == Some(i))
-            .cloned()
-            .collect();
-        add_paired(&mut report, points, &mine, a.seed)?;
-        let mine: Vec<(String, String)> = at_kl
-            .iter()
-            .filter(|p| home_at_kl(p) == Some(i))
-            .cloned()
-            .collect();
-        add_paired_at_kl(&mut report, points, &mine, a.seed)?;
+        // The comparisons whose home is this section.
+        let here = |list: &[(String, String)],
+                    home: &dyn Fn(&(String, String)) -> Option<usize>| {
+            list.iter()
+                .filter(|p| home(p) == Some(i))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        add_paired(&mut report, points, &here(&pairs, &home), a.seed)?;
+        add_paired_at_kl(&mut report, points, &here(&at_kl, &home_at_kl), a.seed)?;
     }
     add_scorers(&mut report, &a.run)?;
     let (md, html) = report.write(&a.run)?;
