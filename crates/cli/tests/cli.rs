@@ -219,6 +219,90 @@ fn bad_input_gives_clear_errors() {
 }
 
 #[test]
+fn models_that_do_not_fit_together_are_refused_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let init = |tokenizer: &str, config: &str, out: &str| {
+        let args = [
+            "init",
+            "--config",
+            &path(config),
+            "--tokenizer",
+            &path(tokenizer),
+            "--out",
+            &path(out),
+        ]
+        .map(str::to_string);
+        common::infalign(&strs(&args))
+    };
+    // The same tokenizer with two ids swapped: same size, other text for the same ids.
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("tokenizer.json")).unwrap()).unwrap();
+    let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = (vocab["a"].clone(), vocab["b"].clone());
+    vocab["a"] = b;
+    vocab["b"] = a;
+    std::fs::write(path("swapped.json"), t.to_string()).unwrap();
+    assert!(
+        init("swapped.json", "config.json", "swapped")
+            .status
+            .success()
+    );
+    let e = err(&[
+        "eval",
+        "--policy",
+        &path("swapped"),
+        "--base",
+        m,
+        "--prompt",
+        "the",
+        "--reward",
+        "length",
+        "--out",
+        &path("eval"),
+    ]);
+    assert!(e.contains("different tokenizers"), "{e}");
+    let e = err(&[
+        "sweep",
+        "--model",
+        &path("swapped"),
+        "--base",
+        m,
+        "--prompt",
+        "the",
+        "--reward",
+        "length",
+        "--strategy",
+        "bon",
+        "--param",
+        "n",
+        "--values",
+        "1",
+        "--out",
+        &path("sw"),
+    ]);
+    assert!(e.contains("different tokenizers"), "{e}");
+    // A tokenizer with fewer than half the model's ids (276 of 600): another model's.
+    let config = std::fs::read_to_string(path("config.json")).unwrap();
+    std::fs::write(path("wide.json"), config.replace("300", "600")).unwrap();
+    let out = init("tokenizer.json", "wide.json", "wide");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("would vanish"), "{e}");
+    // A config with fewer layers than the weights.
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&config).unwrap();
+    v["n_layer"] = 1.into();
+    std::fs::write(model.join("config.json"), v.to_string()).unwrap();
+    let e = err(&["generate", "--model", m, "--prompt", "the"]);
+    assert!(
+        e.contains("of a layer the config does not have") && e.contains("1 layers"),
+        "{e}"
+    );
+}
+
+#[test]
 fn decode_strategies_write_scored_samples() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
@@ -558,12 +642,12 @@ fn sweep_eval_and_report_draw_curves() {
     let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
     let run = dir.path().join("run");
-    let sweep = |out: &str, extra: &[&str]| {
+    let sweep_on = |model: &str, out: &str, extra: &[&str]| {
         let out = run.join(out);
         let mut args = vec![
             "sweep",
             "--model",
-            m,
+            model,
             "--prompt",
             "the cat",
             "--prompt",
@@ -585,6 +669,7 @@ fn sweep_eval_and_report_draw_curves() {
         ok(&args);
         out
     };
+    let sweep = |out: &str, extra: &[&str]| sweep_on(m, out, extra);
     // Best-of-N: KL is the bound ln N − (N−1)/N.
     let bon = sweep(
         "bon",
@@ -602,6 +687,67 @@ fn sweep_eval_and_report_draw_curves() {
             >= points[1]["base_mean_reward"].as_f64().unwrap()
     );
     assert!(bon.join("n=3.jsonl").exists());
+    // Decoding from another model against `--base`: the base side is the base's own samples,
+    // and the KL adds the decoding model's share. Against itself that share is zero.
+    let same = sweep(
+        "bon-same-base",
+        &[
+            "--strategy",
+            "bon",
+            "--param",
+            "n",
+            "--values",
+            "1,3",
+            "--base",
+            m,
+        ],
+    );
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(same.join("base.jsonl")), read(bon.join("base.jsonl")));
+    for (p, q) in read_points(&same.join("points.jsonl"))
+        .iter()
+        .zip(&read_points(&bon.join("points.jsonl")))
+    {
+        let (kp, kq) = (
+            p["kl"]["value"].as_f64().unwrap(),
+            q["kl"]["value"].as_f64().unwrap(),
+        );
+        assert!((kp - kq).abs() < 1e-4 * (1.0 + kq), "{kp} vs {kq}");
+        assert_eq!(p["win_rate"], q["win_rate"]);
+    }
+    let other = dir.path().join("other");
+    ok(&[
+        "init",
+        "--config",
+        dir.path().join("config.json").to_str().unwrap(),
+        "--tokenizer",
+        dir.path().join("tokenizer.json").to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+        "--seed",
+        "9",
+    ]);
+    let on_other = sweep_on(
+        other.to_str().unwrap(),
+        "bon-other",
+        &[
+            "--strategy",
+            "bon",
+            "--param",
+            "n",
+            "--values",
+            "1",
+            "--base",
+            m,
+        ],
+    );
+    assert_eq!(
+        read(on_other.join("base.jsonl")),
+        read(bon.join("base.jsonl"))
+    );
+    let p = &read_points(&on_other.join("points.jsonl"))[0];
+    assert_eq!(p["kl"]["kind"], "bound");
+    assert!(p["kl"]["stderr"].as_f64().unwrap() > 0.0, "{p}");
     // Temperature: exact per-token KL, zero at T = 1 and positive at T = 0.5.
     let temp = sweep(
         "temperature",
@@ -669,7 +815,7 @@ fn sweep_eval_and_report_draw_curves() {
     };
     let e = bad_sweep(&["--param", "lambda", "--values", "1"]);
     assert!(
-        e.contains("--param Lambda does not apply to --strategy Bon"),
+        e.contains("--param Lambda does not apply to --strategy bon"),
         "{e}"
     );
     let e = bad_sweep(&[

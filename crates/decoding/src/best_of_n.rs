@@ -7,6 +7,7 @@ use infalign_rewards::Reward;
 
 use crate::candidates::{reward_of, scored_candidates};
 use crate::generate::{GenerationConfig, Generator};
+use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Sample};
 
 /// Best of `n` by `reward`.
@@ -28,10 +29,10 @@ impl std::fmt::Debug for BestOfN<'_> {
     }
 }
 
-impl BestOfN<'_> {
+impl DecodingStrategy for BestOfN<'_> {
     /// One sample per prompt, with its reward.
-    pub fn decode(
-        &self,
+    fn decode(
+        &mut self,
         generator: &Generator<'_>,
         prompts: &[String],
         cfg: &GenerationConfig,
@@ -39,27 +40,34 @@ impl BestOfN<'_> {
     ) -> Result<Vec<Sample>, DecodingError> {
         check_n(self.n)?;
         let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
-        Ok(groups.into_iter().map(|g| pick_best(g, 1.0)).collect())
+        Ok(groups.into_iter().map(|g| pick(g, Pick::Best)).collect())
     }
 }
 
-/// The first sample with the highest `sign * reward`.
-pub(crate) fn pick_best(group: Vec<Sample>, sign: f64) -> Sample {
-    let mut best = 0;
+/// Which end of the reward ranking a selection keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// The highest reward (best-of-N).
+    Best,
+    /// The lowest reward (worst-of-N).
+    Worst,
+}
+
+/// The first sample with the highest (`Best`) or lowest (`Worst`) reward.
+pub(crate) fn pick(group: Vec<Sample>, which: Pick) -> Sample {
+    let better = |a: f64, b: f64| match which {
+        Pick::Best => a > b,
+        Pick::Worst => a < b,
+    };
+    let mut chosen = 0;
     for (i, s) in group.iter().enumerate() {
-        if sign * reward_of(s) > sign * reward_of(&group[best]) {
-            best = i;
+        if better(reward_of(s), reward_of(&group[chosen])) {
+            chosen = i;
         }
     }
-    group.into_iter().nth(best).expect("n >= 1")
+    group.into_iter().nth(chosen).expect("n >= 1")
 }
 
 pub(crate) fn check_n(n: usize) -> Result<(), DecodingError> {
-    if n == 0 {
-        return Err(DecodingError::InvalidParameter {
-            field: "n",
-            message: "must be at least 1".into(),
-        });
-    }
-    Ok(())
+    crate::strategy::at_least_one("n", n)
 }

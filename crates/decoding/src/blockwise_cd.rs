@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::generate::{GenerationConfig, Generator};
 use crate::sampler::sample_token;
 use crate::scorer_mix::ScorerMix;
+use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Finish, Sample};
 
 /// How ties between equally valued blocks are broken.
@@ -62,6 +63,19 @@ struct Row {
     rng: rand_chacha::ChaCha8Rng,
 }
 
+impl DecodingStrategy for BlockwiseCd<'_> {
+    /// One sample per prompt (`cfg.n` is ignored: K plays its role).
+    fn decode(
+        &mut self,
+        generator: &Generator<'_>,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+        seed: Seed,
+    ) -> Result<Vec<Sample>, DecodingError> {
+        self.decode_blocks(generator, prompts, cfg, seed)
+    }
+}
+
 impl<'a> BlockwiseCd<'a> {
     /// Blockwise CD with K candidates of M tokens.
     pub fn new(
@@ -70,12 +84,8 @@ impl<'a> BlockwiseCd<'a> {
         tie_break: TieBreak,
         mix: ScorerMix<'a>,
     ) -> Result<Self, DecodingError> {
-        if k == 0 || m == 0 {
-            return Err(DecodingError::InvalidParameter {
-                field: if k == 0 { "k" } else { "m" },
-                message: "must be at least 1".into(),
-            });
-        }
+        crate::strategy::at_least_one("k", k)?;
+        crate::strategy::at_least_one("m", m)?;
         Ok(Self {
             k,
             m,
@@ -85,7 +95,7 @@ impl<'a> BlockwiseCd<'a> {
     }
 
     /// One sample per prompt (`cfg.n` is ignored: K plays its role).
-    pub fn decode(
+    fn decode_blocks(
         &mut self,
         generator: &Generator<'_>,
         prompts: &[String],

@@ -1,9 +1,11 @@
 //! # infalign-decoding
 //!
-//! Decoding strategies, one file each: ancestral sampling with temperature, top-k and top-p
-//! ([`SamplingConfig`], [`Generator`]); [`BestOfN`], [`WorstOfN`], [`SoftBestOfN`] with any
-//! reward; controlled decoding with prefix scorers, [`TokenwiseCd`] and [`BlockwiseCd`], over a
-//! multi-objective [`ScorerMix`]. The N samples of a prompt always share its prefill. Every [`Sample`] records its prompt, tokens, text, how it ended, and its
+//! Decoding strategies, one file each, behind one trait, [`DecodingStrategy`]: [`Ancestral`]
+//! sampling with temperature, top-k and top-p ([`SamplingConfig`], [`Generator`]);
+//! [`BestOfN`], [`WorstOfN`], [`SoftBestOfN`] with any reward; controlled decoding with prefix
+//! scorers, [`TokenwiseCd`] and [`BlockwiseCd`], over a multi-objective [`ScorerMix`].
+//! [`StrategyConfig`] names each built-in with its parameters, validates them, knows how its KL
+//! is known ([`KlProvenance`]) and builds it (`init`). The N samples of a prompt always share its prefill. Every [`Sample`] records its prompt, tokens, text, how it ended, and its
 //! per-token log-probs under the policy that drew it and under the base model.
 //!
 //! ```
@@ -21,6 +23,7 @@
 //! assert_eq!((token, policy_logp), (0, 0.0));
 //! ```
 
+mod ancestral;
 mod best_of_n;
 mod blockwise_cd;
 mod candidates;
@@ -30,17 +33,20 @@ mod sample;
 mod sampler;
 mod scorer_mix;
 mod soft_best_of_n;
+mod strategy;
 mod tokenwise_cd;
 mod worst_of_n;
 
+pub use ancestral::Ancestral;
 pub use best_of_n::BestOfN;
 pub use blockwise_cd::{BlockwiseCd, TieBreak};
 pub use candidates::{score_samples, scored_candidates};
 pub use error::DecodingError;
 pub use generate::{GenerationConfig, Generator, KV_BUDGET_BYTES, Steer};
-pub use sample::{Finish, Sample};
+pub use sample::{Finish, Sample, completion_logprobs};
 pub use sampler::{SamplingConfig, kl_divergence, process_logprobs, sample_token};
 pub use scorer_mix::ScorerMix;
 pub use soft_best_of_n::SoftBestOfN;
+pub use strategy::{DecodingStrategy, KlProvenance, StrategyConfig};
 pub use tokenwise_cd::TokenwiseCd;
 pub use worst_of_n::WorstOfN;

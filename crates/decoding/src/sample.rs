@@ -77,3 +77,32 @@ impl Sample {
         }
     }
 }
+
+/// Sequences scored per forward pass in [`completion_logprobs`]: bounds its memory (the
+/// log-softmax is rows × length × vocabulary) whatever the number of samples.
+const SCORE_ROWS: usize = 64;
+
+/// `log π(y | x)` of each sample's completion under `lm`, a model other than the one that
+/// decoded it (the reference of a KL, or a policy a decoder steered). The prompt ids must be
+/// `lm`'s: the models share a tokenizer.
+pub fn completion_logprobs(
+    lm: &infalign_models::LoadedModel,
+    samples: &[Sample],
+    device: &infalign_core::Device,
+) -> Result<Vec<f64>, crate::DecodingError> {
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(SCORE_ROWS) {
+        let rows: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|s| s.prompt_ids.iter().chain(&s.tokens).copied().collect())
+            .collect();
+        let lp = lm.model.sequence_logprobs(&rows, lm.pad_id, device)?;
+        out.extend(chunk.iter().zip(&lp).map(|(s, r)| {
+            r[s.prompt_ids.len().saturating_sub(1)..]
+                .iter()
+                .map(|&x| f64::from(x))
+                .sum::<f64>()
+        }));
+    }
+    Ok(out)
+}

@@ -9,6 +9,7 @@ use rand::Rng;
 use crate::best_of_n::check_n;
 use crate::candidates::{reward_of, scored_candidates};
 use crate::generate::{GenerationConfig, Generator};
+use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Sample};
 
 /// Soft best-of-`n` at temperature `tau`.
@@ -33,22 +34,17 @@ impl std::fmt::Debug for SoftBestOfN<'_> {
     }
 }
 
-impl SoftBestOfN<'_> {
+impl DecodingStrategy for SoftBestOfN<'_> {
     /// One sample per prompt, with its reward.
-    pub fn decode(
-        &self,
+    fn decode(
+        &mut self,
         generator: &Generator<'_>,
         prompts: &[String],
         cfg: &GenerationConfig,
         seed: Seed,
     ) -> Result<Vec<Sample>, DecodingError> {
         check_n(self.n)?;
-        if !(self.tau > 0.0 && self.tau.is_finite()) {
-            return Err(DecodingError::InvalidParameter {
-                field: "tau",
-                message: format!("{} must be a positive number", self.tau),
-            });
-        }
+        crate::strategy::positive("tau", self.tau)?;
         let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
         Ok(groups
             .into_iter()

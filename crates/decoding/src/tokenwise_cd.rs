@@ -18,6 +18,7 @@ use infalign_core::Seed;
 
 use crate::generate::{GenerationConfig, Generator, Steer};
 use crate::scorer_mix::ScorerMix;
+use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Sample};
 
 /// Tokenwise CD over a (possibly multi-objective) prefix scorer.
@@ -62,6 +63,19 @@ fn normalise(mut logits: Vec<f32>) -> Vec<f32> {
     logits
 }
 
+impl DecodingStrategy for TokenwiseCd<'_> {
+    /// Decodes `cfg.n` samples of every prompt.
+    fn decode(
+        &mut self,
+        generator: &Generator<'_>,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+        seed: Seed,
+    ) -> Result<Vec<Sample>, DecodingError> {
+        generator.generate_steered(prompts, cfg, seed, Some(self))
+    }
+}
+
 impl<'a> TokenwiseCd<'a> {
     /// Tokenwise CD with strength `lambda` over `mix`; the scorers must be vocabulary-wide.
     pub fn new(
@@ -69,12 +83,7 @@ impl<'a> TokenwiseCd<'a> {
         top_k: Option<usize>,
         mix: ScorerMix<'a>,
     ) -> Result<Self, DecodingError> {
-        if !lambda.is_finite() {
-            return Err(DecodingError::InvalidParameter {
-                field: "lambda",
-                message: format!("{lambda} is not finite"),
-            });
-        }
+        crate::strategy::finite("lambda", f64::from(lambda))?;
         if !mix.is_vocab_wide() && top_k.is_none() {
             return Err(DecodingError::InvalidParameter {
                 field: "scorer",
@@ -83,29 +92,13 @@ impl<'a> TokenwiseCd<'a> {
                     .into(),
             });
         }
-        if top_k == Some(0) {
-            return Err(DecodingError::InvalidParameter {
-                field: "cd-top-k",
-                message: "must be at least 1".into(),
-            });
-        }
+        top_k.map_or(Ok(()), |k| crate::strategy::at_least_one("cd-top-k", k))?;
         Ok(Self {
             lambda,
             top_k,
             mix,
             candidates: Vec::new(),
         })
-    }
-
-    /// Decodes `cfg.n` samples of every prompt.
-    pub fn decode(
-        &mut self,
-        generator: &Generator<'_>,
-        prompts: &[String],
-        cfg: &GenerationConfig,
-        seed: Seed,
-    ) -> Result<Vec<Sample>, DecodingError> {
-        generator.generate_steered(prompts, cfg, seed, Some(self))
     }
 
     /// The CD log-probs of one row given the base log-probs.

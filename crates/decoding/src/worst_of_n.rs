@@ -5,9 +5,10 @@
 use infalign_core::Seed;
 use infalign_rewards::Reward;
 
-use crate::best_of_n::{check_n, pick_best};
+use crate::best_of_n::{Pick, check_n, pick};
 use crate::candidates::scored_candidates;
 use crate::generate::{GenerationConfig, Generator};
+use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Sample};
 
 /// Worst of `n` by `reward`.
@@ -29,10 +30,10 @@ impl std::fmt::Debug for WorstOfN<'_> {
     }
 }
 
-impl WorstOfN<'_> {
+impl DecodingStrategy for WorstOfN<'_> {
     /// One sample per prompt, with its reward.
-    pub fn decode(
-        &self,
+    fn decode(
+        &mut self,
         generator: &Generator<'_>,
         prompts: &[String],
         cfg: &GenerationConfig,
@@ -40,6 +41,6 @@ impl WorstOfN<'_> {
     ) -> Result<Vec<Sample>, DecodingError> {
         check_n(self.n)?;
         let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
-        Ok(groups.into_iter().map(|g| pick_best(g, -1.0)).collect())
+        Ok(groups.into_iter().map(|g| pick(g, Pick::Worst)).collect())
     }
 }

@@ -4,7 +4,8 @@
 
 use infalign_core::{DeviceSpec, Seed};
 use infalign_decoding::{
-    BestOfN, BlockwiseCd, GenerationConfig, Generator, ScorerMix, TieBreak, TokenwiseCd, WorstOfN,
+    BestOfN, BlockwiseCd, DecodingStrategy, GenerationConfig, Generator, ScorerMix, TieBreak,
+    TokenwiseCd, WorstOfN,
 };
 use infalign_models::weights::{RandomInit, read_f32};
 use infalign_models::{
@@ -135,6 +136,45 @@ fn exact_path_kl_agrees_with_the_sampled_log_ratio() {
     .decode(&g, &prompts(), &cfg, Seed(3))
     .unwrap();
     assert!(bon.iter().all(|s| s.path_kl().is_none()));
+}
+
+#[test]
+fn completion_logprobs_rescore_samples_under_any_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = loaded(8.0, dir.path());
+    let b = LoadedModel::assemble(model(8.0, 2), a.tokenizer.clone(), dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let cfg = GenerationConfig {
+        max_new_tokens: 6,
+        n: 40,
+        ..Default::default()
+    };
+    let samples = Generator::new(&a, device.clone())
+        .generate(&prompts(), &cfg, Seed(4))
+        .unwrap();
+    // Under the model that sampled them: the log-probs it recorded while decoding (a cached
+    // step against a full forward: f32 rounding, a few ulps of each term).
+    let under_a = infalign_decoding::completion_logprobs(&a, &samples, &device).unwrap();
+    for (s, lp) in samples.iter().zip(&under_a) {
+        let scale: f64 = s
+            .base_logprobs
+            .iter()
+            .map(|x| f64::from(x.abs()) + 1.0)
+            .sum();
+        assert!(
+            (lp - s.base_logprob()).abs() < 1e-5 * scale,
+            "{lp} vs {} for {:?}",
+            s.base_logprob(),
+            s.tokens
+        );
+    }
+    // Under another model: the log ratio's mean is a k1 estimate of KL(a ‖ b) > 0.
+    let under_b = infalign_decoding::completion_logprobs(&b, &samples, &device).unwrap();
+    let ratios: Vec<f64> = under_a.iter().zip(&under_b).map(|(x, y)| x - y).collect();
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (ratios.len() - 1) as f64;
+    let se = (var / ratios.len() as f64).sqrt();
+    assert!(mean > 4.0 * se, "KL estimate {mean} ± {se}");
 }
 
 #[test]

@@ -47,6 +47,16 @@ impl LoadedModel {
         let mut src = SafetensorsSource::open_dir(dir)?;
         let model = CausalLm::init(&config, &mut src, device)?;
         let unused = src.unused();
+        if let Some(name) = unused
+            .iter()
+            .find(|name| layer_index(name).is_some_and(|i| i >= config.n_layers()))
+        {
+            return Err(ModelError::ExtraLayers {
+                file: dir.join(WEIGHTS_FILE).display().to_string(),
+                name: name.clone(),
+                layers: config.n_layers(),
+            });
+        }
         if !unused.is_empty() {
             tracing::debug!(
                 ?unused,
@@ -75,6 +85,20 @@ impl LoadedModel {
         }
     }
 
+    /// Refuses `other` unless it has the same tokenizer (the same vocabulary, added tokens
+    /// included): models that exchange token ids (a policy and its base, a scorer and the model
+    /// it steers) must mean the same text by them.
+    pub fn check_same_tokenizer(&self, other: &LoadedModel) -> Result<()> {
+        if self.tokenizer.same_vocab(&other.tokenizer) {
+            Ok(())
+        } else {
+            Err(ModelError::TokenizerMismatch {
+                first: self.dir.clone(),
+                second: other.dir.clone(),
+            })
+        }
+    }
+
     /// Writes the directory (each file atomically).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         save_model_dir(dir, &self.model, &self.tokenizer)
@@ -95,12 +119,36 @@ pub fn save_model_dir(
     model.config().save(dir.join(CONFIG_FILE))
 }
 
-/// The tokenizer's ids must index the model's embedding table.
+/// The layer a Hugging Face tensor name belongs to: the number after a `h` (GPT-2) or `layers`
+/// (Llama) component, as in `transformer.h.3.attn.c_attn.weight`.
+fn layer_index(name: &str) -> Option<usize> {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts
+        .windows(2)
+        .find(|w| w[0] == "h" || w[0] == "layers")
+        .and_then(|w| w[1].parse().ok())
+}
+
+/// A model may pad its vocabulary beyond its tokenizer's, but not to twice its size: checkpoints
+/// round it up to a multiple of 64 or 128 (Qwen2 by 0.2%, Phi-2 by 1.8%), and a tokenizer with
+/// fewer than half the model's ids is another model's (500 tokens for 4,096 ids: most sampled
+/// ids would have no text).
+const MAX_VOCAB_PADDING: f64 = 0.5;
+
+/// The tokenizer's ids must index the model's embedding table, and the model's ids must mostly
+/// have text: a tokenizer much smaller than the vocabulary is another model's.
 pub fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig) -> Result<()> {
-    if tokenizer.vocab_size() > config.vocab_size() {
+    let (t, m) = (tokenizer.vocab_size(), config.vocab_size());
+    if t > m {
         return Err(ModelError::VocabMismatch {
-            tokenizer: tokenizer.vocab_size(),
-            model: config.vocab_size(),
+            tokenizer: t,
+            model: m,
+        });
+    }
+    if (t as f64) < (m as f64) * (1.0 - MAX_VOCAB_PADDING) {
+        return Err(ModelError::VocabTooSmall {
+            tokenizer: t,
+            model: m,
         });
     }
     Ok(())

@@ -109,6 +109,42 @@ pub enum ModelError {
         /// The model's vocab_size.
         model: usize,
     },
+    /// The tokenizer is far smaller than the model's vocabulary: a tokenizer of another model.
+    #[error(
+        "the tokenizer has {tokenizer} tokens but the model's vocab_size is {model}: ids from \
+         {tokenizer} on would vanish from decoded text (is it another model's tokenizer? a \
+         model may pad its vocabulary, not to twice its tokenizer's size)"
+    )]
+    VocabTooSmall {
+        /// Tokens in the tokenizer (including added tokens).
+        tokenizer: usize,
+        /// The model's vocab_size.
+        model: usize,
+    },
+    /// Two models that must share token ids have different tokenizers.
+    #[error(
+        "{first} and {second} have different tokenizers: the same ids would mean different \
+         text"
+    )]
+    TokenizerMismatch {
+        /// The first model's directory.
+        first: PathBuf,
+        /// The second model's directory.
+        second: PathBuf,
+    },
+    /// The checkpoint holds weights of layers the config does not have.
+    #[error(
+        "{file}: holds tensor `{name}` of a layer the config does not have (config.json has \
+         {layers} layers): config and weights belong to different models"
+    )]
+    ExtraLayers {
+        /// The weights file or directory.
+        file: String,
+        /// The first such tensor.
+        name: String,
+        /// Layers in the config.
+        layers: usize,
+    },
     /// An input is longer than the model's context.
     #[error("input of {len} tokens exceeds the model's context of {max} positions")]
     ContextOverflow {

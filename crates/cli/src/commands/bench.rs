@@ -116,9 +116,7 @@ fn strategies(
     device: &Device,
     new_tokens: usize,
 ) -> Result<Vec<(String, f64, f64)>> {
-    use infalign_decoding::{
-        BestOfN, BlockwiseCd, GenerationConfig, Generator, ScorerMix, TieBreak, TokenwiseCd,
-    };
+    use infalign_decoding::{GenerationConfig, Generator, ScorerMix, StrategyConfig};
     use infalign_models::{LoadedModel, PrefixScorer, ScorerLayout};
     let tokenizer =
         infalign_models::Tokenizer::from_file(crate::shipped_model_dir().join("tokenizer.json"))?;
@@ -151,37 +149,40 @@ fn strategies(
         Ok(())
     })?;
     let mut rows = vec![("base sampling".to_string(), base, 1.0)];
-    for n in [4, 16] {
+    let cases = [
+        (
+            "best-of-4 (time per prompt vs one sample)",
+            StrategyConfig::BestOfN { n: 4 },
+        ),
+        (
+            "best-of-16 (time per prompt vs one sample)",
+            StrategyConfig::BestOfN { n: 16 },
+        ),
+        (
+            "tokenwise CD (time per token vs base)",
+            StrategyConfig::TokenwiseCd {
+                lambda: 1.0,
+                top_k: None,
+            },
+        ),
+        (
+            "blockwise CD K=4 M=8 (time per token vs base)",
+            StrategyConfig::BlockwiseCd {
+                k: 4,
+                m: 8,
+                random_ties: false,
+            },
+        ),
+    ];
+    for (name, config) in cases {
         let t = time(&mut || {
-            BestOfN {
-                n,
-                reward: reward.as_ref(),
-            }
-            .decode(&g, &prompts, &cfg, Seed(1))?;
+            let mix = ScorerMix::new(vec![(1.0, &scorer)], vocab, device.clone())?;
+            let mut strategy = config.init(Some(reward.as_ref()), Some(mix))?;
+            strategy.decode(&g, &prompts, &cfg, Seed(1))?;
             Ok(())
         })?;
-        rows.push((
-            format!("best-of-{n} (time per prompt vs one sample)"),
-            t,
-            t / base,
-        ));
+        rows.push((name.to_string(), t, t / base));
     }
-    let t = time(&mut || {
-        let mix = ScorerMix::new(vec![(1.0, &scorer)], vocab, device.clone())?;
-        TokenwiseCd::new(1.0, None, mix)?.decode(&g, &prompts, &cfg, Seed(1))?;
-        Ok(())
-    })?;
-    rows.push(("tokenwise CD (time per token vs base)".into(), t, t / base));
-    let t = time(&mut || {
-        let mix = ScorerMix::new(vec![(1.0, &scorer)], vocab, device.clone())?;
-        BlockwiseCd::new(4, 8, TieBreak::First, mix)?.decode(&g, &prompts, &cfg, Seed(1))?;
-        Ok(())
-    })?;
-    rows.push((
-        "blockwise CD K=4 M=8 (time per token vs base)".into(),
-        t,
-        t / base,
-    ));
     Ok(rows)
 }
 

@@ -5,12 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use infalign_core::{Device, Seed};
-use infalign_decoding::{
-    BestOfN, BlockwiseCd, GenerationConfig, Generator, Sample, ScorerMix, SoftBestOfN, TieBreak,
-    TokenwiseCd, WorstOfN,
-};
-use infalign_models::PrefixScorer;
-use infalign_rewards::{Reward, RewardInput, reward_from_spec_on};
+use infalign_decoding::{GenerationConfig, Generator, Sample, ScorerMix, StrategyConfig};
+use infalign_models::{LoadedModel, PrefixScorer, Tokenizer};
+use infalign_rewards::{Reward, reward_from_spec_on};
 
 use super::common::{DecodeInputs, SamplingArgs};
 
@@ -84,34 +81,64 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// A strategy ready to decode: its reward and scorers loaded and checked.
+impl StrategyArgs {
+    /// The strategy these flags name, with its parameters.
+    pub fn config(&self) -> StrategyConfig {
+        match self.strategy {
+            Strategy::Sample => StrategyConfig::Sample,
+            Strategy::Greedy => StrategyConfig::Greedy,
+            Strategy::Bon => StrategyConfig::BestOfN { n: self.n },
+            Strategy::Won => StrategyConfig::WorstOfN { n: self.n },
+            Strategy::SoftBon => StrategyConfig::SoftBestOfN {
+                n: self.n,
+                tau: self.tau,
+            },
+            Strategy::CdToken => StrategyConfig::TokenwiseCd {
+                lambda: self.lambda,
+                top_k: self.cd_top_k,
+            },
+            Strategy::CdBlock => StrategyConfig::BlockwiseCd {
+                k: self.k,
+                m: self.m,
+                random_ties: self.random_ties,
+            },
+        }
+    }
+}
+
+/// A strategy ready to decode: its config, and the reward and scorers it names, loaded and
+/// checked.
 pub struct Decoder {
-    args: StrategyArgs,
+    /// The strategy and its parameters (change them between calls to sweep).
+    pub config: StrategyConfig,
+    /// Samples per prompt of strategies that sample each prompt independently (`--n`).
+    pub n: usize,
     reward: Option<Box<dyn Reward>>,
     scorers: Vec<PrefixScorer>,
+    weights: Vec<f32>,
+    scorer_dirs: Vec<PathBuf>,
+    /// Each scorer's tokenizer, to check against the model it steers.
+    scorer_tokenizers: Vec<Tokenizer>,
 }
 
 impl Decoder {
     /// Loads what `args` names; a strategy missing its reward or scorer is an error naming the
     /// flag.
-    pub fn new(args: StrategyArgs, device: &Device) -> Result<Self> {
-        let needs_reward = matches!(
-            args.strategy,
-            Strategy::Bon | Strategy::Won | Strategy::SoftBon
-        );
-        let needs_scorer = matches!(args.strategy, Strategy::CdToken | Strategy::CdBlock);
+    pub fn new(args: &StrategyArgs, device: &Device) -> Result<Self> {
+        let config = args.config();
+        config.validate()?;
         let reward: Option<Box<dyn Reward>> = args
             .reward
             .as_deref()
             .map(|r| reward_from_spec_on(r, device))
             .transpose()?;
-        if needs_reward && reward.is_none() {
+        if config.needs_reward() && reward.is_none() {
             bail!(
                 "--strategy {:?} needs --reward (for example --reward sentiment)",
                 args.strategy
             );
         }
-        if needs_scorer && args.scorer.is_empty() {
+        if config.needs_scorer() && args.scorer.is_empty() {
             bail!(
                 "--strategy {:?} needs --scorer DIR (a prefix scorer from `infalign train-scorer`)",
                 args.strategy
@@ -124,38 +151,47 @@ impl Decoder {
                 args.scorer.len()
             );
         }
-        let scorers = args
+        let (scorers, scorer_tokenizers) = args
             .scorer
             .iter()
             .map(|d| {
                 PrefixScorer::load(d, device)
-                    .map(|(s, _, _)| s)
+                    .map(|(s, t, _)| (s, t))
                     .with_context(|| format!("loading prefix scorer {}", d.display()))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let weights = if args.weight.is_empty() {
+            vec![1.0; args.scorer.len()]
+        } else {
+            args.weight.clone()
+        };
         Ok(Self {
-            args,
+            config,
+            n: args.n,
             reward,
             scorers,
+            weights,
+            scorer_dirs: args.scorer.clone(),
+            scorer_tokenizers,
         })
     }
 
-    /// The strategy's parameters (change them between calls to sweep).
-    pub fn args_mut(&mut self) -> &mut StrategyArgs {
-        &mut self.args
-    }
-
-    /// The strategy's parameters.
-    pub fn args(&self) -> &StrategyArgs {
-        &self.args
-    }
-
-    /// Whether one call yields `n` samples per prompt (the others yield one).
-    pub fn samples_per_call(&self) -> usize {
-        match self.args.strategy {
-            Strategy::Sample | Strategy::Greedy | Strategy::CdToken => self.args.n,
-            _ => 1,
+    /// Refuses a model whose tokenizer differs from a scorer's: the scorer's values index the
+    /// model's token ids.
+    pub fn check_model(&self, lm: &LoadedModel) -> Result<()> {
+        for (t, dir) in self.scorer_tokenizers.iter().zip(&self.scorer_dirs) {
+            if !t.same_vocab(&lm.tokenizer) {
+                bail!(
+                    "prefix scorer {} and model {} have different tokenizers: the scorer's \
+                     values would score other tokens than the model samples",
+                    dir.display(),
+                    lm.dir.display()
+                );
+            }
         }
+        Ok(())
     }
 
     /// Decodes every prompt; every sample gets the reward when there is one.
@@ -166,67 +202,28 @@ impl Decoder {
         sampling: &SamplingArgs,
         seed: Seed,
     ) -> Result<Vec<Sample>> {
-        let a = &self.args;
-        let lm = generator.model();
-        let device = generator.device();
         let cfg = GenerationConfig {
             max_new_tokens: sampling.max_new_tokens,
-            n: self.samples_per_call(),
-            sampling: sampling.sampling(a.strategy == Strategy::Greedy),
+            n: self.config.samples_per_prompt(self.n).unwrap_or(1),
+            sampling: sampling.sampling(false),
             stop: sampling.stop.clone(),
             prompt_batch: sampling.batch,
             max_rows: 0,
         };
-        let weights: Vec<f32> = if a.weight.is_empty() {
-            vec![1.0; self.scorers.len()]
+        let mix = if self.scorers.is_empty() {
+            None
         } else {
-            a.weight.clone()
+            Some(ScorerMix::new(
+                self.weights.iter().copied().zip(&self.scorers).collect(),
+                generator.model().model.config().vocab_size(),
+                generator.device().clone(),
+            )?)
         };
-        let mix = || {
-            ScorerMix::new(
-                weights.iter().copied().zip(self.scorers.iter()).collect(),
-                lm.model.config().vocab_size(),
-                device.clone(),
-            )
-        };
-        let reward = || self.reward.as_deref().expect("checked in Decoder::new");
-        let mut samples = match a.strategy {
-            Strategy::Sample | Strategy::Greedy => generator.generate(prompts, &cfg, seed)?,
-            Strategy::Bon => BestOfN {
-                n: a.n,
-                reward: reward(),
-            }
-            .decode(generator, prompts, &cfg, seed)?,
-            Strategy::Won => WorstOfN {
-                n: a.n,
-                reward: reward(),
-            }
-            .decode(generator, prompts, &cfg, seed)?,
-            Strategy::SoftBon => SoftBestOfN {
-                n: a.n,
-                tau: a.tau,
-                reward: reward(),
-            }
-            .decode(generator, prompts, &cfg, seed)?,
-            Strategy::CdToken => TokenwiseCd::new(a.lambda, a.cd_top_k, mix()?)?
-                .decode(generator, prompts, &cfg, seed)?,
-            Strategy::CdBlock => {
-                let tie = if a.random_ties {
-                    TieBreak::Random
-                } else {
-                    TieBreak::First
-                };
-                BlockwiseCd::new(a.k, a.m, tie, mix()?)?.decode(generator, prompts, &cfg, seed)?
-            }
-        };
+        let mut strategy = self.config.init(self.reward.as_deref(), mix)?;
+        let mut samples = strategy.decode(generator, prompts, &cfg, seed)?;
         if let Some(r) = &self.reward {
             for s in samples.iter_mut().filter(|s| s.reward.is_none()) {
-                s.reward = Some(r.score(&RewardInput {
-                    prompt: &s.prompt,
-                    completion: &s.completion,
-                    tokens: s.tokens.len(),
-                    ids: &s.tokens,
-                })?);
+                s.reward = Some(r.score(&s.reward_input())?);
             }
         }
         Ok(samples)
@@ -234,7 +231,7 @@ impl Decoder {
 }
 
 /// The JSONL row of a decoded sample.
-pub fn sample_row(s: &Sample, strategy: Strategy) -> serde_json::Value {
+pub fn sample_row(s: &Sample, strategy: &StrategyConfig) -> serde_json::Value {
     serde_json::json!({
         "prompt": s.prompt,
         "completion": s.completion,
@@ -244,7 +241,7 @@ pub fn sample_row(s: &Sample, strategy: Strategy) -> serde_json::Value {
         "logprob": s.policy_logprob(),
         "base_logprob": s.base_logprob(),
         "path_kl": s.path_kl(),
-        "strategy": format!("{strategy:?}").to_lowercase(),
+        "strategy": strategy.id(),
     })
 }
 
@@ -255,8 +252,9 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         &[("--prompts", a.input.prompts.prompts.as_deref())],
     )?;
     let prompts = a.input.prompts.collect()?;
-    let decoder = Decoder::new(a.strategy, device)?;
+    let decoder = Decoder::new(&a.strategy, device)?;
     let lm = crate::load_model(a.input.model, device)?;
+    decoder.check_model(&lm)?;
     let generator = Generator::new(&lm, device.clone());
     let samples = decoder.decode(
         &generator,
@@ -264,8 +262,10 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         &a.input.sampling,
         Seed(a.input.sampling.seed),
     )?;
-    let strategy = decoder.args().strategy;
-    let rows: Vec<serde_json::Value> = samples.iter().map(|s| sample_row(s, strategy)).collect();
+    let rows: Vec<serde_json::Value> = samples
+        .iter()
+        .map(|s| sample_row(s, &decoder.config))
+        .collect();
     infalign_core::io::write_jsonl_atomic(&a.out, &rows)?;
     eprintln!("wrote {} samples to {}", rows.len(), a.out.display());
     Ok(())

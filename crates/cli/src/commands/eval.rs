@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use infalign_core::{Device, Seed};
-use infalign_decoding::{GenerationConfig, Generator, Sample, score_samples};
+use infalign_decoding::{GenerationConfig, Generator, Sample, completion_logprobs, score_samples};
 use infalign_eval::Ties;
 use infalign_eval::analytic::Procedure;
 use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind, SampleStats};
@@ -79,6 +79,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let reward = reward_from_spec_on(&a.reward, device)?;
     let base = crate::load_model(a.base, device)?;
     let policy = LoadedModel::load(&a.policy, device)?;
+    policy.check_same_tokenizer(&base)?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         n: a.samples,
@@ -99,21 +100,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let rp = rewards(&pol, reward.as_ref(), a.samples)?;
     let rb = rewards(&refs, reward.as_ref(), a.samples)?;
     // KL(π ‖ π_ref): policy samples scored by both models.
-    let rows: Vec<Vec<u32>> = pol
-        .iter()
-        .map(|s| s.prompt_ids.iter().chain(&s.tokens).copied().collect())
-        .collect();
-    let ref_lp = base.model.sequence_logprobs(&rows, base.pad_id, device)?;
-    let lp_ref: Vec<f64> = pol
-        .iter()
-        .zip(&ref_lp)
-        .map(|(s, r)| {
-            r[s.prompt_ids.len() - 1..]
-                .iter()
-                .map(|&x| f64::from(x))
-                .sum()
-        })
-        .collect();
+    let lp_ref = completion_logprobs(&base, &pol, device)?;
     let lp_pol: Vec<f64> = pol.iter().map(Sample::policy_logprob).collect();
     let kl = kl_estimates(&lp_pol, &lp_ref)?;
     let ties = if a.strict { Ties::Strict } else { Ties::Half };

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use infalign_core::{Device, Seed};
-use infalign_decoding::{Generator, Sample, score_samples};
+use infalign_decoding::{
+    Generator, KlProvenance, Sample, StrategyConfig, completion_logprobs, score_samples,
+};
 use infalign_eval::Ties;
 use infalign_eval::analytic::Procedure;
 use infalign_eval::curve::{Comparison, CurvePoint, Kl, KlKind, SampleStats};
@@ -69,6 +71,13 @@ pub struct Args {
     pub method: Option<String>,
     #[command(flatten)]
     pub input: DecodeInputs,
+    /// The base model: its samples are the comparison side of every win rate and the KL is
+    /// measured against it; default: `--model`. With an aligned policy as `--model` (CD on top
+    /// of a DPO policy, or best-of-N from it) the KL is the decoder's against the policy plus
+    /// the policy's against this base, `E[log π(y) − log π_base(y)]` over the decoded samples:
+    /// the chain rule, so the sum is exact where the decoder's part is.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// Samples per prompt on each side (at least the largest inference-time N).
     #[arg(long, default_value_t = 8, value_parser = super::common::positive_count)]
     pub samples: usize,
@@ -86,20 +95,14 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// The strategy's default method name.
-pub fn method_name(strategy: Strategy) -> &'static str {
-    match strategy {
-        Strategy::Sample => "sampling",
-        Strategy::Greedy => "greedy",
-        Strategy::Bon => "best-of-N",
-        Strategy::Won => "worst-of-N",
-        Strategy::SoftBon => "soft best-of-N",
-        Strategy::CdToken => "tokenwise CD",
-        Strategy::CdBlock => "blockwise CD",
-    }
-}
-
-fn set_param(a: &mut StrategyArgs, s: &mut SamplingArgs, param: Param, v: f64) -> Result<()> {
+/// Sets `param` to `v` in the strategy's config or the sampling flags; an error names a
+/// parameter the strategy does not have.
+fn set_param(
+    config: &mut StrategyConfig,
+    s: &mut SamplingArgs,
+    param: Param,
+    v: f64,
+) -> Result<()> {
     let count = |v: f64| -> Result<usize> {
         if v >= 1.0 && v.fract() == 0.0 {
             Ok(v as usize)
@@ -107,40 +110,27 @@ fn set_param(a: &mut StrategyArgs, s: &mut SamplingArgs, param: Param, v: f64) -
             bail!("{param:?} must be a positive whole number, got {v}")
         }
     };
-    let ok = match (param, a.strategy) {
-        (Param::Lambda, Strategy::CdToken) => {
-            a.lambda = v as f32;
-            true
+    match (param, &mut *config) {
+        (Param::Lambda, StrategyConfig::TokenwiseCd { lambda, .. }) => *lambda = v as f32,
+        (Param::K, StrategyConfig::BlockwiseCd { k, .. }) => *k = count(v)?,
+        (Param::M, StrategyConfig::BlockwiseCd { m, .. }) => *m = count(v)?,
+        (
+            Param::N,
+            StrategyConfig::BestOfN { n }
+            | StrategyConfig::WorstOfN { n }
+            | StrategyConfig::SoftBestOfN { n, .. },
+        ) => *n = count(v)?,
+        (Param::Tau, StrategyConfig::SoftBestOfN { tau, .. }) => *tau = v,
+        (Param::Temperature, StrategyConfig::Sample | StrategyConfig::TokenwiseCd { .. }) => {
+            s.temperature = v as f32
         }
-        (Param::K, Strategy::CdBlock) => {
-            a.k = count(v)?;
-            true
-        }
-        (Param::M, Strategy::CdBlock) => {
-            a.m = count(v)?;
-            true
-        }
-        (Param::N, Strategy::Bon | Strategy::Won | Strategy::SoftBon) => {
-            a.n = count(v)?;
-            true
-        }
-        (Param::Tau, Strategy::SoftBon) => {
-            a.tau = v;
-            true
-        }
-        (Param::Temperature, Strategy::Sample | Strategy::CdToken) => {
-            s.temperature = v as f32;
-            true
-        }
-        _ => false,
-    };
-    if !ok {
-        bail!(
-            "--param {param:?} does not apply to --strategy {:?} (lambda: cd-token; k, m: \
+        _ => bail!(
+            "--param {param:?} does not apply to --strategy {} (lambda: cd-token; k, m: \
              cd-block; n: bon, won, soft-bon; tau: soft-bon; temperature: sample, cd-token)",
-            a.strategy
-        );
+            config.id()
+        ),
     }
+    config.validate()?;
     Ok(())
 }
 
@@ -159,39 +149,62 @@ fn per_prompt(samples: &[Sample], k: usize, judge: Option<&dyn Reward>) -> Resul
     Ok(scores.chunks(k).map(<[f64]>::to_vec).collect())
 }
 
-/// The KL of a decoder's samples, by the best means its strategy allows.
-fn decoder_kl(a: &StrategyArgs, samples: &[Sample]) -> Kl {
-    if let Some(paths) = samples
-        .iter()
-        .map(Sample::path_kl)
-        .collect::<Option<Vec<f64>>>()
-    {
-        let e = Estimate::of(paths.into_iter());
-        let kind = if e.mean == 0.0 {
-            KlKind::Zero
-        } else {
-            KlKind::ExactPerToken
-        };
-        return Kl {
-            value: e.mean,
-            stderr: Some(e.stderr),
-            kind,
-        };
-    }
-    let value = match a.strategy {
-        Strategy::CdBlock => {
-            let lengths: Vec<usize> = samples.iter().map(|s| s.tokens.len()).collect();
-            blockwise_bound(a.k as u32, a.m, &lengths, false)
+/// The KL of a decoder's samples, by the best means its strategy allows. `policy_kl` holds, per
+/// sample, `log π(y) − log π_base(y)` of the model the decoder steered against the base the KL
+/// is measured from (none when they are the same model): each sample's share of that model's
+/// own KL, added to the decoder's.
+fn decoder_kl(
+    config: &StrategyConfig,
+    samples: &[Sample],
+    policy_kl: Option<&[f64]>,
+) -> Result<Kl> {
+    let bound = match config.kl_provenance() {
+        KlProvenance::ExactPerToken => {
+            let Some(paths) = samples
+                .iter()
+                .map(Sample::path_kl)
+                .collect::<Option<Vec<f64>>>()
+            else {
+                bail!(
+                    "{} samples came back without their per-step KLs",
+                    config.id()
+                );
+            };
+            let Some(policy) = policy_kl else {
+                let e = Estimate::of(paths.into_iter());
+                let kind = if e.mean == 0.0 {
+                    KlKind::Zero
+                } else {
+                    KlKind::ExactPerToken
+                };
+                return Ok(Kl {
+                    value: e.mean,
+                    stderr: Some(e.stderr),
+                    kind,
+                });
+            };
+            // Per sample, the path's exact decoder part plus a k1 term of the policy's part.
+            let e = Estimate::of(paths.iter().zip(policy).map(|(d, p)| d + p));
+            return Ok(Kl {
+                value: e.mean,
+                stderr: Some(e.stderr),
+                kind: KlKind::K1,
+            });
         }
-        // Any choice of one among N i.i.d. samples has π(y) ≤ N π_ref(y): KL ≤ ln N.
-        Strategy::SoftBon => (a.n as f64).ln(),
-        _ => best_of_n_bound(a.n as u32),
+        KlProvenance::BlockwiseBound { k, m } => {
+            let lengths: Vec<usize> = samples.iter().map(|s| s.tokens.len()).collect();
+            blockwise_bound(k as u32, m, &lengths, false)
+        }
+        KlProvenance::SelectionBound { n } => (n as f64).ln(),
+        KlProvenance::BestOfNBound { n } => best_of_n_bound(n as u32),
     };
-    Kl {
-        value,
-        stderr: None,
+    // A bound plus an unbiased estimate: an estimate of a bound, with the estimate's error.
+    let policy = policy_kl.map(|p| Estimate::of(p.iter().copied()));
+    Ok(Kl {
+        value: bound + policy.map_or(0.0, |e| e.mean),
+        stderr: policy.map(|e| e.stderr),
         kind: KlKind::Bound,
-    }
+    })
 }
 
 /// Decodes `samples` completions per prompt: one call with `n = samples` where the strategy
@@ -204,11 +217,8 @@ pub fn decode_many(
     samples: usize,
     seed: Seed,
 ) -> Result<Vec<Sample>> {
-    if matches!(
-        decoder.args().strategy,
-        Strategy::Sample | Strategy::Greedy | Strategy::CdToken
-    ) {
-        decoder.args_mut().n = samples;
+    if decoder.config.samples_per_prompt(samples).is_some() {
+        decoder.n = samples;
         return decoder.decode(generator, prompts, sampling, seed);
     }
     let repeated: Vec<String> = prompts
@@ -231,11 +241,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let method = a
         .method
         .clone()
-        .unwrap_or_else(|| method_name(a.strategy.strategy).to_string());
+        .unwrap_or_else(|| a.strategy.config().method_name().to_string());
     // Check every value before decoding anything.
     for &v in &a.values {
         set_param(
-            &mut a.strategy.clone(),
+            &mut a.strategy.config(),
             &mut a.input.sampling.clone(),
             a.param,
             v,
@@ -243,12 +253,22 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     }
     let lm = crate::load_model(a.input.model.clone(), device)?;
     let generator = Generator::new(&lm, device.clone());
-    let mut decoder = Decoder::new(a.strategy.clone(), device)?;
+    let base_lm = a
+        .base
+        .as_ref()
+        .map(|b| crate::load_model(Some(b.clone()), device))
+        .transpose()?;
+    if let Some(b) = &base_lm {
+        lm.check_same_tokenizer(b)?;
+    }
+    let base_generator = base_lm.as_ref().map(|b| Generator::new(b, device.clone()));
+    let mut decoder = Decoder::new(&a.strategy, device)?;
+    decoder.check_model(&lm)?;
     let seed = Seed(a.input.sampling.seed);
     std::fs::create_dir_all(&a.out)?;
     // The base side: plain samples with the same sampling flags.
     let mut base_decoder = Decoder::new(
-        StrategyArgs {
+        &StrategyArgs {
             strategy: Strategy::Sample,
             scorer: Vec::new(),
             weight: Vec::new(),
@@ -258,13 +278,13 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     )?;
     let base = decode_many(
         &mut base_decoder,
-        &generator,
+        base_generator.as_ref().unwrap_or(&generator),
         &prompts,
         &a.input.sampling,
         a.samples,
         seed.derive("sweep-base", 0),
     )?;
-    write_samples(&a.out.join("base.jsonl"), &base, Strategy::Sample)?;
+    write_samples(&a.out.join("base.jsonl"), &base, &StrategyConfig::Sample)?;
     let judge = a
         .judge
         .as_deref()
@@ -287,7 +307,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     for (i, &v) in a.values.iter().enumerate() {
         bar.set_message(format!("{:?} = {v}", a.param));
         let mut sampling = a.input.sampling.clone();
-        set_param(decoder.args_mut(), &mut sampling, a.param, v)?;
+        set_param(&mut decoder.config, &mut sampling, a.param, v)?;
         let samples = decode_many(
             &mut decoder,
             &generator,
@@ -300,13 +320,24 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         write_samples(
             &a.out.join(format!("{name}.jsonl")),
             &samples,
-            decoder.args().strategy,
+            &decoder.config,
         )?;
         let rewards = per_prompt(&samples, a.samples, judge.as_deref())?;
+        let policy_kl = base_lm
+            .as_ref()
+            .map(|b| -> Result<Vec<f64>> {
+                let under_base = completion_logprobs(b, &samples, device)?;
+                Ok(samples
+                    .iter()
+                    .zip(&under_base)
+                    .map(|(s, lb)| s.base_logprob() - lb)
+                    .collect())
+            })
+            .transpose()?;
         let mut point = CurvePoint::measure(
             method.clone(),
             Some((&format!("{:?}", a.param).to_lowercase(), v)),
-            decoder_kl(decoder.args(), &samples),
+            decoder_kl(&decoder.config, &samples, policy_kl.as_deref())?,
             &Comparison {
                 policy: &rewards,
                 base: &base_rewards,
@@ -344,6 +375,14 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     bar.finish_and_clear();
     infalign_core::io::write_jsonl_atomic(a.out.join("points.jsonl"), &points)?;
     let mut report = Report::new(format!("Sweep: {method}, {:?}", a.param));
+    if let Some(b) = &base_lm {
+        report.paragraph(format!(
+            "Decoded from `{}`, compared with base `{}`: each KL adds the decoding model's own \
+             KL against the base, estimated on the decoded samples.",
+            lm.dir.display(),
+            b.dir.display()
+        ));
+    }
     report.paragraph(format!(
         "Model `{}`, reward `{reward_spec}`, judged by `{}`, {} prompts, {} samples per prompt \
          on each side; base samples use the same sampling flags (temperature {}, max {} new \
@@ -362,7 +401,11 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     Ok(())
 }
 
-fn write_samples(path: &std::path::Path, samples: &[Sample], strategy: Strategy) -> Result<()> {
+fn write_samples(
+    path: &std::path::Path,
+    samples: &[Sample],
+    strategy: &StrategyConfig,
+) -> Result<()> {
     let rows: Vec<serde_json::Value> = samples.iter().map(|s| sample_row(s, strategy)).collect();
     infalign_core::io::write_jsonl_atomic(path, &rows)?;
     Ok(())
