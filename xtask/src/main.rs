@@ -65,17 +65,18 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `.ci/run`, the one definition of what CI checks (fmt, clippy, doc, tests, the ndarray
+/// backend swap).
 fn ci() -> Result<()> {
-    cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    cargo(&["test", "--workspace"])?;
+    let root = root();
+    let status = std::process::Command::new("bash")
+        .arg(root.join(".ci/run"))
+        .current_dir(&root)
+        .status()
+        .context("running .ci/run")?;
+    if !status.success() {
+        bail!(".ci/run failed");
+    }
     Ok(())
 }
 

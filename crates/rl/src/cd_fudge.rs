@@ -8,11 +8,22 @@
 use burn::tensor::Tensor;
 use infalign_models::PrefixScorer;
 
-use crate::scorer_train::ScorerBatch;
+use crate::RlError;
+use crate::scorer_batch::ScorerBatch;
+use crate::scorer_objective::ScorerObjective;
 
-/// Mean over completion prefixes of `½ (V − r)²`.
-pub(crate) fn loss(scorer: &PrefixScorer, b: &ScorerBatch) -> Tensor<1> {
-    let values = scorer.prefix_values(&b.batch, &mut scorer.new_cache());
-    let err = values - b.reward.clone();
-    (err.square() * b.weight.clone()).sum() * (0.5 / b.prefixes)
+/// CD-FUDGE: mean over completion prefixes of `½ (V − r)²`.
+pub(crate) struct CdFudge;
+
+impl ScorerObjective for CdFudge {
+    fn loss(
+        &self,
+        scorer: &PrefixScorer,
+        _target: Option<&PrefixScorer>,
+        b: &ScorerBatch,
+    ) -> Result<Tensor<1>, RlError> {
+        let values = scorer.prefix_values(&b.batch, &mut scorer.new_cache());
+        let err = values - b.reward.clone();
+        Ok((err.square() * b.weight.clone()).sum() * (0.5 / b.prefixes))
+    }
 }

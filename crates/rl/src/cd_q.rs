@@ -8,14 +8,41 @@
 //! may be off-policy; the base model is consulted for `π_ref`. With a target network (not the
 //! paper's default) the bootstrap values come from it instead.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use infalign_models::{CausalLm, PrefixScorer, ScorerLayout, weights::read_f32};
 
 use crate::RlError;
-use crate::scorer_train::{ScorerBatch, probs_on};
+use crate::scorer_batch::ScorerBatch;
+use crate::scorer_objective::ScorerObjective;
+
+/// CD-Q against the frozen base model (on the plain `device`): mean over completion prefixes of
+/// `½ (V − stopgrad(v))²`.
+pub(crate) struct CdQ<'a> {
+    /// The base policy π_ref.
+    pub base: &'a CausalLm,
+    /// The plain device of the frozen networks.
+    pub device: &'a Device,
+}
+
+impl ScorerObjective for CdQ<'_> {
+    fn loss(
+        &self,
+        scorer: &PrefixScorer,
+        target: Option<&PrefixScorer>,
+        b: &ScorerBatch,
+    ) -> Result<Tensor<1>, RlError> {
+        loss(scorer, target, self.base, b, self.device)
+    }
+}
+
+/// Uploads host log-probs as probabilities on `device`, `[B, L, V]`.
+fn probs_on(values: Vec<f32>, dims: [usize; 3], device: &Device) -> Tensor<3> {
+    let p: Vec<f32> = values.into_iter().map(f32::exp).collect();
+    Tensor::from_data(TensorData::new(p, dims), device)
+}
 
 /// Mean over completion prefixes of `½ (V − stopgrad(v))²`.
-pub(crate) fn loss(
+fn loss(
     scorer: &PrefixScorer,
     target: Option<&PrefixScorer>,
     base: &CausalLm,

@@ -18,18 +18,27 @@ mod cd_q;
 pub mod dpo;
 mod error;
 pub mod ipo;
+mod policy_checkpoint;
+mod policy_config;
+mod policy_objective;
 mod policy_train;
 mod ppo;
 pub mod preference_pairs;
 pub mod rloo;
+mod rollout;
+mod scorer_batch;
+mod scorer_objective;
 mod scorer_train;
+mod token_table;
 
 pub use error::RlError;
-pub use policy_train::{
-    Algo, KlMode, PolicyTrainConfig, PolicyTrainState, PpoConfig, RewardPipeline, SNAPSHOT_DIR,
-    StepMetrics, VALUE_DIR, VALUE_OPTIMIZER_FILE, train_policy, train_policy_on_pairs,
-};
+pub use policy_checkpoint::PolicyTrainState;
+pub use policy_config::{Algo, KlMode, PolicyTrainConfig, PpoConfig, SNAPSHOT_DIR};
+pub use policy_objective::StepMetrics;
+pub use policy_train::{train_policy, train_policy_on_pairs};
+pub use ppo::{VALUE_DIR, VALUE_OPTIMIZER_FILE};
 pub use preference_pairs::OfflinePair;
+pub use rollout::RewardPipeline;
 pub use scorer_train::{
     ClassifierCheck, ScorerMethod, ScorerRollout, ScorerTrainConfig, ScorerTrainState, TARGET_DIR,
     classifier_check, train_scorer,

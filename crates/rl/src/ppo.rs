@@ -7,20 +7,104 @@
 //! Invariant: rewards and advantages exist only on completion tokens (never on prompt or
 //! padding); the terminal token of each completion carries its score.
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
+use infalign_models::train_checkpoint::{load_optimizer, save_optimizer};
 use infalign_models::weights::read_f32;
-use infalign_models::{CausalLm, PrefixScorer};
+use infalign_models::{CausalLm, PrefixScorer, ScorerLayout, Tokenizer};
 
 use crate::RlError;
-use crate::policy_train::{KlMode, PolicyTrainConfig, TokenTable};
+use crate::policy_checkpoint::adamw;
+use crate::policy_config::{KlMode, PolicyTrainConfig};
+use crate::policy_objective::{PolicyObjective, StepBatch, StepMetrics};
+use crate::token_table::TokenTable;
+
+/// The value network's directory inside a PPO checkpoint (a scorer directory).
+pub const VALUE_DIR: &str = "value";
+/// The value network's optimizer state inside a PPO checkpoint.
+pub const VALUE_OPTIMIZER_FILE: &str = "value_optimizer.bpk";
+
+/// The PPO objective with its state: the value network and its optimizer.
+pub(crate) struct Ppo {
+    /// `None` only while an update holds it.
+    value_net: Option<PrefixScorer>,
+    value_optim: ModuleOptimizer,
+}
+
+impl Ppo {
+    /// A fresh value network: the policy's backbone with a scalar head, on the autodiff device.
+    pub(crate) fn new(policy: &CausalLm, ad: &Device) -> Result<Self, RlError> {
+        Ok(Self {
+            value_net: Some(PrefixScorer::from_base(
+                policy.clone(),
+                ScorerLayout::Scalar,
+                ad,
+            )?),
+            value_optim: adamw(),
+        })
+    }
+
+    /// The value network and its optimizer of the checkpoint in `dir`.
+    pub(crate) fn resume(dir: &Path, ad: &Device) -> Result<Self, RlError> {
+        let (v, _, _) = PrefixScorer::load(dir.join(VALUE_DIR), ad)?;
+        let o = load_optimizer(&dir.join(VALUE_OPTIMIZER_FILE), adamw())?;
+        Ok(Self {
+            value_net: Some(v),
+            value_optim: o,
+        })
+    }
+}
+
+impl PolicyObjective for Ppo {
+    fn step(
+        &mut self,
+        policy: CausalLm,
+        optim: &mut ModuleOptimizer,
+        batch: &StepBatch,
+        cfg: &PolicyTrainConfig,
+        beta: f64,
+        m: &mut StepMetrics,
+    ) -> Result<(CausalLm, f64), RlError> {
+        let vnet = self.value_net.take().expect("PPO has a value network");
+        let (p, v, ppo_m) = update(
+            policy,
+            vnet,
+            optim,
+            &mut self.value_optim,
+            &batch.table,
+            &batch.shaped_scores,
+            cfg,
+            beta,
+        )?;
+        self.value_net = Some(v);
+        m.clipfrac = ppo_m.clipfrac;
+        m.value_loss = ppo_m.value_loss;
+        Ok((p, ppo_m.loss))
+    }
+
+    fn save(&self, dir: &Path, tokenizer: &Tokenizer) -> infalign_models::Result<()> {
+        if let Some(net) = &self.value_net {
+            net.save(dir.join(VALUE_DIR), tokenizer, "PPO value network")?;
+            save_optimizer(&dir.join(VALUE_OPTIMIZER_FILE), &self.value_optim)?;
+        }
+        Ok(())
+    }
+
+    fn metric_columns(&self, m: &StepMetrics) -> Vec<(&'static str, f64)> {
+        vec![
+            ("policy/clipfrac", m.clipfrac),
+            ("loss/value", m.value_loss),
+        ]
+    }
+}
 
 /// What one PPO update reports.
-pub(crate) struct PpoMetrics {
+struct PpoMetrics {
     pub loss: f64,
     pub clipfrac: f64,
     pub value_loss: f64,
@@ -62,7 +146,7 @@ fn gae(
 
 /// One PPO update on a batch of rollouts.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn update(
+fn update(
     mut policy: CausalLm,
     mut value_net: PrefixScorer,
     optim: &mut ModuleOptimizer,

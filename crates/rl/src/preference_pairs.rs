@@ -14,8 +14,44 @@ use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
 use infalign_models::{CausalLm, LoadedModel};
 use rand::Rng;
 
+use burn::optim::ModuleOptimizer;
+
 use crate::RlError;
-use crate::policy_train::{Algo, PolicyTrainConfig, StepBatch, StepMetrics, TokenTable};
+use crate::policy_config::PolicyTrainConfig;
+use crate::policy_objective::{PolicyObjective, StepBatch, StepMetrics};
+use crate::token_table::TokenTable;
+
+/// The loss a preference pair goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PairLoss {
+    /// `−log σ(β·h)` ([`crate::dpo`]).
+    Dpo,
+    /// `(h − 1/(2τ))²` ([`crate::ipo`]).
+    Ipo,
+}
+
+impl PolicyObjective for PairLoss {
+    fn step(
+        &mut self,
+        policy: CausalLm,
+        optim: &mut ModuleOptimizer,
+        batch: &StepBatch,
+        cfg: &PolicyTrainConfig,
+        beta: f64,
+        _m: &mut StepMetrics,
+    ) -> Result<(CausalLm, f64), RlError> {
+        step(
+            *self,
+            policy,
+            optim,
+            &batch.table,
+            &batch.pairs,
+            &batch.ref_seq,
+            cfg,
+            beta,
+        )
+    }
+}
 
 /// A preference pair as the model reads it: the prompt's ids and each completion's.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,9 +142,11 @@ pub fn pairs_by_score(scores: &[f64], k: usize) -> Vec<(usize, usize)> {
 
 /// One step of DPO or IPO over `pairs` of `table`'s rows (`ref_seq[row]`: the reference's
 /// log-prob of that row's completion). Returns the new policy and the mean loss over pairs.
-pub(crate) fn step(
+#[allow(clippy::too_many_arguments)]
+fn step(
+    loss: PairLoss,
     policy: CausalLm,
-    optim: &mut burn::optim::ModuleOptimizer,
+    optim: &mut ModuleOptimizer,
     table: &TokenTable,
     pairs: &[(usize, usize)],
     ref_seq: &[f64],
@@ -142,9 +180,9 @@ pub(crate) fn step(
             &chosen.device(),
         );
         let margins = chosen - rejected - reference;
-        let total = match cfg.algo {
-            Algo::Ipo => crate::ipo::loss(margins, beta),
-            _ => crate::dpo::loss(margins, beta),
+        let total = match loss {
+            PairLoss::Ipo => crate::ipo::loss(margins, beta),
+            PairLoss::Dpo => crate::dpo::loss(margins, beta),
         };
         Ok::<_, RlError>(total / n as f64)
     };

@@ -8,7 +8,35 @@
 //!
 //! Invariant: advantages sum to zero within each prompt's group.
 
+use burn::optim::ModuleOptimizer;
+use infalign_models::CausalLm;
+use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
+
 use crate::RlError;
+use crate::policy_config::{KlMode, PolicyTrainConfig};
+use crate::policy_objective::{PolicyObjective, StepBatch, StepMetrics};
+use crate::token_table::TokenTable;
+
+/// The RLOO objective: leave-one-out advantages of each prompt's k scores, one REINFORCE step.
+pub(crate) struct Rloo;
+
+impl PolicyObjective for Rloo {
+    fn step(
+        &mut self,
+        policy: CausalLm,
+        optim: &mut ModuleOptimizer,
+        batch: &StepBatch,
+        cfg: &PolicyTrainConfig,
+        beta: f64,
+        _m: &mut StepMetrics,
+    ) -> Result<(CausalLm, f64), RlError> {
+        let [b, _] = batch.table.batch.tokens.dims();
+        let cols = batch.table.cols;
+        let adv = advantages(&batch.scores, cfg.k)?;
+        let adv_tok: Vec<f64> = (0..b * cols).map(|x| adv[x / cols]).collect();
+        policy_gradient_step(policy, optim, &batch.table, &adv_tok, cfg, beta)
+    }
+}
 
 /// Leave-one-out advantages of `scores`, grouped in consecutive runs of `k`.
 pub fn advantages(scores: &[f64], k: usize) -> Result<Vec<f64>, RlError> {
@@ -28,6 +56,40 @@ pub fn advantages(scores: &[f64], k: usize) -> Result<Vec<f64>, RlError> {
             g.iter().map(move |&s| s - (sum - s) / (k - 1) as f64)
         })
         .collect())
+}
+
+/// One REINFORCE step `−Σ A_t log π(y_t) / B` (+ β k3), with per-token advantages; the rows
+/// are split into [`SHARDS`] shards whose gradients add up to the batch's.
+fn policy_gradient_step(
+    policy: CausalLm,
+    optim: &mut ModuleOptimizer,
+    table: &TokenTable,
+    adv_tok: &[f64],
+    cfg: &PolicyTrainConfig,
+    beta: f64,
+) -> Result<(CausalLm, f64), RlError> {
+    let b = table.spans.len();
+    let adv: Vec<f32> = adv_tok
+        .iter()
+        .zip(&table.weight)
+        .map(|(a, w)| (*a as f32) * w)
+        .collect();
+    let tokens = table.completion_tokens();
+    let shards = SHARDS.min(b);
+    let loss_of = |p: &CausalLm, s: usize| {
+        let (lo, hi) = shard_rows(b, shards, s);
+        let part = table.rows(lo, hi);
+        let tok_lp = part.token_logprobs(p);
+        let adv = part.tensor(&adv[lo * table.cols..hi * table.cols]);
+        let mut loss = (tok_lp.clone() * adv).sum().neg() / b as f64;
+        if cfg.kl_mode == KlMode::LossK3 && beta > 0.0 {
+            loss = loss + part.k3_penalty(tok_lp, beta, tokens);
+        }
+        Ok::<_, RlError>(loss)
+    };
+    let (policy, value, _) =
+        descend_sharded(policy, optim, shards, loss_of, cfg.lr, cfg.grad_clip)?;
+    Ok((policy, value))
 }
 
 #[cfg(test)]

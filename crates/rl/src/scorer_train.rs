@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use infalign_core::Seed;
 use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
 use infalign_models::train_checkpoint::{
@@ -30,6 +30,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::RlError;
+use crate::cd_fudge::CdFudge;
+use crate::cd_q::CdQ;
+use crate::scorer_batch::ScorerBatch;
+pub use crate::scorer_batch::ScorerRollout;
+use crate::scorer_objective::ScorerObjective;
 
 /// Which objective trains the scorer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -40,19 +45,6 @@ pub enum ScorerMethod {
     /// CD-Q: Bellman target `Σ_z π_ref(z|prefix) V(prefix + z)` under stop-gradient.
     #[default]
     Q,
-}
-
-/// A rollout with its sequence-level reward.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScorerRollout {
-    /// Prompt token ids.
-    pub prompt_ids: Vec<u32>,
-    /// Completion token ids.
-    pub tokens: Vec<u32>,
-    /// `r([x, y])` (raw, calibrated or transformed).
-    pub reward: f64,
-    /// Whether the last token ends the episode (EOS, or truncation treated as the end).
-    pub terminal: bool,
 }
 
 /// Hyperparameters of scorer training.
@@ -192,58 +184,6 @@ fn optimizer(cfg: &ScorerTrainConfig) -> ModuleOptimizer {
         .init()
 }
 
-/// One training batch, left-padded, with what the losses need on the host side.
-pub(crate) struct ScorerBatch {
-    /// Prompt + completion ids, left-padded.
-    pub batch: TokenBatch,
-    /// `[B, L - 1]`: 1 where column j (the prefix through token j + 1) ends inside the
-    /// completion.
-    pub weight: Tensor<2>,
-    /// `[B, L - 1]`: 1 where that prefix is terminal.
-    pub terminal: Tensor<2>,
-    /// `[B, L - 1]`: the row's reward, broadcast.
-    pub reward: Tensor<2>,
-    /// What the loss's sum over prefixes is divided by: the number of completion prefixes of
-    /// the whole step's batch (of which this may be a shard), at least 1.
-    pub prefixes: f64,
-}
-
-impl ScorerBatch {
-    pub fn new(rows: &[&ScorerRollout], pad_id: u32, device: &Device) -> Result<Self, RlError> {
-        let seqs: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| r.prompt_ids.iter().chain(&r.tokens).copied().collect())
-            .collect();
-        let batch = TokenBatch::left_padded(&seqs, pad_id, device)?;
-        let [b, l] = batch.tokens.dims();
-        let (mut w, mut term, mut rew) = (
-            vec![0f32; b * (l - 1)],
-            vec![0f32; b * (l - 1)],
-            vec![0f32; b * (l - 1)],
-        );
-        for (i, r) in rows.iter().enumerate() {
-            let start = batch.pad_left[i] + r.prompt_ids.len(); // index of the first completion token
-            for tok in start..l {
-                let col = i * (l - 1) + tok - 1;
-                w[col] = 1.0;
-                rew[col] = r.reward as f32;
-                if tok == l - 1 && r.terminal {
-                    term[col] = 1.0;
-                }
-            }
-        }
-        let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [b, l - 1]), device);
-        let prefixes = w.iter().filter(|&&x| x > 0.0).count().max(1) as f64;
-        Ok(Self {
-            prefixes,
-            batch,
-            weight: t(w),
-            terminal: t(term),
-            reward: t(rew),
-        })
-    }
-}
-
 /// Trains `scorer` (on an autodiff device) against `base` (frozen, on a plain device) with the
 /// configured objective; returns the trained scorer (without autodiff). With `files`, metrics
 /// and checkpoints go to its directory, and `files.resume` continues from the checkpoint there
@@ -311,13 +251,12 @@ pub fn train_scorer(
             .collect::<Result<Vec<_>, _>>()?;
         let prefixes: f64 = parts.iter().map(|p| p.prefixes).sum();
         parts.iter_mut().for_each(|p| p.prefixes = prefixes);
-        let loss_of = |scorer: &PrefixScorer, s: usize| {
-            let b = &parts[s];
-            match cfg.method {
-                ScorerMethod::Fudge => Ok(crate::cd_fudge::loss(scorer, b)),
-                ScorerMethod::Q => crate::cd_q::loss(scorer, target.as_ref(), base, b, device),
-            }
+        let objective: &(dyn ScorerObjective + Sync) = match cfg.method {
+            ScorerMethod::Fudge => &CdFudge,
+            ScorerMethod::Q => &CdQ { base, device },
         };
+        let loss_of =
+            |scorer: &PrefixScorer, s: usize| objective.loss(scorer, target.as_ref(), &parts[s]);
         let (updated, loss_value, grad_norm) =
             descend_sharded(scorer, &mut optim, shards, loss_of, cfg.lr, cfg.grad_clip)
                 .map_err(RlError::at_step(step))?;
@@ -373,12 +312,6 @@ mod tests {
         assert!((w - 0.62).abs() < 0.15, "width {w}");
         assert!((w2 - 0.098).abs() < 0.02, "width {w2}");
     }
-}
-
-/// Uploads host log-probs as probabilities on `device`, `[B, L, V]`.
-pub(crate) fn probs_on(values: Vec<f32>, dims: [usize; 3], device: &Device) -> Tensor<3> {
-    let p: Vec<f32> = values.into_iter().map(f32::exp).collect();
-    Tensor::from_data(TensorData::new(p, dims), device)
 }
 
 /// A prefix scorer read as a classifier of complete rollouts (the CD paper's Table 1).
