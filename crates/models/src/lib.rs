@@ -33,11 +33,9 @@ mod gpt2;
 mod layers;
 mod llama;
 mod lm;
-pub mod optim;
 mod prefix_scorer;
-pub mod pretrain;
 mod tokenizer;
-pub mod train_checkpoint;
+pub mod training;
 pub mod weights;
 
 pub use cache::{KvCache, LayerCache};
@@ -54,4 +52,4 @@ pub use prefix_scorer::{
     values_to_host,
 };
 pub use tokenizer::{END_OF_TEXT, Tokenizer};
-pub use train_checkpoint::RunFiles;
+pub use training::run::{RunFiles, StepReport};

@@ -165,7 +165,7 @@ impl CausalLm {
     }
 
     /// For each row, `log p(row[i + 1] | row[..=i])` for every `i`: the per-token log-probs
-    /// used for scoring and KL. The rows are split into [`crate::optim::SHARDS`] contiguous
+    /// used for scoring and KL. The rows are split into [`crate::training::optim::SHARDS`] contiguous
     /// batches, each left-padded with `pad_id` (on the CPU, one per core).
     pub fn sequence_logprobs(
         &self,
@@ -176,9 +176,9 @@ impl CausalLm {
         for row in rows {
             self.check_ids(row, row.len())?;
         }
-        let shards = crate::optim::SHARDS.min(rows.len()).max(1);
+        let shards = crate::training::optim::SHARDS.min(rows.len()).max(1);
         let parts = infalign_core::run_on_workers(device, shards, |s| {
-            let (lo, hi) = crate::optim::shard_rows(rows.len(), shards, s);
+            let (lo, hi) = crate::training::optim::shard_rows(rows.len(), shards, s);
             self.batch_logprobs(&rows[lo..hi], pad_id, device)
         })?;
         Ok(parts.concat())

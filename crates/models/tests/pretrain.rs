@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use infalign_core::DeviceSpec;
-use infalign_models::pretrain::{PretrainConfig, pretrain};
+use infalign_models::training::pretrain::{PretrainConfig, pretrain};
 use infalign_models::{LoadedModel, Tokenizer};
 
 fn setup(dir: &Path) -> PretrainConfig {
@@ -66,7 +66,7 @@ fn a_few_steps_lower_the_loss() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = setup(dir.path());
     let device = DeviceSpec::Cpu.device().unwrap();
-    let summary = pretrain(&cfg, &device, false).unwrap();
+    let summary = pretrain(&cfg, &device, false, |_| {}).unwrap();
     let metrics = cfg.out_dir.join("metrics.jsonl");
     let first = metric(&metrics, 1, "train/loss");
     let last = metric(&metrics, 40, "train/loss");
@@ -92,7 +92,7 @@ fn halted_then_resumed_equals_uninterrupted() {
     cfg_a.steps = 8;
     cfg_a.save_every = 3;
     cfg_a.eval_every = 4;
-    pretrain(&cfg_a, &device, false).unwrap();
+    pretrain(&cfg_a, &device, false, |_| {}).unwrap();
 
     let b = tempfile::tempdir().unwrap();
     let mut cfg_b = setup(b.path());
@@ -100,10 +100,10 @@ fn halted_then_resumed_equals_uninterrupted() {
     cfg_b.save_every = 3;
     cfg_b.eval_every = 4;
     cfg_b.halt_after = 4; // killed after step 4; the last checkpoint is step 3
-    let halted = pretrain(&cfg_b, &device, false).unwrap();
+    let halted = pretrain(&cfg_b, &device, false, |_| {}).unwrap();
     assert_eq!(halted.steps, 4);
     cfg_b.halt_after = 0;
-    pretrain(&cfg_b, &device, true).unwrap();
+    pretrain(&cfg_b, &device, true, |_| {}).unwrap();
 
     let wa = LoadedModel::load(cfg_a.out_dir.join("final"), &device)
         .unwrap()
@@ -144,29 +144,37 @@ fn corrupt_checkpoints_are_refused() {
     cfg.steps = 4;
     cfg.save_every = 2;
     cfg.halt_after = 2;
-    pretrain(&cfg, &device, false).unwrap();
+    pretrain(&cfg, &device, false, |_| {}).unwrap();
     let ckpt = cfg.out_dir.join("checkpoint");
     cfg.halt_after = 0;
 
     let opt = ckpt.join("optimizer.bpk");
     let good = std::fs::read(&opt).unwrap();
     std::fs::write(&opt, &good[..good.len() / 3]).unwrap();
-    let e = pretrain(&cfg, &device, true).unwrap_err().to_string();
+    let e = pretrain(&cfg, &device, true, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("optimizer.bpk"), "{e}");
     std::fs::write(&opt, &good).unwrap();
 
     let w = ckpt.join("model.safetensors");
     let good = std::fs::read(&w).unwrap();
     std::fs::write(&w, &good[..good.len() - 100]).unwrap();
-    let e = pretrain(&cfg, &device, true).unwrap_err().to_string();
+    let e = pretrain(&cfg, &device, true, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
     std::fs::write(&w, &good).unwrap();
 
     std::fs::write(ckpt.join("state.json"), "{\"step\": ").unwrap();
-    let e = pretrain(&cfg, &device, true).unwrap_err().to_string();
+    let e = pretrain(&cfg, &device, true, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("state.json"), "{e}");
 
     std::fs::remove_dir_all(&ckpt).unwrap();
-    let e = pretrain(&cfg, &device, true).unwrap_err().to_string();
+    let e = pretrain(&cfg, &device, true, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("checkpoint"), "{e}");
 }

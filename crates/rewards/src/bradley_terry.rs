@@ -71,7 +71,7 @@ pub fn train_bradley_terry(
     pairs: &[EncodedPair],
     pad_id: u32,
     files: Option<RunFiles<'_>>,
-    on_step: impl FnMut(u64, f64),
+    on_step: impl FnMut(&infalign_models::StepReport<'_>),
 ) -> Result<PrefixScorer, RewardError> {
     if pairs.is_empty() {
         return Err(RewardError::InvalidParameter {

@@ -16,10 +16,10 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use infalign_core::Seed;
-use infalign_models::optim::descend;
-use infalign_models::train_checkpoint::{
-    OPTIMIZER_FILE, load_optimizer, progress_bar, read_state, save_optimizer,
-    warn_on_config_change, write_checkpoint,
+use infalign_models::training::optim::descend;
+use infalign_models::training::run::{
+    OPTIMIZER_FILE, StepReport, load_optimizer, read_state, save_optimizer, warn_on_config_change,
+    write_checkpoint,
 };
 use infalign_models::{PrefixScorer, RunFiles, TokenBatch, Tokenizer};
 use rand::Rng;
@@ -125,8 +125,8 @@ fn load_rm_checkpoint(
     Ok((net, optim, state.step))
 }
 
-/// Trains `net` (scalar head, on an autodiff device) on `objective`; calls
-/// `on_step(step, loss)`. With `files`, metrics and checkpoints go to its directory, and
+/// Trains `net` (scalar head, on an autodiff device) on `objective`; calls `on_step` after each
+/// step with the objective's loss. With `files`, metrics and checkpoints go to its directory, and
 /// `files.resume` continues from the checkpoint there (`net` then only supplies the device).
 /// After `halt_after` steps, returns the network of that step.
 pub fn train_reward_model(
@@ -135,7 +135,7 @@ pub fn train_reward_model(
     objective: &dyn RmObjective,
     pad_id: u32,
     files: Option<RunFiles<'_>>,
-    mut on_step: impl FnMut(u64, f64),
+    mut on_step: impl FnMut(&StepReport<'_>),
 ) -> Result<PrefixScorer, RewardError> {
     if objective.is_empty() {
         return Err(RewardError::InvalidParameter {
@@ -153,7 +153,6 @@ pub fn train_reward_model(
         _ => (net, optimizer(), 0),
     };
     let mut metrics = files.map(|f| f.metrics_writer(start)).transpose()?;
-    let bar = progress_bar(cfg.steps, start);
     let seed = Seed(cfg.seed);
     for step in start + 1..=cfg.steps {
         let mut rng = seed.derive("rm-data", step).stream("data");
@@ -169,12 +168,15 @@ pub fn train_reward_model(
         let (updated, value, _) =
             descend(net, &mut optim, loss, cfg.lr, cfg.grad_clip).map_err(model_err)?;
         net = updated;
+        let row = [(objective.metric(), value)];
         if let Some(m) = metrics.as_mut() {
-            m.log(step, &[(objective.metric(), value)])?;
+            m.log(step, &row)?;
         }
-        bar.set_position(step);
-        bar.set_message(format!("loss {value:.4}"));
-        on_step(step, value);
+        on_step(&StepReport {
+            step,
+            steps: cfg.steps,
+            metrics: &row,
+        });
         let save_now = (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps;
         if let Some(f) = files
             && save_now
@@ -186,10 +188,8 @@ pub fn train_reward_model(
             save_rm_checkpoint(&f.checkpoint(), &net, &optim, f.tokenizer, &state)?;
         }
         if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {
-            bar.abandon_with_message(format!("halted after step {step}"));
             return Ok(net.valid());
         }
     }
-    bar.finish();
     Ok(net.valid())
 }

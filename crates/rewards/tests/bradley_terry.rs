@@ -42,7 +42,8 @@ fn bradley_terry_recovers_the_gold_ranking() {
         ..Default::default()
     };
     let mut losses = Vec::new();
-    let net = train_bradley_terry(&cfg, net, &pairs, 0, None, |_, l| losses.push(l)).unwrap();
+    let net =
+        train_bradley_terry(&cfg, net, &pairs, 0, None, |r| losses.push(r.metrics[0].1)).unwrap();
     let rm = RewardModel::new(net, tk.clone(), device).unwrap();
     // Held-out pairs with different gold rewards.
     let mut rng = Seed(9).stream("held-out");

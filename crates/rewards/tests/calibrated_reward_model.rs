@@ -72,7 +72,7 @@ fn calibrated_reward_model_predicts_c_for_unseen_prompts() {
         ..Default::default()
     };
     let objective = CalibratedRegression(&examples);
-    let net = train_reward_model(&cfg, net, &objective, 0, None, |_, _| {}).unwrap();
+    let net = train_reward_model(&cfg, net, &objective, 0, None, |_| {}).unwrap();
     let rm = RewardModel::new(net, tk.clone(), device.clone())
         .unwrap()
         .with_output(RewardModelOutput::Calibrated);

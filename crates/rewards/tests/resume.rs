@@ -68,7 +68,7 @@ fn run(
         tokenizer: tk,
         resume,
     };
-    train_bradley_terry(cfg, net(), &pairs(), 0, Some(files), |_, _| {}).map_err(|e| e.to_string())
+    train_bradley_terry(cfg, net(), &pairs(), 0, Some(files), |_| {}).map_err(|e| e.to_string())
 }
 
 fn steps_logged(metrics: &Path) -> Vec<u64> {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::Device;
-use infalign_models::train_checkpoint::{
+use infalign_models::training::run::{
     OPTIMIZER_FILE, STATE_FILE, load_optimizer, read_state, save_optimizer, warn_on_config_change,
     write_checkpoint,
 };
@@ -72,7 +72,16 @@ pub(crate) fn load_policy_checkpoint(
     cfg: &PolicyTrainConfig,
     ad: &Device,
 ) -> Result<Resumed, RlError> {
-    let state: PolicyTrainState = read_state(dir)?;
+    // Checkpoints written before the run directory left the config carry `out_dir`: dropped.
+    let mut raw: serde_json::Value = read_state(dir)?;
+    if let Some(config) = raw.get_mut("config").and_then(|c| c.as_object_mut()) {
+        config.remove("out_dir");
+    }
+    let state: PolicyTrainState =
+        serde_json::from_value(raw).map_err(|e| RlError::InvalidParameter {
+            field: "resume",
+            message: format!("{}: {e}", dir.join(STATE_FILE).display()),
+        })?;
     // A different objective cannot continue this run: its state (PPO's value network) and its
     // meaning differ. Other changes only warn.
     let objective = [
@@ -103,13 +112,7 @@ pub(crate) fn load_policy_checkpoint(
     warn_on_config_change(
         &state.config,
         cfg,
-        &[
-            "steps",
-            "halt_after",
-            "save_every",
-            "snapshot_every",
-            "out_dir",
-        ],
+        &["steps", "halt_after", "save_every", "snapshot_every"],
     );
     let beta = f64::from_bits(state.beta_bits);
     let policy = LoadedModel::load(dir, ad)?.model;

@@ -6,8 +6,6 @@
 //! Invariant: unknown keys are refused (`deny_unknown_fields`), so a misspelt `--set` never
 //! trains with a default silently.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
 /// Where the KL penalty goes.
@@ -101,12 +99,10 @@ pub struct PolicyTrainConfig {
     pub grad_clip: f64,
     /// Seed of sampling and prompt order.
     pub seed: u64,
-    /// Run directory (metrics.jsonl, checkpoint/, final/); empty: no files.
-    pub out_dir: PathBuf,
-    /// Checkpoint every N steps (0: only at the end); needs `out_dir`.
+    /// Checkpoint every N steps (0: only at the end); needs the run's files.
     #[serde(alias = "checkpoint_every")]
     pub save_every: u64,
-    /// Keep a model directory `out_dir/snapshots/step-N` every N steps (0: none), to evaluate
+    /// Keep a model directory `snapshots/step-N` of the run directory every N steps (0: none), to evaluate
     /// the policy along its KL path.
     pub snapshot_every: u64,
     /// Stop after this step as if the process were killed (tests of resumption); 0 = never.
@@ -129,7 +125,6 @@ impl Default for PolicyTrainConfig {
             kl_mode: KlMode::RewardK1,
             grad_clip: 1.0,
             seed: 0,
-            out_dir: PathBuf::new(),
             save_every: 0,
             snapshot_every: 0,
             halt_after: 0,

@@ -16,7 +16,7 @@
 //!
 //! Invariants: the sampling of step s uses `seed.derive("policy-samples", s)`, the prompt order
 //! `seed.derive("policy-prompts", s)`: a run is reproducible on the CPU. A checkpoint
-//! (`out_dir/checkpoint`, every `save_every` steps and at the end) holds the policy, its AdamW
+//! (`checkpoint/` of the run directory, every `save_every` steps and at the end) holds the policy, its AdamW
 //! state, PPO's value network and its AdamW state, the step and the adaptive β: nothing else
 //! carries over from one step to the next, so a run killed after its last checkpoint and
 //! resumed ends with the weights of an uninterrupted run (CPU, same seed), and `metrics.jsonl`
@@ -24,9 +24,7 @@
 
 use burn::module::Module;
 use burn::tensor::Device;
-use infalign_core::MetricsWriter;
-use infalign_models::train_checkpoint::{CHECKPOINT_DIR, open_metrics};
-use infalign_models::{CausalLm, LoadedModel, save_model_dir};
+use infalign_models::{CausalLm, LoadedModel, RunFiles, StepReport, save_model_dir};
 
 use crate::RlError;
 use crate::policy_checkpoint::{
@@ -41,8 +39,9 @@ use crate::rollout::RewardPipeline;
 
 /// Trains `policy` (on an autodiff device) with RLOO, PPO, or online DPO / IPO against the
 /// reference `lm.model` (plain device), sampling from the current policy on `prompts` and scoring
-/// with `pipeline`; `lm` also supplies the tokenizer and special ids. With `resume`, the policy,
-/// optimizers, value network, β and step come from `out_dir/checkpoint` instead (`policy` is
+/// with `pipeline`; `lm` also supplies the tokenizer and special ids. With `files`, metrics,
+/// checkpoints and snapshots go to its directory, and with `files.resume` the policy,
+/// optimizers, value network, β and step come from its checkpoint instead (`policy` is
 /// then unused). Returns the trained policy (no autodiff); after `halt_after` steps, the policy
 /// of that step.
 #[allow(clippy::too_many_arguments)]
@@ -53,8 +52,8 @@ pub fn train_policy(
     prompts: &[String],
     pipeline: &RewardPipeline<'_>,
     device: &Device,
-    resume: bool,
-    on_step: impl FnMut(u64, &StepMetrics),
+    files: Option<RunFiles<'_>>,
+    on_step: impl FnMut(&StepReport<'_>),
 ) -> Result<CausalLm, RlError> {
     if prompts.is_empty() {
         return Err(RlError::InvalidParameter {
@@ -63,7 +62,7 @@ pub fn train_policy(
         });
     }
     let source = Source::Online { prompts, pipeline };
-    train(cfg, lm, policy, &source, device, resume, on_step)
+    train(cfg, lm, policy, &source, device, files, on_step)
 }
 
 /// Offline DPO or IPO (`cfg.algo`) on preference pairs, TRL's `prompt` / `chosen` / `rejected`
@@ -75,8 +74,8 @@ pub fn train_policy_on_pairs(
     policy: CausalLm,
     pairs: &[crate::preference_pairs::OfflinePair],
     device: &Device,
-    resume: bool,
-    on_step: impl FnMut(u64, &StepMetrics),
+    files: Option<RunFiles<'_>>,
+    on_step: impl FnMut(&StepReport<'_>),
 ) -> Result<CausalLm, RlError> {
     if !matches!(cfg.algo, Algo::Dpo | Algo::Ipo) {
         return Err(RlError::InvalidParameter {
@@ -99,7 +98,7 @@ pub fn train_policy_on_pairs(
         policy,
         &Source::Offline { pairs },
         device,
-        resume,
+        files,
         on_step,
     )
 }
@@ -143,8 +142,8 @@ fn train(
     policy: CausalLm,
     source: &Source<'_>,
     device: &Device,
-    resume: bool,
-    mut on_step: impl FnMut(u64, &StepMetrics),
+    files: Option<RunFiles<'_>>,
+    mut on_step: impl FnMut(&StepReport<'_>),
 ) -> Result<CausalLm, RlError> {
     if !(cfg.beta >= 0.0 && cfg.beta.is_finite()) {
         return Err(RlError::InvalidParameter {
@@ -194,33 +193,21 @@ fn train(
             ),
         });
     }
-    let files = !cfg.out_dir.as_os_str().is_empty();
-    if resume && !files {
-        return Err(RlError::InvalidParameter {
-            field: "out_dir",
-            message: "resuming needs the run directory that holds the checkpoint".into(),
-        });
-    }
     let ad = device.clone().autodiff();
-    let ckpt_dir = cfg.out_dir.join(CHECKPOINT_DIR);
-    let (mut policy, mut optim, mut beta, start, mut objective) = if resume {
-        let r = load_policy_checkpoint(&ckpt_dir, cfg, &ad)?;
-        tracing::info!(step = r.step, beta = r.beta, "resuming policy training");
-        let objective = objective(cfg, &r.policy, Some(&ckpt_dir), &ad)?;
-        (r.policy, r.optim, r.beta, r.step, objective)
-    } else {
-        let objective = objective(cfg, &policy, None, &ad)?;
-        (policy, adamw(), cfg.beta, 0, objective)
+    let (mut policy, mut optim, mut beta, start, mut objective) = match files {
+        Some(f) if f.resume => {
+            let dir = f.checkpoint();
+            let r = load_policy_checkpoint(&dir, cfg, &ad)?;
+            tracing::info!(step = r.step, beta = r.beta, "resuming policy training");
+            let objective = objective(cfg, &r.policy, Some(&dir), &ad)?;
+            (r.policy, r.optim, r.beta, r.step, objective)
+        }
+        _ => {
+            let objective = objective(cfg, &policy, None, &ad)?;
+            (policy, adamw(), cfg.beta, 0, objective)
+        }
     };
-    let mut metrics: Option<MetricsWriter> = if files {
-        Some(open_metrics(
-            &cfg.out_dir.join("metrics.jsonl"),
-            resume,
-            start,
-        )?)
-    } else {
-        None
-    };
+    let mut metrics = files.map(|f| f.metrics_writer(start)).transpose()?;
     for step in start + 1..=cfg.steps {
         let mut m = StepMetrics {
             beta,
@@ -248,24 +235,30 @@ fn train(
                 beta = beta.max(1e-6);
             }
         }
+        let mut row = vec![
+            ("objective/kl", m.kl),
+            ("objective/scores", m.scores),
+            ("objective/raw_reward", m.raw_reward),
+            ("objective/entropy", m.entropy),
+            ("objective/rlhf_reward", m.rlhf_reward),
+            ("objective/beta", m.beta),
+            ("loss/policy", m.loss),
+            ("response_length", m.response_length),
+            ("eos_rate", m.eos_rate),
+        ];
+        row.extend(objective.metric_columns(&m));
         if let Some(w) = metrics.as_mut() {
-            let mut row = vec![
-                ("objective/kl", m.kl),
-                ("objective/scores", m.scores),
-                ("objective/raw_reward", m.raw_reward),
-                ("objective/entropy", m.entropy),
-                ("objective/rlhf_reward", m.rlhf_reward),
-                ("objective/beta", m.beta),
-                ("loss/policy", m.loss),
-                ("response_length", m.response_length),
-                ("eos_rate", m.eos_rate),
-            ];
-            row.extend(objective.metric_columns(&m));
             w.log(step, &row)?;
         }
-        on_step(step, &m);
+        on_step(&StepReport {
+            step,
+            steps: cfg.steps,
+            metrics: &row,
+        });
         let save_now = (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps;
-        if files && save_now {
+        if let Some(f) = files
+            && save_now
+        {
             let state = PolicyTrainState {
                 step,
                 beta,
@@ -273,7 +266,7 @@ fn train(
                 config: cfg.clone(),
             };
             save_policy_checkpoint(
-                &ckpt_dir,
+                &f.checkpoint(),
                 &policy,
                 &optim,
                 objective.as_ref(),
@@ -281,8 +274,11 @@ fn train(
                 &state,
             )?;
         }
-        if files && cfg.snapshot_every > 0 && step % cfg.snapshot_every == 0 {
-            let dir = cfg.out_dir.join(SNAPSHOT_DIR).join(format!("step-{step}"));
+        if let Some(f) = files
+            && cfg.snapshot_every > 0
+            && step % cfg.snapshot_every == 0
+        {
+            let dir = f.dir.join(SNAPSHOT_DIR).join(format!("step-{step}"));
             save_model_dir(&dir, &policy, &lm.tokenizer)?;
         }
         if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {

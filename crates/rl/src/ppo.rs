@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Tensor};
-use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
-use infalign_models::train_checkpoint::{load_optimizer, save_optimizer};
+use infalign_models::training::optim::{SHARDS, descend_sharded, shard_rows};
+use infalign_models::training::run::{load_optimizer, save_optimizer};
 use infalign_models::weights::read_f32;
 use infalign_models::{CausalLm, PrefixScorer, ScorerLayout, Tokenizer};
 

@@ -10,7 +10,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use infalign_core::Seed;
-use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
+use infalign_models::training::optim::{SHARDS, descend_sharded, shard_rows};
 use infalign_models::{CausalLm, LoadedModel};
 use rand::Rng;
 

@@ -10,7 +10,7 @@
 
 use burn::optim::ModuleOptimizer;
 use infalign_models::CausalLm;
-use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
+use infalign_models::training::optim::{SHARDS, descend_sharded, shard_rows};
 
 use crate::RlError;
 use crate::policy_config::{KlMode, PolicyTrainConfig};

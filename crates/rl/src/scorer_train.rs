@@ -19,10 +19,10 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::Device;
 use infalign_core::Seed;
-use infalign_models::optim::{SHARDS, descend_sharded, shard_rows};
-use infalign_models::train_checkpoint::{
-    OPTIMIZER_FILE, load_optimizer, progress_bar, read_state, save_optimizer,
-    warn_on_config_change, write_checkpoint,
+use infalign_models::training::optim::{SHARDS, descend_sharded, shard_rows};
+use infalign_models::training::run::{
+    OPTIMIZER_FILE, StepReport, load_optimizer, read_state, save_optimizer, warn_on_config_change,
+    write_checkpoint,
 };
 use infalign_models::weights::read_f32;
 use infalign_models::{CausalLm, PrefixScorer, RunFiles, TokenBatch, Tokenizer};
@@ -185,9 +185,11 @@ fn optimizer(cfg: &ScorerTrainConfig) -> ModuleOptimizer {
 }
 
 /// Trains `scorer` (on an autodiff device) against `base` (frozen, on a plain device) with the
-/// configured objective; returns the trained scorer (without autodiff). With `files`, metrics
+/// configured objective, calling `on_step` after each step; returns the trained scorer (without
+/// autodiff). With `files`, metrics
 /// and checkpoints go to its directory, and `files.resume` continues from the checkpoint there
 /// (`scorer` is then unused). After `halt_after` steps, returns the scorer of that step.
+#[allow(clippy::too_many_arguments)]
 pub fn train_scorer(
     cfg: &ScorerTrainConfig,
     base: &CausalLm,
@@ -196,6 +198,7 @@ pub fn train_scorer(
     pad_id: u32,
     device: &Device,
     files: Option<RunFiles<'_>>,
+    mut on_step: impl FnMut(&StepReport<'_>),
 ) -> Result<PrefixScorer, RlError> {
     if data.is_empty() {
         return Err(RlError::InvalidParameter {
@@ -227,7 +230,6 @@ pub fn train_scorer(
     };
     let mut metrics = files.map(|f| f.metrics_writer(start)).transpose()?;
     let ckpt: Option<(PathBuf, &Tokenizer)> = files.map(|f| (f.checkpoint(), f.tokenizer));
-    let bar = progress_bar(cfg.steps, start);
     let seed = Seed(cfg.seed);
     for step in start + 1..=cfg.steps {
         if cfg.method == ScorerMethod::Q
@@ -261,16 +263,17 @@ pub fn train_scorer(
             descend_sharded(scorer, &mut optim, shards, loss_of, cfg.lr, cfg.grad_clip)
                 .map_err(RlError::at_step(step))?;
         scorer = updated;
+        let row = [("scorer/loss", loss_value), ("scorer/grad_norm", grad_norm)];
         if let Some(m) = metrics.as_mut()
             && (step % cfg.log_every.max(1) == 0 || step == cfg.steps)
         {
-            m.log(
-                step,
-                &[("scorer/loss", loss_value), ("scorer/grad_norm", grad_norm)],
-            )?;
+            m.log(step, &row)?;
         }
-        bar.set_position(step);
-        bar.set_message(format!("loss {loss_value:.4}"));
+        on_step(&StepReport {
+            step,
+            steps: cfg.steps,
+            metrics: &row,
+        });
         let save_now = (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps;
         if let Some((dir, tokenizer)) = &ckpt
             && save_now
@@ -283,11 +286,9 @@ pub fn train_scorer(
             save_scorer_checkpoint(dir, &scorer, &optim, target.as_ref(), tokenizer, &state)?;
         }
         if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {
-            bar.abandon_with_message(format!("halted after step {step}"));
             return Ok(scorer.valid());
         }
     }
-    bar.finish();
     Ok(scorer.valid())
 }
 

@@ -134,8 +134,8 @@ fn rloo_and_ppo_reach_the_kl_regularised_optimum() {
             &["a".into()],
             &pipeline,
             &device,
-            false,
-            |_, _| {},
+            None,
+            |_| {},
         )
         .unwrap();
         let p = probs(&trained);
@@ -213,19 +213,20 @@ fn dpo_and_ipo_online_and_offline_start_at_their_closed_form_loss_and_ipo_reache
             transform: None,
         };
         let mut first_loss = None;
-        let on_step = |_: u64, m: &infalign_rl::StepMetrics| {
+        let on_step = |r: &infalign_models::StepReport<'_>| {
             // The first step with a pair (a step whose samples all agree has none).
-            if first_loss.is_none() && m.loss != 0.0 {
-                first_loss = Some(m.loss);
+            let loss = r.get("loss/policy").expect("a policy loss");
+            if first_loss.is_none() && loss != 0.0 {
+                first_loss = Some(loss);
             }
         };
         let policy = init(&device.clone().autodiff());
         let trained = if offline {
-            train_policy_on_pairs(&cfg, &lm, policy, &pairs, &device, false, on_step)
+            train_policy_on_pairs(&cfg, &lm, policy, &pairs, &device, None, on_step)
         } else {
             let prompts = ["a".to_string()];
             train_policy(
-                &cfg, &lm, policy, &prompts, &pipeline, &device, false, on_step,
+                &cfg, &lm, policy, &prompts, &pipeline, &device, None, on_step,
             )
         }
         .unwrap();

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use infalign_core::{DeviceSpec, Seed};
 use infalign_decoding::{GenerationConfig, Generator};
-use infalign_models::{CausalLm, LoadedModel};
+use infalign_models::{CausalLm, LoadedModel, RunFiles};
 use infalign_rewards::rewards::LengthReward;
 use infalign_rewards::{Reward, RewardInput};
 use infalign_rl::{Algo, PolicyTrainConfig, PpoConfig, RewardPipeline, StepMetrics, train_policy};
@@ -87,7 +87,6 @@ fn check(algo: Algo, lr: f64) {
         lr,
         beta: 0.05,
         seed: 1,
-        out_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
     let device = DeviceSpec::Cpu.device().unwrap();
@@ -112,8 +111,19 @@ fn check(algo: Algo, lr: f64) {
         &prompts,
         &pipeline,
         &device,
-        false,
-        |_, m| log.push(m.clone()),
+        Some(RunFiles {
+            dir: dir.path(),
+            tokenizer: &lm.tokenizer,
+            resume: false,
+        }),
+        |r| {
+            let get = |name| r.get(name).expect("reported every step");
+            log.push(StepMetrics {
+                kl: get("objective/kl"),
+                raw_reward: get("objective/raw_reward"),
+                ..Default::default()
+            })
+        },
     )
     .unwrap();
     let t_train = t0.elapsed() - t_eval;

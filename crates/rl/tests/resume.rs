@@ -90,7 +90,7 @@ impl PolicyRun {
     }
 
     /// Runs `cfg` (fresh or resumed); returns the metrics of every step it ran and the policy.
-    fn run(&self, cfg: &PolicyTrainConfig, resume: bool) -> Result<CausalLm, String> {
+    fn run(&self, cfg: &RunCfg, resume: bool) -> Result<CausalLm, String> {
         let device = DeviceSpec::Cpu.device().unwrap();
         let pipeline = RewardPipeline {
             reward: &CountD,
@@ -104,15 +104,39 @@ impl PolicyRun {
             &self.prompts,
             &pipeline,
             &device,
-            resume,
-            |_, _| {},
+            Some(RunFiles {
+                dir: &cfg.out_dir,
+                tokenizer: &self.lm.tokenizer,
+                resume,
+            }),
+            |_| {},
         )
         .map_err(|e| e.to_string())
     }
 }
 
-fn policy_cfg(algo: Algo, out: PathBuf) -> PolicyTrainConfig {
-    PolicyTrainConfig {
+/// A policy config with its run directory.
+#[derive(Clone)]
+struct RunCfg {
+    cfg: PolicyTrainConfig,
+    out_dir: PathBuf,
+}
+
+impl std::ops::Deref for RunCfg {
+    type Target = PolicyTrainConfig;
+    fn deref(&self) -> &PolicyTrainConfig {
+        &self.cfg
+    }
+}
+
+impl std::ops::DerefMut for RunCfg {
+    fn deref_mut(&mut self) -> &mut PolicyTrainConfig {
+        &mut self.cfg
+    }
+}
+
+fn policy_cfg(algo: Algo, out: PathBuf) -> RunCfg {
+    let cfg = PolicyTrainConfig {
         algo,
         ppo: PpoConfig {
             value_lr: 1e-2,
@@ -126,10 +150,10 @@ fn policy_cfg(algo: Algo, out: PathBuf) -> PolicyTrainConfig {
         beta: 0.1,
         // Adaptive β, so that its state must survive the checkpoint.
         target_kl: 0.05,
-        out_dir: out,
         save_every: 3,
         ..Default::default()
-    }
+    };
+    RunCfg { cfg, out_dir: out }
 }
 
 #[test]
@@ -198,6 +222,25 @@ fn policy_training_resumes_exactly() {
         assert_eq!(ma, mb, "{algo:?}: metrics differ after resuming");
         let _ = device;
     }
+}
+
+#[test]
+fn checkpoints_that_still_name_their_run_directory_resume() {
+    // Before the run directory left the config, state.json carried `config.out_dir`.
+    let dir = tempfile::tempdir().unwrap();
+    let run = PolicyRun::new(dir.path());
+    let mut cfg = policy_cfg(Algo::Rloo, dir.path().join("run"));
+    cfg.steps = 4;
+    cfg.save_every = 2;
+    cfg.halt_after = 2;
+    run.run(&cfg, false).unwrap();
+    let path = cfg.out_dir.join("checkpoint/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["config"]["out_dir"] = cfg.out_dir.to_string_lossy().as_ref().into();
+    std::fs::write(&path, state.to_string()).unwrap();
+    cfg.halt_after = 0;
+    run.run(&cfg, true).unwrap();
 }
 
 #[test]
@@ -306,6 +349,7 @@ fn run_scorer(
         0,
         &device,
         Some(files),
+        |_| {},
     )
     .map_err(|e| e.to_string())
 }

@@ -111,7 +111,7 @@ fn train(method: ScorerMethod, data: &[ScorerRollout], m: &CausalLm) -> PrefixSc
         lr: 3e-3,
         ..Default::default()
     };
-    train_scorer(&cfg, m, init, data, 0, &device, None).unwrap()
+    train_scorer(&cfg, m, init, data, 0, &device, None, |_| {}).unwrap()
 }
 
 /// Pairs of rollouts with equal rewards (left out of the pairwise accuracy).

@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
-use infalign_models::train_checkpoint::progress_bar;
 use infalign_models::{CausalLm, LoadedModel, save_model_dir};
 use infalign_rewards::Transform;
 use infalign_rewards::bradley_terry::Preference;
 use infalign_rl::{
-    Algo, OfflinePair, PolicyTrainConfig, RewardPipeline, StepMetrics, train_policy,
-    train_policy_on_pairs,
+    Algo, OfflinePair, PolicyTrainConfig, RewardPipeline, train_policy, train_policy_on_pairs,
 };
 
 use super::common::{PromptArgs, TrainRunArgs};
@@ -109,7 +107,6 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         }
         cfg.beta = 1.0 / f64::from(n - 1);
     }
-    cfg.out_dir = a.run.out.clone();
     if let Some(path) = &a.preferences {
         return offline(&a, path, &cfg, device);
     }
@@ -155,20 +152,20 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         calibrator: calibrator.as_ref(),
         transform,
     };
+    let progress = super::common::Progress::new(3);
     let trained = a.run.with_settings_recorded(&run_identity(&a), || {
-        with_progress(&cfg, |on_step| {
-            Ok(train_policy(
-                &cfg,
-                &lm,
-                policy.model,
-                &prompts,
-                &pipeline,
-                device,
-                a.run.resume,
-                on_step,
-            )?)
-        })
+        Ok(train_policy(
+            &cfg,
+            &lm,
+            policy.model,
+            &prompts,
+            &pipeline,
+            device,
+            Some(a.run.files(&lm.tokenizer)),
+            |r| progress.on_step(r),
+        )?)
     })?;
+    drop(progress);
     finish(&a, &cfg, &lm, trained)
 }
 
@@ -201,41 +198,20 @@ fn offline(a: &Args, path: &Path, cfg: &PolicyTrainConfig, device: &Device) -> R
     let ad = device.clone().autodiff();
     let policy =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
+    let progress = super::common::Progress::new(3);
     let trained = a.run.with_settings_recorded(&run_identity(a), || {
-        with_progress(cfg, |on_step| {
-            Ok(train_policy_on_pairs(
-                cfg,
-                &lm,
-                policy.model,
-                &pairs,
-                device,
-                a.run.resume,
-                on_step,
-            )?)
-        })
+        Ok(train_policy_on_pairs(
+            cfg,
+            &lm,
+            policy.model,
+            &pairs,
+            device,
+            Some(a.run.files(&lm.tokenizer)),
+            |r| progress.on_step(r),
+        )?)
     })?;
+    drop(progress);
     finish(a, cfg, &lm, trained)
-}
-
-/// Runs `train` with a progress bar fed by its step callback.
-fn with_progress(
-    cfg: &PolicyTrainConfig,
-    train: impl FnOnce(&mut dyn FnMut(u64, &StepMetrics)) -> Result<CausalLm>,
-) -> Result<CausalLm> {
-    let bar = progress_bar(cfg.steps, 0);
-    let trained = train(&mut |step, m| {
-        bar.set_position(step);
-        bar.set_message(format!(
-            "kl {:.3} score {:.3} loss {:.3}",
-            m.kl, m.scores, m.loss
-        ));
-    })?;
-    if cfg.halts_early() {
-        bar.abandon_with_message(format!("halted after step {}", cfg.halt_after));
-    } else {
-        bar.finish();
-    }
-    Ok(trained)
 }
 
 /// Writes the final model (whole or absent) and the config, or stops after `halt_after`.

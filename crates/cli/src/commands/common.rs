@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use infalign_decoding::SamplingConfig;
+use infalign_models::{RunFiles, Tokenizer};
 use serde::Deserialize;
 
 /// The model, the prompts and the sampling flags of every command that decodes.
@@ -143,6 +144,15 @@ pub struct TrainRunArgs {
 }
 
 impl TrainRunArgs {
+    /// The trainer's run files: `--out`, continued with `--resume`.
+    pub fn files<'a>(&'a self, tokenizer: &'a Tokenizer) -> RunFiles<'a> {
+        RunFiles {
+            dir: &self.out,
+            tokenizer,
+            resume: self.resume,
+        }
+    }
+
     /// Claims `--out` for this run ([`claim_run_dir`]).
     pub fn claim(&self) -> Result<RunDirLock> {
         claim_run_dir(&self.out, self.resume, self.overwrite)
@@ -202,7 +212,7 @@ impl TrainRunArgs {
         let out = train();
         let checkpoint = self
             .out
-            .join(infalign_models::train_checkpoint::CHECKPOINT_DIR)
+            .join(infalign_models::training::run::CHECKPOINT_DIR)
             .join("state.json");
         if out.is_err() && !self.resume && !checkpoint.is_file() {
             let _ = std::fs::remove_file(&file);
@@ -286,13 +296,13 @@ pub fn claim_run_dir(out: &Path, resume: bool, overwrite: bool) -> Result<RunDir
             );
         }
         if overwrite {
-            let checkpoint = out.join(infalign_models::train_checkpoint::CHECKPOINT_DIR);
+            let checkpoint = out.join(infalign_models::training::run::CHECKPOINT_DIR);
             for dir in [checkpoint.clone()]
                 .into_iter()
                 .chain(["tmp", "ready", "old"].map(|s| {
                     out.join(format!(
                         ".{}.{s}",
-                        infalign_models::train_checkpoint::CHECKPOINT_DIR
+                        infalign_models::training::run::CHECKPOINT_DIR
                     ))
                 }))
             {
@@ -357,5 +367,49 @@ pub fn finite_non_negative(s: &str) -> std::result::Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not a finite number of at least 0"))
+    }
+}
+
+/// A progress bar on stderr fed by a trainer's `on_step` reports: position, and the first
+/// `shown` metrics of each step. Finished (or left at a halted step) when dropped.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    shown: usize,
+}
+
+impl Progress {
+    /// A bar that shows the first `shown` metrics of each report.
+    pub fn new(shown: usize) -> Self {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self { bar, shown }
+    }
+
+    /// Draws one step's report.
+    pub fn on_step(&self, r: &infalign_models::StepReport<'_>) {
+        self.bar.set_length(r.steps);
+        self.bar.set_position(r.step);
+        let shown: Vec<String> = r
+            .metrics
+            .iter()
+            .take(self.shown)
+            .map(|(name, v)| format!("{} {v:.4}", name.rsplit('/').next().unwrap_or(name)))
+            .collect();
+        self.bar.set_message(shown.join(" "));
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.bar.position() < self.bar.length().unwrap_or(0) {
+            self.bar.abandon();
+        } else {
+            self.bar.finish();
+        }
     }
 }

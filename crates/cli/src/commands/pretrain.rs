@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use infalign_core::Device;
-use infalign_models::pretrain::{PretrainConfig, pretrain};
+use infalign_models::training::pretrain::{PretrainConfig, pretrain};
 
 /// Flags of `infalign pretrain`.
 #[derive(Debug, clap::Args)]
@@ -38,7 +38,9 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         *path = crate::shipped_asset(path);
     }
     let _claim = super::common::claim_run_dir(&cfg.out_dir, a.resume, a.overwrite)?;
-    let summary = pretrain(&cfg, device, a.resume)?;
+    let progress = super::common::Progress::new(2);
+    let summary = pretrain(&cfg, device, a.resume, |r| progress.on_step(r))?;
+    drop(progress);
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

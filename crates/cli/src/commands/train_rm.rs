@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
-use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
+use infalign_models::{LoadedModel, PrefixScorer, ScorerLayout};
 use infalign_rewards::bradley_terry::{BradleyTerry, EncodedPair, Preference, pairwise_accuracy};
 use infalign_rewards::calibrated_reward_model::{
     CalibratedExample, CalibratedRegression, calibrated_targets,
@@ -166,11 +166,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let backbone =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
     let net = PrefixScorer::from_base(backbone.model, ScorerLayout::Scalar, &ad)?;
-    let files = RunFiles {
-        dir: &a.run.out,
-        tokenizer: &lm.tokenizer,
-        resume: a.run.resume,
-    };
+    let files = a.run.files(&lm.tokenizer);
     let (objective, output): (Box<dyn RmObjective + '_>, _) = match &data {
         Data::Pairs { train, .. } => (Box::new(BradleyTerry(train)), RewardModelOutput::Score),
         Data::Calibrated { train, .. } => (
@@ -178,6 +174,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             RewardModelOutput::Calibrated,
         ),
     };
+    let progress = super::common::Progress::new(1);
     let net = a.run.with_settings_recorded(&settings, || {
         Ok(train_reward_model(
             &cfg,
@@ -185,7 +182,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             objective.as_ref(),
             lm.pad_id,
             Some(files),
-            |_, _| {},
+            |r| progress.on_step(r),
         )?)
     })?;
     if cfg.halts_early() {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
-use infalign_models::{LoadedModel, PrefixScorer, RunFiles, ScorerLayout};
+use infalign_models::{LoadedModel, PrefixScorer, ScorerLayout};
 use infalign_rewards::{RewardTransform, Transform};
 use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, classifier_check, train_scorer};
 
@@ -113,11 +113,8 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         prior as f32,
         &ad,
     )?;
-    let files = RunFiles {
-        dir: &a.run.out,
-        tokenizer: &lm.tokenizer,
-        resume: a.run.resume,
-    };
+    let files = a.run.files(&lm.tokenizer);
+    let progress = super::common::Progress::new(2);
     let scorer = a.run.with_settings_recorded(&settings, || {
         Ok(train_scorer(
             &cfg,
@@ -127,6 +124,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             lm.pad_id,
             device,
             Some(files),
+            |r| progress.on_step(r),
         )?)
     })?;
     if cfg.halts_early() {

@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{LoadedModel, save_model_dir};
 use crate::config::ModelConfig;
 use crate::lm::{CausalLm, TokenBatch};
-use crate::optim::{LrSchedule, scale_and_clip};
+use crate::training::optim::{LrSchedule, scale_and_clip};
 use crate::tokenizer::Tokenizer;
-pub use crate::train_checkpoint::{load_checkpoint, save_checkpoint};
-use crate::train_checkpoint::{open_metrics, progress_bar};
+use crate::training::run::{CHECKPOINT_DIR, RunFiles, StepReport};
+pub use crate::training::run::{load_checkpoint, save_checkpoint};
 use crate::weights::read_f32;
 use crate::{ModelError, Result};
 
@@ -222,39 +222,20 @@ fn optimizer(cfg: &PretrainConfig) -> ModuleOptimizer {
         .init()
 }
 
-/// Where the pieces of a run live.
-#[derive(Debug, Clone)]
-pub struct RunPaths {
-    /// The run directory.
-    pub root: PathBuf,
-}
-
-impl RunPaths {
-    /// `metrics.jsonl`.
-    pub fn metrics(&self) -> PathBuf {
-        self.root.join("metrics.jsonl")
-    }
-    /// The latest checkpoint.
-    pub fn checkpoint(&self) -> PathBuf {
-        self.root.join("checkpoint")
-    }
-    /// The final model directory.
-    pub fn final_dir(&self) -> PathBuf {
-        self.root.join("final")
-    }
-}
-
-/// Runs (or, with `resume`, continues) pretraining. Returns the summary; the final model
-/// directory is `out_dir/final`.
-pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<PretrainSummary> {
+/// Runs (or, with `resume`, continues) pretraining in the run directory `out_dir`, calling
+/// `on_step` after each step. Returns the summary; the final model directory is `out_dir/final`.
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    device: &Device,
+    resume: bool,
+    mut on_step: impl FnMut(&StepReport<'_>),
+) -> Result<PretrainSummary> {
     cfg.validate()?;
-    let paths = RunPaths {
-        root: cfg.out_dir.clone(),
-    };
     let device = device.clone().autodiff();
+    let checkpoint = cfg.out_dir.join(CHECKPOINT_DIR);
     let (mut model, tokenizer, mut optim, start, eos) = if resume {
         let (lm, optim, state): (_, _, TrainState) =
-            load_checkpoint(&paths.checkpoint(), &device, optimizer(cfg))?;
+            load_checkpoint(&checkpoint, &device, optimizer(cfg))?;
         let eos = lm.eos_ids.first().copied().unwrap_or(0);
         tracing::info!(step = state.step, "resuming");
         (lm.model, lm.tokenizer, optim, state.step, eos)
@@ -296,15 +277,20 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
         valid_tokens = valid.len(),
         "data"
     );
-    let mut metrics = open_metrics(&paths.metrics(), resume, start)?;
-    infalign_core::io::write_json_atomic(paths.root.join("config.json"), cfg)?;
+    // The tokenizer is known only now (a fresh run loads it from the config's file).
+    let paths = RunFiles {
+        dir: &cfg.out_dir,
+        tokenizer: &tokenizer,
+        resume,
+    };
+    let mut metrics = paths.metrics_writer(start)?;
+    infalign_core::io::write_json_atomic(cfg.out_dir.join("config.json"), cfg)?;
     let schedule = LrSchedule {
         peak: cfg.lr,
         warmup: cfg.warmup_steps,
         total: cfg.steps,
         min_ratio: cfg.min_lr_ratio,
     };
-    let bar = progress_bar(cfg.steps, start);
     let tokens_per_step = (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as f64;
     let seed = Seed(cfg.seed);
     let mut valid_loss = f64::NAN;
@@ -354,13 +340,14 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
             row.push(("valid/perplexity", valid_loss.exp()));
         }
         metrics.log(step, &row)?;
-        bar.set_position(step);
-        bar.set_message(format!(
-            "loss {loss:.3} valid {valid_loss:.3} {tps:.0} tok/s"
-        ));
+        on_step(&StepReport {
+            step,
+            steps: cfg.steps,
+            metrics: &row,
+        });
         if step % cfg.save_every == 0 || step == cfg.steps {
             save_checkpoint(
-                &paths.checkpoint(),
+                &checkpoint,
                 &model,
                 &tokenizer,
                 &optim,
@@ -371,7 +358,6 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
             )?;
         }
         if cfg.halt_after > 0 && step >= cfg.halt_after && step < cfg.steps {
-            bar.abandon_with_message(format!("halted after step {step}"));
             return Ok(PretrainSummary {
                 steps: step,
                 valid_loss,
@@ -380,7 +366,6 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
             });
         }
     }
-    bar.finish_with_message(format!("valid loss {valid_loss:.3}"));
     let trained = model.valid();
     infalign_core::io::write_dir_atomic(&paths.final_dir(), |dir| {
         save_model_dir(dir, &trained, &tokenizer)
@@ -391,6 +376,6 @@ pub fn pretrain(cfg: &PretrainConfig, device: &Device, resume: bool) -> Result<P
         valid_perplexity: valid_loss.exp(),
         final_dir: paths.final_dir(),
     };
-    infalign_core::io::write_json_atomic(paths.root.join("summary.json"), &summary)?;
+    infalign_core::io::write_json_atomic(cfg.out_dir.join("summary.json"), &summary)?;
     Ok(summary)
 }

@@ -1,5 +1,7 @@
-//! Training checkpoints shared by every trainer (pretraining, policy optimisation, prefix-scorer
-//! and reward-model training), and the progress bar they show.
+//! What every trainer (pretraining, policy optimisation, prefix-scorer and reward-model
+//! training) shares: its run directory ([`RunFiles`]), the report it gives after each step
+//! ([`StepReport`], to an `on_step` callback: the binary draws progress from it, the libraries
+//! print nothing), and its checkpoints.
 //!
 //! A checkpoint is a directory: whatever model files the trainer needs (a model directory at the
 //! root, sub-directories for extra networks), one `*.bpk` file per optimizer (burn's
@@ -16,7 +18,6 @@ use std::path::Path;
 
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -55,10 +56,36 @@ impl RunFiles<'_> {
         self.dir.join("metrics.jsonl")
     }
 
+    /// `dir/final`: the trained model, written whole once the run ends.
+    pub fn final_dir(&self) -> std::path::PathBuf {
+        self.dir.join("final")
+    }
+
     /// The metrics writer of the run: truncated to `last_step` when resuming, emptied when
     /// starting afresh (so a run never shows two rows for one step).
     pub fn metrics_writer(&self, last_step: u64) -> Result<infalign_core::MetricsWriter> {
         open_metrics(&self.metrics(), self.resume, last_step)
+    }
+}
+
+/// What a trainer reports after each step to its `on_step` callback.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport<'a> {
+    /// The step just completed (1-based).
+    pub step: u64,
+    /// The run's last step.
+    pub steps: u64,
+    /// The step's metrics, named as in `metrics.jsonl`.
+    pub metrics: &'a [(&'static str, f64)],
+}
+
+impl StepReport<'_> {
+    /// The metric called `name`, if the step reported it.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
     }
 }
 
@@ -228,17 +255,4 @@ pub fn load_checkpoint<S: DeserializeOwned>(
     let lm = LoadedModel::load(dir, device)?;
     let optim = load_optimizer(&dir.join(OPTIMIZER_FILE), optim)?;
     Ok((lm, optim, state))
-}
-
-/// The progress bar of a training run of `total` steps, starting at `start` (resumed runs).
-/// indicatif draws nothing when stderr is not a terminal.
-pub fn progress_bar(total: u64, start: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total).with_position(start);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
