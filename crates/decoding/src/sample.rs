@@ -97,12 +97,12 @@ pub fn completion_logprobs(
             .map(|s| s.prompt_ids.iter().chain(&s.tokens).copied().collect())
             .collect();
         let lp = lm.model.sequence_logprobs(&rows, lm.pad_id, device)?;
-        out.extend(chunk.iter().zip(&lp).map(|(s, r)| {
-            r[s.prompt_ids.len().saturating_sub(1)..]
+        out.extend(
+            chunk
                 .iter()
-                .map(|&x| f64::from(x))
-                .sum::<f64>()
-        }));
+                .zip(&lp)
+                .map(|(s, r)| infalign_models::CausalLm::completion_logprob(r, s.prompt_ids.len())),
+        );
     }
     Ok(out)
 }

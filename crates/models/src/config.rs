@@ -2,108 +2,19 @@
 //! transformers and infalign unchanged.
 //!
 //! `model_type` selects the family: `gpt2`, or `llama` / `qwen2` (one implementation; Qwen2 is
-//! Llama with q/k/v bias). Fields this crate does not use are ignored on read.
+//! Llama with q/k/v bias). Each family's config lives beside its model (`Gpt2Config` in
+//! `gpt2.rs`, `LlamaConfig` in `llama.rs`, field names as in the checkpoint's `config.json`);
+//! this file holds the enum over them, the `model_type` dispatch and the JSON. Fields this crate
+//! does not use are ignored on read.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::gpt2::Gpt2Config;
+pub use crate::llama::{LlamaConfig, LlamaFlavor};
 use crate::{ModelError, Result};
-
-/// GPT-2 family: learned absolute positions, pre-LayerNorm, GELU, tied embeddings by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gpt2Config {
-    /// Vocabulary size (rows of `wte`).
-    pub vocab_size: usize,
-    /// Context length (rows of `wpe`).
-    pub n_positions: usize,
-    /// Model width.
-    pub n_embd: usize,
-    /// Number of blocks.
-    pub n_layer: usize,
-    /// Attention heads.
-    pub n_head: usize,
-    /// MLP width; `None` means 4 × `n_embd`.
-    #[serde(default)]
-    pub n_inner: Option<usize>,
-    /// LayerNorm epsilon.
-    #[serde(default = "default_ln_eps")]
-    pub layer_norm_epsilon: f64,
-    /// `gelu_new` (tanh approximation, GPT-2's) or `gelu` (erf).
-    #[serde(default = "default_gelu")]
-    pub activation_function: String,
-    /// Whether the output head shares the token embedding.
-    #[serde(default = "yes")]
-    pub tie_word_embeddings: bool,
-    /// Beginning-of-sequence id.
-    #[serde(default)]
-    pub bos_token_id: Option<u32>,
-    /// End-of-sequence id.
-    #[serde(default)]
-    pub eos_token_id: Option<EosTokenIds>,
-    /// Scale attention scores by 1/sqrt(head_dim); only `true` is supported.
-    #[serde(default = "yes")]
-    pub scale_attn_weights: bool,
-    /// Also scale by 1/(layer index + 1); only `false` is supported.
-    #[serde(default)]
-    pub scale_attn_by_inverse_layer_idx: bool,
-}
-
-/// Llama family (also Qwen2): RMSNorm, rotary embeddings, SwiGLU, grouped-query attention.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LlamaConfig {
-    /// Vocabulary size.
-    pub vocab_size: usize,
-    /// Model width.
-    pub hidden_size: usize,
-    /// SwiGLU inner width.
-    pub intermediate_size: usize,
-    /// Number of blocks.
-    pub num_hidden_layers: usize,
-    /// Query heads.
-    pub num_attention_heads: usize,
-    /// Key/value heads (grouped-query attention); `None` means as many as query heads.
-    #[serde(default)]
-    pub num_key_value_heads: Option<usize>,
-    /// Per-head width; `None` means `hidden_size / num_attention_heads`.
-    #[serde(default)]
-    pub head_dim: Option<usize>,
-    /// Context length.
-    #[serde(default = "default_max_pos")]
-    pub max_position_embeddings: usize,
-    /// RMSNorm epsilon.
-    #[serde(default = "default_rms_eps")]
-    pub rms_norm_eps: f64,
-    /// Rotary base.
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
-    /// Rotary scaling (transformers 4.x); only `null` or type `default` is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_scaling: Option<Value>,
-    /// Rotary parameters (transformers 5.x: `{"rope_theta", "rope_type"}`); when present, its
-    /// `rope_theta` overrides the top-level one. Only `rope_type = "default"` is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_parameters: Option<Value>,
-    /// Whether the output head shares the token embedding.
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    /// Llama's `attention_bias`: bias on q, k, v and o projections.
-    #[serde(default)]
-    pub attention_bias: bool,
-    /// Llama's `mlp_bias`.
-    #[serde(default)]
-    pub mlp_bias: bool,
-    /// Activation of the gate; only `silu` is supported.
-    #[serde(default = "default_silu")]
-    pub hidden_act: String,
-    /// Beginning-of-sequence id.
-    #[serde(default)]
-    pub bos_token_id: Option<u32>,
-    /// End-of-sequence id(s).
-    #[serde(default)]
-    pub eos_token_id: Option<EosTokenIds>,
-}
 
 /// `eos_token_id` is an integer or a list of integers in Hugging Face configs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,35 +36,26 @@ impl EosTokenIds {
     }
 }
 
-fn default_ln_eps() -> f64 {
+pub(crate) fn default_ln_eps() -> f64 {
     1e-5
 }
-fn default_rms_eps() -> f64 {
+pub(crate) fn default_rms_eps() -> f64 {
     1e-6
 }
-fn default_theta() -> f64 {
+pub(crate) fn default_theta() -> f64 {
     10_000.0
 }
-fn default_max_pos() -> usize {
+pub(crate) fn default_max_pos() -> usize {
     2048
 }
-fn default_gelu() -> String {
+pub(crate) fn default_gelu() -> String {
     "gelu_new".into()
 }
-fn default_silu() -> String {
+pub(crate) fn default_silu() -> String {
     "silu".into()
 }
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
-}
-
-/// Which Llama-family variant a [`LlamaConfig`] was read as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LlamaFlavor {
-    /// `model_type = "llama"`: bias everywhere or nowhere (`attention_bias`).
-    Llama,
-    /// `model_type = "qwen2"`: bias on q, k, v only.
-    Qwen2,
 }
 
 /// A decoder-only model config, tagged by Hugging Face's `model_type`.
@@ -384,93 +286,6 @@ impl ModelConfig {
             Self::Llama(c, _) => &c.eos_token_id,
         };
         eos.as_ref().map(EosTokenIds::ids).unwrap_or_default()
-    }
-}
-
-impl LlamaConfig {
-    /// A config with Llama's defaults for everything but the shape (as many key/value heads as
-    /// query heads, RMSNorm epsilon 1e-6, rotary base 10000, untied head, no bias).
-    pub fn new(
-        vocab_size: usize,
-        hidden_size: usize,
-        intermediate_size: usize,
-        num_hidden_layers: usize,
-        num_attention_heads: usize,
-        max_position_embeddings: usize,
-    ) -> Self {
-        Self {
-            vocab_size,
-            hidden_size,
-            intermediate_size,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads: None,
-            head_dim: None,
-            max_position_embeddings,
-            rms_norm_eps: default_rms_eps(),
-            rope_theta: default_theta(),
-            rope_scaling: None,
-            rope_parameters: None,
-            tie_word_embeddings: false,
-            attention_bias: false,
-            mlp_bias: false,
-            hidden_act: default_silu(),
-            bos_token_id: None,
-            eos_token_id: None,
-        }
-    }
-
-    /// Key/value heads.
-    pub fn n_kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-
-    /// The rotary base: `rope_parameters.rope_theta` when given, else `rope_theta`.
-    pub fn rope_base(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(self.rope_theta)
-    }
-
-    /// Per-head width.
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
-    }
-}
-
-impl Gpt2Config {
-    /// A config with GPT-2's defaults for everything but the shape (tied head, `gelu_new`,
-    /// LayerNorm epsilon 1e-5, 4× MLP).
-    pub fn new(
-        vocab_size: usize,
-        n_positions: usize,
-        n_embd: usize,
-        n_layer: usize,
-        n_head: usize,
-    ) -> Self {
-        Self {
-            vocab_size,
-            n_positions,
-            n_embd,
-            n_layer,
-            n_head,
-            n_inner: None,
-            layer_norm_epsilon: default_ln_eps(),
-            activation_function: default_gelu(),
-            tie_word_embeddings: true,
-            bos_token_id: None,
-            eos_token_id: None,
-            scale_attn_weights: true,
-            scale_attn_by_inverse_layer_idx: false,
-        }
-    }
-
-    /// MLP inner width.
-    pub fn inner(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
     }
 }
 

@@ -1,6 +1,9 @@
 //! GPT-2 (Radford et al. 2019): learned absolute positions, pre-LayerNorm blocks, GELU MLP,
 //! fused q/k/v projection, output head tied to the token embedding unless the config says
-//! otherwise. Parameter names and layouts are Hugging Face's `GPT2LMHeadModel`.
+//! otherwise. Parameter names and layouts are Hugging Face's `GPT2LMHeadModel`: the tensor
+//! names are written once (`Names`) for loading and export, and the Rust fields mirror them
+//! (`h[i].attn.c_attn` is `transformer.h.{i}.attn.c_attn`). The config (`Gpt2Config`) is
+//! `config.json`'s fields.
 //!
 //! Invariant: positions come from the attention mask, so a left-padded row computes exactly
 //! what the same row computes alone.
@@ -8,24 +11,152 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EosTokenIds, default_gelu, default_ln_eps};
 
 use crate::Result;
 use crate::cache::{KvCache, LayerCache};
-use crate::config::Gpt2Config;
 use crate::layers::{AttentionContext, LayerNorm, attend, gelu, split_heads};
 use crate::weights::{Exporter, HfLayout, Init, WeightSource, linear, param};
 
+/// GPT-2 family: learned absolute positions, pre-LayerNorm, GELU, tied embeddings by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    /// Vocabulary size (rows of `wte`).
+    pub vocab_size: usize,
+    /// Context length (rows of `wpe`).
+    pub n_positions: usize,
+    /// Model width.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// MLP width; `None` means 4 × `n_embd`.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// LayerNorm epsilon.
+    #[serde(default = "crate::config::default_ln_eps")]
+    pub layer_norm_epsilon: f64,
+    /// `gelu_new` (tanh approximation, GPT-2's) or `gelu` (erf).
+    #[serde(default = "crate::config::default_gelu")]
+    pub activation_function: String,
+    /// Whether the output head shares the token embedding.
+    #[serde(default = "crate::config::yes")]
+    pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence id.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence id.
+    #[serde(default)]
+    pub eos_token_id: Option<EosTokenIds>,
+    /// Scale attention scores by 1/sqrt(head_dim); only `true` is supported.
+    #[serde(default = "crate::config::yes")]
+    pub scale_attn_weights: bool,
+    /// Also scale by 1/(layer index + 1); only `false` is supported.
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+}
+
+impl Gpt2Config {
+    /// A config with GPT-2's defaults for everything but the shape (tied head, `gelu_new`,
+    /// LayerNorm epsilon 1e-5, 4× MLP).
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            layer_norm_epsilon: default_ln_eps(),
+            activation_function: default_gelu(),
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_id: None,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+        }
+    }
+
+    /// MLP inner width.
+    pub fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+}
+
 const INIT_STD: f32 = 0.02;
 
-/// One GPT-2 block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+/// The Hugging Face names of the model's tensors (`GPT2LMHeadModel`), written once for loading
+/// and export alike. `prefix` is `transformer.`, or empty for the original OpenAI checkpoints.
+struct Names {
+    prefix: &'static str,
+}
+
+/// One block's tensor names, under `{prefix}h.{i}`.
+struct BlockNames {
+    ln_1: String,
+    c_attn: String,
+    attn_c_proj: String,
+    ln_2: String,
+    c_fc: String,
+    mlp_c_proj: String,
+}
+
+impl Names {
+    fn wte(&self) -> String {
+        format!("{}wte.weight", self.prefix)
+    }
+    fn wpe(&self) -> String {
+        format!("{}wpe.weight", self.prefix)
+    }
+    fn ln_f(&self) -> String {
+        format!("{}ln_f", self.prefix)
+    }
+    const LM_HEAD: &'static str = "lm_head.weight";
+    fn block(&self, i: usize) -> BlockNames {
+        let b = format!("{}h.{i}", self.prefix);
+        BlockNames {
+            ln_1: format!("{b}.ln_1"),
+            c_attn: format!("{b}.attn.c_attn"),
+            attn_c_proj: format!("{b}.attn.c_proj"),
+            ln_2: format!("{b}.ln_2"),
+            c_fc: format!("{b}.mlp.c_fc"),
+            mlp_c_proj: format!("{b}.mlp.c_proj"),
+        }
+    }
+}
+
+/// A block's attention projections (`h.{i}.attn`).
+#[derive(Module, Debug)]
+pub struct Gpt2Attention {
+    /// Fused q, k, v.
+    c_attn: Linear,
+    /// Output projection.
+    c_proj: Linear,
+}
+
+/// A block's MLP (`h.{i}.mlp`).
+#[derive(Module, Debug)]
+pub struct Gpt2Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+}
+
+/// One GPT-2 block (`h.{i}`): `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 #[derive(Module, Debug)]
 pub struct Gpt2Block {
     ln_1: LayerNorm,
-    c_attn: Linear,
-    attn_proj: Linear,
+    attn: Gpt2Attention,
     ln_2: LayerNorm,
-    c_fc: Linear,
-    mlp_proj: Linear,
+    mlp: Gpt2Mlp,
     n_head: usize,
     gelu_tanh: bool,
 }
@@ -33,16 +164,16 @@ pub struct Gpt2Block {
 impl Gpt2Block {
     fn forward(&self, x: Tensor<3>, layer: &mut LayerCache, ctx: &AttentionContext) -> Tensor<3> {
         let [_, _, d] = x.dims();
-        let qkv = crate::layers::linear(&self.c_attn, self.ln_1.forward(x.clone()));
+        let qkv = crate::layers::linear(&self.attn.c_attn, self.ln_1.forward(x.clone()));
         let q = split_heads(qkv.clone().narrow(2, 0, d), self.n_head);
         let k = split_heads(qkv.clone().narrow(2, d, d), self.n_head);
         let v = split_heads(qkv.narrow(2, 2 * d, d), self.n_head);
-        let x = x + crate::layers::linear(&self.attn_proj, attend(q, k, v, layer, ctx));
+        let x = x + crate::layers::linear(&self.attn.c_proj, attend(q, k, v, layer, ctx));
         let h = gelu(
-            crate::layers::linear(&self.c_fc, self.ln_2.forward(x.clone())),
+            crate::layers::linear(&self.mlp.c_fc, self.ln_2.forward(x.clone())),
             self.gelu_tanh,
         );
-        x + crate::layers::linear(&self.mlp_proj, h)
+        x + crate::layers::linear(&self.mlp.c_proj, h)
     }
 }
 
@@ -51,7 +182,7 @@ impl Gpt2Block {
 pub struct Gpt2 {
     wte: Param<Tensor<2>>,
     wpe: Param<Tensor<2>>,
-    blocks: Vec<Gpt2Block>,
+    h: Vec<Gpt2Block>,
     ln_f: LayerNorm,
     /// `[vocab, d]` when the head is not tied to `wte`.
     lm_head: Option<Param<Tensor<2>>>,
@@ -79,55 +210,32 @@ impl Gpt2 {
         let c = config;
         let d = c.n_embd;
         // Original OpenAI checkpoints have no `transformer.` prefix.
-        let p = if !src.contains("transformer.wte.weight") && src.contains("wte.weight") {
-            ""
-        } else {
-            "transformer."
+        let names = Names {
+            prefix: if !src.contains("transformer.wte.weight") && src.contains("wte.weight") {
+                ""
+            } else {
+                "transformer."
+            },
         };
         let proj_std = INIT_STD / (2.0 * c.n_layer as f32).sqrt();
         let gelu_tanh = c.activation_function != "gelu";
-        let blocks = (0..c.n_layer)
+        let conv1d = |src: &mut dyn WeightSource, name: &str, dims, std| {
+            linear(src, name, dims, true, HfLayout::Conv1d, std, device)
+        };
+        let h = (0..c.n_layer)
             .map(|i| {
-                let b = format!("{p}h.{i}");
+                let n = names.block(i);
                 Ok(Gpt2Block {
-                    ln_1: layer_norm(src, &format!("{b}.ln_1"), d, c.layer_norm_epsilon, device)?,
-                    c_attn: linear(
-                        src,
-                        &format!("{b}.attn.c_attn"),
-                        [d, 3 * d],
-                        true,
-                        HfLayout::Conv1d,
-                        INIT_STD,
-                        device,
-                    )?,
-                    attn_proj: linear(
-                        src,
-                        &format!("{b}.attn.c_proj"),
-                        [d, d],
-                        true,
-                        HfLayout::Conv1d,
-                        proj_std,
-                        device,
-                    )?,
-                    ln_2: layer_norm(src, &format!("{b}.ln_2"), d, c.layer_norm_epsilon, device)?,
-                    c_fc: linear(
-                        src,
-                        &format!("{b}.mlp.c_fc"),
-                        [d, c.inner()],
-                        true,
-                        HfLayout::Conv1d,
-                        INIT_STD,
-                        device,
-                    )?,
-                    mlp_proj: linear(
-                        src,
-                        &format!("{b}.mlp.c_proj"),
-                        [c.inner(), d],
-                        true,
-                        HfLayout::Conv1d,
-                        proj_std,
-                        device,
-                    )?,
+                    ln_1: layer_norm(src, &n.ln_1, d, c.layer_norm_epsilon, device)?,
+                    attn: Gpt2Attention {
+                        c_attn: conv1d(src, &n.c_attn, [d, 3 * d], INIT_STD)?,
+                        c_proj: conv1d(src, &n.attn_c_proj, [d, d], proj_std)?,
+                    },
+                    ln_2: layer_norm(src, &n.ln_2, d, c.layer_norm_epsilon, device)?,
+                    mlp: Gpt2Mlp {
+                        c_fc: conv1d(src, &n.c_fc, [d, c.inner()], INIT_STD)?,
+                        c_proj: conv1d(src, &n.mlp_c_proj, [c.inner(), d], proj_std)?,
+                    },
                     n_head: c.n_head,
                     gelu_tanh,
                 })
@@ -135,25 +243,25 @@ impl Gpt2 {
             .collect::<Result<Vec<_>>>()?;
         let wte = param(
             src,
-            &format!("{p}wte.weight"),
+            &names.wte(),
             [c.vocab_size, d],
             Init::Normal(INIT_STD),
             device,
         )?;
         let wpe = param(
             src,
-            &format!("{p}wpe.weight"),
+            &names.wpe(),
             [c.n_positions, d],
             Init::Normal(0.01),
             device,
         )?;
-        let ln_f = layer_norm(src, &format!("{p}ln_f"), d, c.layer_norm_epsilon, device)?;
+        let ln_f = layer_norm(src, &names.ln_f(), d, c.layer_norm_epsilon, device)?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
             Some(param(
                 src,
-                "lm_head.weight",
+                Names::LM_HEAD,
                 [c.vocab_size, d],
                 Init::Normal(INIT_STD),
                 device,
@@ -162,7 +270,7 @@ impl Gpt2 {
         Ok(Self {
             wte,
             wpe,
-            blocks,
+            h,
             ln_f,
             lm_head,
             config: config.clone(),
@@ -192,7 +300,7 @@ impl Gpt2 {
             .val()
             .select(0, ctx.positions.clone().reshape([b * l]));
         let mut x = (tok + pos).reshape([b, l, d]);
-        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        for (block, layer) in self.h.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(x, layer, &ctx);
         }
         self.ln_f.forward(x)
@@ -203,25 +311,29 @@ impl Gpt2 {
         self.lm_head.as_ref().unwrap_or(&self.wte).val()
     }
 
-    /// Writes every parameter under its Hugging Face name.
+    /// Writes every parameter under its Hugging Face name (with the `transformer.` prefix).
     pub fn export(&self, out: &mut Exporter) -> Result<()> {
-        out.tensor("transformer.wte.weight", self.wte.val())?;
-        out.tensor("transformer.wpe.weight", self.wpe.val())?;
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = format!("transformer.h.{i}");
-            out.tensor(&format!("{p}.ln_1.weight"), b.ln_1.gamma.val())?;
-            out.tensor(&format!("{p}.ln_1.bias"), b.ln_1.beta.val())?;
-            out.linear(&format!("{p}.attn.c_attn"), &b.c_attn, HfLayout::Conv1d)?;
-            out.linear(&format!("{p}.attn.c_proj"), &b.attn_proj, HfLayout::Conv1d)?;
-            out.tensor(&format!("{p}.ln_2.weight"), b.ln_2.gamma.val())?;
-            out.tensor(&format!("{p}.ln_2.bias"), b.ln_2.beta.val())?;
-            out.linear(&format!("{p}.mlp.c_fc"), &b.c_fc, HfLayout::Conv1d)?;
-            out.linear(&format!("{p}.mlp.c_proj"), &b.mlp_proj, HfLayout::Conv1d)?;
+        let names = Names {
+            prefix: "transformer.",
+        };
+        let layer_norm = |out: &mut Exporter, name: &str, ln: &LayerNorm| -> Result<()> {
+            out.tensor(&format!("{name}.weight"), ln.gamma.val())?;
+            out.tensor(&format!("{name}.bias"), ln.beta.val())
+        };
+        out.tensor(&names.wte(), self.wte.val())?;
+        out.tensor(&names.wpe(), self.wpe.val())?;
+        for (i, b) in self.h.iter().enumerate() {
+            let n = names.block(i);
+            layer_norm(out, &n.ln_1, &b.ln_1)?;
+            out.linear(&n.c_attn, &b.attn.c_attn, HfLayout::Conv1d)?;
+            out.linear(&n.attn_c_proj, &b.attn.c_proj, HfLayout::Conv1d)?;
+            layer_norm(out, &n.ln_2, &b.ln_2)?;
+            out.linear(&n.c_fc, &b.mlp.c_fc, HfLayout::Conv1d)?;
+            out.linear(&n.mlp_c_proj, &b.mlp.c_proj, HfLayout::Conv1d)?;
         }
-        out.tensor("transformer.ln_f.weight", self.ln_f.gamma.val())?;
-        out.tensor("transformer.ln_f.bias", self.ln_f.beta.val())?;
+        layer_norm(out, &names.ln_f(), &self.ln_f)?;
         if let Some(h) = &self.lm_head {
-            out.tensor("lm_head.weight", h.val())?;
+            out.tensor(Names::LM_HEAD, h.val())?;
         }
         Ok(())
     }

@@ -38,6 +38,33 @@ pub struct TokenBatch {
 }
 
 impl TokenBatch {
+    /// The same tokens, mask and padding on `device` (for instance the plain device of frozen
+    /// networks, from an autodiff one).
+    pub fn to_device(&self, device: &Device) -> Self {
+        Self {
+            tokens: self.tokens.clone().to_device(device),
+            mask: self.mask.clone().to_device(device),
+            pad_left: self.pad_left.clone(),
+        }
+    }
+
+    /// From per-position scores of every vocabulary entry, `[B, L, V]`, the score of each
+    /// position's next token, `[B, L - 1]`: entry i is `per_token[:, i, tokens[:, i + 1]]` (the
+    /// log-prob of the sequence's own next token, or a vocabulary-wide value head's value of
+    /// it). `L ≥ 2`.
+    pub fn at_next_tokens(&self, per_token: Tensor<3>) -> Tensor<2> {
+        let [b, l] = self.tokens.dims();
+        let next = self
+            .tokens
+            .clone()
+            .narrow(1, 1, l - 1)
+            .unsqueeze_dim::<3>(2);
+        per_token
+            .narrow(1, 0, l - 1)
+            .gather(2, next)
+            .reshape([b, l - 1])
+    }
+
     /// Left-pads `rows` to a common length with `pad_id`.
     pub fn left_padded(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
         let width = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -184,6 +211,16 @@ impl CausalLm {
         Ok(parts.concat())
     }
 
+    /// `log p(completion | prompt)` of a row from its per-position log-probs as
+    /// [`CausalLm::sequence_logprobs`] returns them: the sum from the prediction of the first
+    /// completion token (position `prompt_len − 1`) on, in f64.
+    pub fn completion_logprob(per_position: &[f32], prompt_len: usize) -> f64 {
+        per_position[prompt_len.saturating_sub(1).min(per_position.len())..]
+            .iter()
+            .map(|&x| f64::from(x))
+            .sum()
+    }
+
     /// [`CausalLm::sequence_logprobs`] of rows left-padded into one batch.
     fn batch_logprobs(
         &self,
@@ -196,13 +233,7 @@ impl CausalLm {
         if l < 2 {
             return Ok(vec![Vec::new(); b]);
         }
-        let logp = self.forward(&batch, &mut self.new_cache());
-        let next = batch
-            .tokens
-            .clone()
-            .narrow(1, 1, l - 1)
-            .unsqueeze_dim::<3>(2);
-        let picked = logp.narrow(1, 0, l - 1).gather(2, next).reshape([b, l - 1]);
+        let picked = batch.at_next_tokens(self.forward(&batch, &mut self.new_cache()));
         let flat = read_f32(picked)?;
         Ok(rows
             .iter()
@@ -218,17 +249,8 @@ impl CausalLm {
     /// Mean next-token cross-entropy over the positions whose input and target are both real
     /// tokens (the pretraining and SFT loss), as a one-element tensor for `backward`.
     pub fn next_token_loss(&self, batch: &TokenBatch) -> Tensor<1> {
-        let [b, l] = batch.tokens.dims();
-        let logp = self.forward(batch, &mut self.new_cache());
-        let targets = batch
-            .tokens
-            .clone()
-            .narrow(1, 1, l - 1)
-            .unsqueeze_dim::<3>(2);
-        let picked = logp
-            .narrow(1, 0, l - 1)
-            .gather(2, targets)
-            .reshape([b, l - 1]);
+        let [_, l] = batch.tokens.dims();
+        let picked = batch.at_next_tokens(self.forward(batch, &mut self.new_cache()));
         let weight =
             batch.mask.clone().narrow(1, 0, l - 1) * batch.mask.clone().narrow(1, 1, l - 1);
         let total = weight.clone().sum();

@@ -201,11 +201,7 @@ impl PrefixScorer {
         let out = self.forward(batch, cache);
         let [b, l, _] = out.dims();
         match self.layout {
-            ScorerLayout::VocabWide => {
-                let next: Tensor<3, Int> =
-                    batch.tokens.clone().narrow(1, 1, l - 1).unsqueeze_dim(2);
-                out.narrow(1, 0, l - 1).gather(2, next).reshape([b, l - 1])
-            }
+            ScorerLayout::VocabWide => batch.at_next_tokens(out),
             ScorerLayout::Scalar => out.narrow(1, 1, l - 1).reshape([b, l - 1]),
         }
     }

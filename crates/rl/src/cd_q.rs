@@ -57,25 +57,14 @@ fn loss(
     }
     let out = scorer.forward(&b.batch, &mut scorer.new_cache()); // [B, L, V]
     let [bs, l, v] = out.dims();
-    let next = b
-        .batch
-        .tokens
-        .clone()
-        .narrow(1, 1, l - 1)
-        .unsqueeze_dim::<3>(2);
-    let pred = out
-        .clone()
-        .narrow(1, 0, l - 1)
-        .gather(2, next)
-        .reshape([bs, l - 1]);
+    let pred = b.batch.at_next_tokens(out.clone());
     // π_ref at every position, from the frozen base model on the plain device.
-    let plain = on_plain_device(&b.batch, device)?;
+    let plain = b.batch.to_device(device);
     let logp = read_f32(base.forward(&plain, &mut base.new_cache()))?;
     let p_ref = probs_on(logp, [bs, l, v], &out.device());
     let boot_src = match target {
         Some(t) => {
-            let tb = on_plain_device(&b.batch, device)?;
-            let vals = read_f32(t.forward(&tb, &mut t.new_cache()))?;
+            let vals = read_f32(t.forward(&plain, &mut t.new_cache()))?;
             Tensor::from_data(
                 burn::tensor::TensorData::new(vals, [bs, l, v]),
                 &out.device(),
@@ -91,19 +80,4 @@ fn loss(
     let target_v = (term.clone() * b.reward.clone() + (term.neg() + 1.0) * boot).detach();
     let err = pred - target_v;
     Ok((err.square() * b.weight.clone()).sum() * (0.5 / b.prefixes))
-}
-
-/// The same tokens and mask on a plain (non-autodiff) device, for the frozen networks.
-fn on_plain_device(
-    b: &infalign_models::TokenBatch,
-    device: &Device,
-) -> Result<infalign_models::TokenBatch, RlError> {
-    let ids = infalign_models::weights::read_i64(b.tokens.clone())?;
-    let mask = read_f32(b.mask.clone())?;
-    let [bs, l] = b.tokens.dims();
-    Ok(infalign_models::TokenBatch {
-        tokens: Tensor::from_data(burn::tensor::TensorData::new(ids, [bs, l]), device),
-        mask: Tensor::from_data(burn::tensor::TensorData::new(mask, [bs, l]), device),
-        pad_left: b.pad_left.clone(),
-    })
 }

@@ -111,8 +111,8 @@ struct PpoMetrics {
 }
 
 /// Values of the state before each predicted token, `[B, L - 1]`.
-fn values(net: &PrefixScorer, table: &TokenTable) -> Tensor<2> {
-    let out = net.forward(&table.batch, &mut net.new_cache());
+fn values(net: &PrefixScorer, batch: &infalign_models::TokenBatch) -> Tensor<2> {
+    let out = net.forward(batch, &mut net.new_cache());
     let [b, l, _] = out.dims();
     out.narrow(1, 0, l - 1).reshape([b, l - 1])
 }
@@ -179,7 +179,10 @@ fn update(
     let plain_device = table.batch.tokens.device().without_autodiff();
     let old_v = infalign_core::run_on_workers(&plain_device, shards, |s| {
         let (lo, hi) = shard_rows(rows, shards, s);
-        read_f32(values(&frozen, &TokenTableOn::plain(&table.rows(lo, hi))))
+        read_f32(values(
+            &frozen,
+            &table.rows(lo, hi).batch.to_device(&plain_device),
+        ))
     })?
     .concat();
     let (mut adv, ret) = gae(table, &rewards, &old_v, p.gamma, p.gae_lambda);
@@ -250,7 +253,7 @@ fn update(
         let value_loss = |value_net: &PrefixScorer, s: usize| {
             let (part, span) = shard(s);
             let (old_v_t, ret_t) = (part.tensor(&old_v[span.clone()]), part.tensor(&ret[span]));
-            let v = values(value_net, &part);
+            let v = values(value_net, &part.batch);
             let v_clipped =
                 old_v_t.clone() + (v.clone() - old_v_t).clamp(-p.value_clip, p.value_clip);
             let l1 = (v - ret_t.clone()).square();
@@ -269,26 +272,4 @@ fn update(
         metrics.value_loss = value_loss;
     }
     Ok((policy, value_net, metrics))
-}
-
-/// The table's batch on the plain device (for the no-gradient value pass).
-struct TokenTableOn;
-
-impl TokenTableOn {
-    fn plain(table: &TokenTable) -> TokenTable {
-        let device = table.batch.tokens.device().without_autodiff();
-        let batch = infalign_models::TokenBatch {
-            tokens: table.batch.tokens.clone().to_device(&device),
-            mask: table.batch.mask.clone().to_device(&device),
-            pad_left: table.batch.pad_left.clone(),
-        };
-        TokenTable {
-            batch,
-            cols: table.cols,
-            weight: Vec::new(),
-            old_lp: Vec::new(),
-            ref_cols: Vec::new(),
-            spans: table.spans.clone(),
-        }
-    }
 }

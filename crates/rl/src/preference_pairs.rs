@@ -100,7 +100,7 @@ pub(crate) fn offline_batch(
     let ref_seq: Vec<f64> = ref_lp
         .iter()
         .zip(&prompt_lens)
-        .map(|(r, &n)| r[n - 1..].iter().map(|&x| f64::from(x)).sum())
+        .map(|(r, &n)| CausalLm::completion_logprob(r, n))
         .collect();
     let n = rows.len() as f64;
     m.response_length = rows

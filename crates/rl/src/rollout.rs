@@ -114,7 +114,7 @@ pub(crate) fn online_batch(
     }
     for ((s, rlp), (raw, shaped)) in samples.iter().zip(&ref_lp).zip(scored) {
         let n_prompt = s.prompt_ids.len();
-        let ref_sum: f64 = rlp[n_prompt - 1..].iter().map(|&x| f64::from(x)).sum();
+        let ref_sum = CausalLm::completion_logprob(rlp, n_prompt);
         let kl = s.policy_logprob() - ref_sum;
         ref_seq.push(ref_sum);
         let score = match cfg.kl_mode {

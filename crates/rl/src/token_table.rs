@@ -81,16 +81,8 @@ impl TokenTable {
 
     /// Log-probs of the sampled tokens under `policy`, with gradient, `[B, L - 1]`.
     pub(crate) fn token_logprobs(&self, policy: &CausalLm) -> Tensor<2> {
-        let b = self.spans.len();
-        let l = self.cols + 1;
-        let logp = policy.forward(&self.batch, &mut policy.new_cache());
-        let next = self
-            .batch
-            .tokens
-            .clone()
-            .narrow(1, 1, l - 1)
-            .unsqueeze_dim::<3>(2);
-        logp.narrow(1, 0, l - 1).gather(2, next).reshape([b, l - 1])
+        self.batch
+            .at_next_tokens(policy.forward(&self.batch, &mut policy.new_cache()))
     }
 
     /// `β · Σ k3 / tokens` over this table's completion tokens (the KL-in-the-loss term),
