@@ -12,9 +12,10 @@ use infalign_core::{Device, DeviceSpec};
 #[derive(Debug, Parser)]
 #[command(name = "infalign", version, about)]
 struct Cli {
-    /// Compute device: cpu (default), ndarray, wgpu, cuda, cuda:N.
+    /// Compute device: cpu (default), ndarray, wgpu, cuda, cuda:N. Checked for every command,
+    /// also those that compute on no device: a typo is an error, not ignored.
     #[arg(long, global = true, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -35,7 +36,7 @@ enum Command {
     Tokenizer(commands::tokenizer::Command),
     /// Create a randomly initialised model directory from a config.json and a tokenizer.
     Init(commands::init::Args),
-    /// K base samples per prompt with their rewards (reference rollouts).
+    /// Base samples of each prompt with their rewards (reference rollouts).
     Rollouts(commands::rollouts::Args),
     /// Add calibrated (and transformed) rewards to samples against reference rollouts.
     Calibrate(commands::calibrate::Args),
@@ -72,9 +73,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    // Checked for every command, also those that compute on no device: a typo is an error, not
-    // ignored.
-    let spec: DeviceSpec = cli.device.parse()?;
+    let spec = cli.device;
     let device = || -> Result<Device> { Ok(spec.device()?) };
     match cli.command {
         Command::Generate(a) => commands::generate::run(a, &device()?),

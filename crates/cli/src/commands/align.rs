@@ -13,15 +13,27 @@ use infalign_rl::{
     Algo, OfflinePair, PolicyTrainConfig, RewardPipeline, train_policy, train_policy_on_pairs,
 };
 
-use super::common::{PromptArgs, TrainRunArgs};
+use super::common::{PromptArgs, TrainRunArgs, TransformArgs, TransformName};
 use super::samples::{calibrator_of, read_samples};
+
+/// The policy-optimisation algorithms by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlgoName {
+    /// REINFORCE leave-one-out.
+    Rloo,
+    /// PPO with a value network.
+    Ppo,
+    /// Online (or, with --preferences, offline) DPO.
+    Dpo,
+    /// Online (or offline) IPO.
+    Ipo,
+}
 
 /// Flags of `infalign align`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Base model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::common::ModelArgs,
     #[command(flatten)]
     pub prompts: PromptArgs,
     /// Reward spec (e.g. `sentiment`).
@@ -42,14 +54,9 @@ pub struct Args {
     /// `train-rm --rollouts`): apply --transform to it, no reference rollouts needed.
     #[arg(long, conflicts_with = "reference")]
     pub calibrated_reward: bool,
-    /// Transform of the calibrated reward: identity, log, exp, negexp, power. With `log`, the
-    /// calibrated reward is smoothed to `(K·Ĉ + ½)/(K + 1)` (K reference rollouts) so that
-    /// Ĉ = 0 stays finite.
-    #[arg(long, default_value = "identity")]
-    pub transform: String,
-    /// Parameter of the transform (t of exp/negexp).
-    #[arg(long)]
-    pub t: Option<f64>,
+    /// The transform of the calibrated reward (default: identity).
+    #[command(flatten)]
+    pub transform: TransformArgs,
     /// KL weight β (default 0.05; `--set beta=B` works too, the flag wins when both are given).
     #[arg(long)]
     pub beta: Option<f64>,
@@ -61,8 +68,8 @@ pub struct Args {
     /// Policy-optimisation algorithm: rloo (default), ppo, or online dpo / ipo (the best and the
     /// worst of `k` samples per prompt as a preference pair; β is DPO's KL weight, IPO's τ)
     /// (`--set algo=ppo` works too).
-    #[arg(long)]
-    pub algo: Option<String>,
+    #[arg(long, value_enum)]
+    pub algo: Option<AlgoName>,
     #[command(flatten)]
     pub run: TrainRunArgs,
 }
@@ -72,13 +79,17 @@ pub struct Args {
 fn run_identity(a: &Args) -> serde_json::Value {
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     serde_json::json!({
-        "model": path(&a.model),
+        "model": path(&a.model.model),
         "reward": a.reward,
         "reference": path(&a.reference),
         "raw": a.raw,
         "calibrated_reward": a.calibrated_reward,
-        "transform": if a.raw { None } else { Some(&a.transform) },
-        "t": a.t,
+        "transform": if a.raw {
+            None
+        } else {
+            Some(a.transform.transform.unwrap_or(TransformName::Identity).name())
+        },
+        "t": a.transform.t,
         "bon_distill": a.bon_distill,
         "preferences": path(&a.preferences),
     })
@@ -89,13 +100,12 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     a.run.check_settings(&run_identity(&a))?;
     let mut cfg: PolicyTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
     // Flags override the config (and its `--set` keys) only when given.
-    if let Some(algo) = &a.algo {
-        cfg.algo = match algo.as_str() {
-            "rloo" => Algo::Rloo,
-            "ppo" => Algo::Ppo,
-            "dpo" => Algo::Dpo,
-            "ipo" => Algo::Ipo,
-            other => bail!("--algo `{other}`: expected rloo, ppo, dpo or ipo"),
+    if let Some(algo) = a.algo {
+        cfg.algo = match algo {
+            AlgoName::Rloo => Algo::Rloo,
+            AlgoName::Ppo => Algo::Ppo,
+            AlgoName::Dpo => Algo::Dpo,
+            AlgoName::Ipo => Algo::Ipo,
         };
     }
     if let Some(beta) = a.beta {
@@ -122,7 +132,10 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         match a.bon_distill {
             // log(u) exactly: ε = 0, the calibration is smoothed away from 0.
             Some(_) => Some(Transform::log(0.0)),
-            None => Some(Transform::from_name(&a.transform, a.t)?),
+            None => Some(match a.transform.parametric()? {
+                Some(t) => t,
+                None => Transform::from_name("identity", None)?,
+            }),
         }
     };
     let calibrator = if a.raw || a.calibrated_reward {
@@ -143,7 +156,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         }
         Some(cal)
     };
-    let lm = crate::load_model(a.model.clone(), device)?;
+    let lm = a.model.load(device)?;
     let ad = device.clone().autodiff();
     let policy =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
@@ -174,7 +187,7 @@ fn offline(a: &Args, path: &Path, cfg: &PolicyTrainConfig, device: &Device) -> R
     if !matches!(cfg.algo, Algo::Dpo | Algo::Ipo) {
         bail!("--preferences trains offline DPO or IPO: pass --algo dpo or --algo ipo");
     }
-    let lm = crate::load_model(a.model.clone(), device)?;
+    let lm = a.model.load(device)?;
     let rows: Vec<(usize, Preference)> = infalign_core::io::read_jsonl_numbered(path)?;
     let mut pairs = Vec::with_capacity(rows.len());
     for (line, p) in rows {

@@ -7,21 +7,43 @@ use infalign_eval::analytic::{
 };
 use infalign_rewards::Transform;
 
+use super::common::{TransformArgs, TransformName};
+
+/// The inference-time procedures by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProcedureName {
+    /// One sample: the standard win rate.
+    Standard,
+    /// Best-of-N.
+    Bon,
+    /// Worst-of-N.
+    Won,
+}
+
+impl ProcedureName {
+    /// The name as `--procedure` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Bon => "bon",
+            Self::Won => "won",
+        }
+    }
+}
+
 /// Flags of `infalign analytic`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// standard, bon (best-of-N) or won (worst-of-N).
-    #[arg(long, default_value = "standard")]
-    pub procedure: String,
+    /// The inference-time procedure the win rate is taken under.
+    #[arg(long, value_enum, default_value = "standard")]
+    pub procedure: ProcedureName,
     /// N of best-of-N / worst-of-N.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub n: u32,
-    /// identity, log, exp, negexp, power, or optimal (fixed point; needs --lambda).
-    #[arg(long, default_value = "identity")]
-    pub transform: String,
-    /// Parameter of the transform (t of exp/negexp, k of power, eps of log).
-    #[arg(long)]
-    pub t: Option<f64>,
+    /// The transform (default: identity); `optimal` is the converged fixed point at `--lambda`
+    /// or at the λ that gives `--kl`.
+    #[command(flatten)]
+    pub transform: TransformArgs,
     /// λ = 1/β.
     #[arg(long, conflicts_with = "kl", value_parser = super::common::finite_non_negative)]
     pub lambda: Option<f64>,
@@ -31,13 +53,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let procedure = match a.procedure.as_str() {
-        "standard" => Procedure::Standard,
-        "bon" => Procedure::BestOfN { n: a.n.max(1) },
-        "won" => Procedure::WorstOfN { n: a.n.max(1) },
-        other => bail!("--procedure `{other}`: expected standard, bon or won"),
+    let procedure = match a.procedure {
+        ProcedureName::Standard => Procedure::Standard,
+        ProcedureName::Bon => Procedure::BestOfN { n: a.n },
+        ProcedureName::Won => Procedure::WorstOfN { n: a.n },
     };
-    let (phi, lambda) = if a.transform == "optimal" {
+    let (phi, lambda) = if a.transform.transform == Some(TransformName::Optimal) {
         // The optimal transform depends on λ: at a KL, λ is solved with it.
         match (a.lambda, a.kl) {
             (Some(l), None) => (
@@ -51,7 +72,10 @@ pub fn run(a: Args) -> Result<()> {
             _ => bail!("--transform optimal needs --lambda L or --kl K"),
         }
     } else {
-        let phi = Transform::from_name(&a.transform, a.t)?;
+        let phi = match a.transform.parametric()? {
+            Some(phi) => phi,
+            None => Transform::from_name("identity", None)?,
+        };
         let lambda = match (a.lambda, a.kl) {
             (Some(l), None) if l >= 0.0 => l,
             (Some(l), None) => bail!("--lambda {l} must be non-negative"),
@@ -62,7 +86,9 @@ pub fn run(a: Args) -> Result<()> {
     };
     let p = evaluate(&phi, lambda, procedure);
     let out = serde_json::json!({
-        "procedure": a.procedure, "n": a.n, "transform": a.transform, "t": a.t,
+        "procedure": a.procedure.name(), "n": a.n,
+        "transform": a.transform.transform.unwrap_or(TransformName::Identity).name(),
+        "t": a.transform.t,
         "lambda": p.lambda, "kl": p.kl, "win_rate": p.win_rate,
         "standard_win_rate": p.standard_win_rate,
     });

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use infalign_rewards::{RewardTransform, Transform};
+use infalign_rewards::RewardTransform;
 
+use super::common::TransformArgs;
 use super::samples::{calibrator_of, read_samples, write_samples};
 
 /// Flags of `infalign calibrate`.
@@ -20,26 +21,16 @@ pub struct Args {
     /// Map Ĉ to (K Ĉ + ½)/(K + 1) so that log Ĉ is finite (always on with `--transform log`).
     #[arg(long)]
     pub smoothing: bool,
-    /// Also write `transformed` = Φ(Ĉ): identity, log, exp, negexp or power.
-    #[arg(long)]
-    pub transform: Option<String>,
-    /// Parameter of the transform (t for exp/negexp, k for power, eps for log).
-    #[arg(long)]
-    pub t: Option<f64>,
+    /// Also write `transformed` = Φ(Ĉ).
+    #[command(flatten)]
+    pub transform: TransformArgs,
     /// Output JSONL (the samples with `calibrated` and `transformed` added).
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.t.is_some() && a.transform.is_none() {
-        anyhow::bail!("--t is the parameter of a transform: give --transform too");
-    }
-    let transform = a
-        .transform
-        .as_deref()
-        .map(|n| Transform::from_name(n, a.t))
-        .transpose()?;
+    let transform = a.transform.parametric()?;
     super::common::refuse_output_over_input(
         "--out",
         &a.out,

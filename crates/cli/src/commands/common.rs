@@ -8,13 +8,27 @@ use infalign_decoding::SamplingConfig;
 use infalign_models::{RunFiles, Tokenizer};
 use serde::Deserialize;
 
+/// `--model DIR`, the one spelling of the model a command reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json); default: the shipped
+    /// base model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model, loaded onto `device`, with an error naming its directory.
+    pub fn load(&self, device: &infalign_core::Device) -> Result<infalign_models::LoadedModel> {
+        crate::load_model(self.model.clone(), device)
+    }
+}
+
 /// The model, the prompts and the sampling flags of every command that decodes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecodeInputs {
-    /// Model directory (config.json, model.safetensors, tokenizer.json); default: the shipped
-    /// one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub prompts: PromptArgs,
     #[command(flatten)]
@@ -410,6 +424,71 @@ impl Drop for Progress {
             self.bar.abandon();
         } else {
             self.bar.finish();
+        }
+    }
+}
+
+/// The reward transforms Φ by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransformName {
+    /// Φ(u) = u: the calibrated reward itself.
+    Identity,
+    /// Φ(u) = log(u + ε): the best-of-N policy's transform (`--t` is ε).
+    Log,
+    /// Φ(u) = exp(t·u): for best-of-N.
+    Exp,
+    /// Φ(u) = −exp(−t·u): for worst-of-N.
+    #[value(name = "negexp", alias = "neg_exp")]
+    NegExp,
+    /// Φ(u) = u^k (`--t` is k).
+    Power,
+    /// The optimal transform for the procedure at λ (the analytic tool only).
+    Optimal,
+}
+
+impl TransformName {
+    /// The name as `--transform` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Log => "log",
+            Self::Exp => "exp",
+            Self::NegExp => "negexp",
+            Self::Power => "power",
+            Self::Optimal => "optimal",
+        }
+    }
+}
+
+/// `--transform NAME [--t T]`: the reward transform Φ of the calibrated reward, in every command
+/// that shapes a reward (align, calibrate, train-scorer) and in the analytic tool. Without
+/// `--transform` each command says what it does (align: identity; calibrate, train-scorer: no
+/// transformed reward).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransformArgs {
+    /// Φ of the calibrated reward. With `log`, the calibrated reward is smoothed to
+    /// `(K·Ĉ + ½)/(K + 1)` (K reference rollouts) so that Ĉ = 0 stays finite.
+    #[arg(long, value_enum)]
+    pub transform: Option<TransformName>,
+    /// Parameter of the transform: t of exp and negexp, k of power, ε of log.
+    #[arg(long, requires = "transform", allow_negative_numbers = true)]
+    pub t: Option<f64>,
+}
+
+impl TransformArgs {
+    /// The transform named, if any; `optimal` is refused (it is the analytic tool's: a table
+    /// solved for one procedure and λ, not a training reward yet).
+    pub fn parametric(&self) -> Result<Option<infalign_rewards::Transform>> {
+        match self.transform {
+            None => Ok(None),
+            Some(TransformName::Optimal) => bail!(
+                "--transform optimal is the analytic tool's (a table solved for one procedure \
+                 and λ): use identity, log, exp, negexp or power here"
+            ),
+            Some(name) => Ok(Some(infalign_rewards::Transform::from_name(
+                name.name(),
+                self.t,
+            )?)),
         }
     }
 }

@@ -36,9 +36,9 @@ pub struct StrategyArgs {
     /// Decoding strategy.
     #[arg(long, value_enum, default_value = "sample")]
     pub strategy: Strategy,
-    /// Samples per prompt (sample, greedy, cd-token) or candidates (bon, won, soft-bon).
-    #[arg(long, default_value_t = 1)]
-    pub n: usize,
+    /// Candidates per prompt of bon, won and soft-bon (the N of best-of-N; default 1).
+    #[arg(long)]
+    pub n: Option<usize>,
     /// Reward spec, e.g. `sentiment`, `length(t_max=64)`, `sentiment - 0.05*length`. Scores
     /// every sample; required by bon, won and soft-bon.
     #[arg(long)]
@@ -76,21 +76,34 @@ pub struct Args {
     pub strategy: StrategyArgs,
     #[command(flatten)]
     pub input: DecodeInputs,
+    /// Samples per prompt of sample, greedy and cd-token (default 1; an older spelling was
+    /// `--n`, still read for these strategies).
+    #[arg(long)]
+    pub samples: Option<usize>,
     /// Output JSONL file.
     #[arg(long)]
     pub out: PathBuf,
 }
 
 impl StrategyArgs {
+    /// `--n`, default 1.
+    fn candidates(&self) -> usize {
+        self.n.unwrap_or(1)
+    }
+
     /// The strategy these flags name, with its parameters.
     pub fn config(&self) -> StrategyConfig {
         match self.strategy {
             Strategy::Sample => StrategyConfig::Sample,
             Strategy::Greedy => StrategyConfig::Greedy,
-            Strategy::Bon => StrategyConfig::BestOfN { n: self.n },
-            Strategy::Won => StrategyConfig::WorstOfN { n: self.n },
+            Strategy::Bon => StrategyConfig::BestOfN {
+                n: self.candidates(),
+            },
+            Strategy::Won => StrategyConfig::WorstOfN {
+                n: self.candidates(),
+            },
             Strategy::SoftBon => StrategyConfig::SoftBestOfN {
-                n: self.n,
+                n: self.candidates(),
                 tau: self.tau,
             },
             Strategy::CdToken => StrategyConfig::TokenwiseCd {
@@ -111,7 +124,7 @@ impl StrategyArgs {
 pub struct Decoder {
     /// The strategy and its parameters (change them between calls to sweep).
     pub config: StrategyConfig,
-    /// Samples per prompt of strategies that sample each prompt independently (`--n`).
+    /// Samples per prompt of strategies that sample each prompt independently.
     pub n: usize,
     reward: Option<Box<dyn Reward>>,
     scorers: Vec<PrefixScorer>,
@@ -169,7 +182,7 @@ impl Decoder {
         };
         Ok(Self {
             config,
-            n: args.n,
+            n: 1,
             reward,
             scorers,
             weights,
@@ -252,8 +265,28 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         &[("--prompts", a.input.prompts.prompts.as_deref())],
     )?;
     let prompts = a.input.prompts.collect()?;
-    let decoder = Decoder::new(&a.strategy, device)?;
-    let lm = crate::load_model(a.input.model, device)?;
+    let mut decoder = Decoder::new(&a.strategy, device)?;
+    if decoder.config.samples_per_prompt(1).is_some() {
+        decoder.n = match (a.samples, a.strategy.n) {
+            (Some(s), _) => s,
+            (None, Some(n)) => {
+                eprintln!(
+                    "note: --n {n} with --strategy {:?} reads as --samples {n} (samples per \
+                     prompt); --n is best-of-N's N",
+                    a.strategy.strategy
+                );
+                n
+            }
+            (None, None) => 1,
+        };
+    } else if a.samples.is_some() {
+        bail!(
+            "--samples is for sample, greedy and cd-token; --strategy {:?} yields one sample per \
+             prompt (repeat the prompt for more)",
+            a.strategy.strategy
+        );
+    }
+    let lm = a.input.model.load(device)?;
     decoder.check_model(&lm)?;
     let generator = Generator::new(&lm, device.clone());
     let samples = decoder.decode(

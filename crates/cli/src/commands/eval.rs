@@ -36,8 +36,9 @@ pub struct Args {
     /// Samples per prompt from each side (must be at least the largest N).
     #[arg(long, default_value_t = 16, value_parser = super::common::positive_count)]
     pub samples: usize,
-    /// N values of best-of-N and worst-of-N (repeatable).
-    #[arg(long = "n", default_values_t = vec![4], value_parser = clap::value_parser!(u32).range(1..))]
+    /// N of the inference-time win rates, best-of-N and worst-of-N (repeatable; `--n` is an
+    /// older spelling).
+    #[arg(long = "eval-n", alias = "n", value_name = "N", default_values_t = vec![4], value_parser = clap::value_parser!(u32).range(1..))]
     pub ns: Vec<u32>,
     /// New tokens per sample at most.
     #[arg(long, default_value_t = 48)]

@@ -16,8 +16,8 @@ pub struct Args {
     /// Always take the most likely token.
     #[arg(long)]
     pub greedy: bool,
-    /// Completions per prompt.
-    #[arg(long, default_value_t = 1)]
+    /// Completions per prompt (`--n` is an older spelling).
+    #[arg(long = "samples", alias = "n", default_value_t = 1)]
     pub n: usize,
     /// Write samples as JSONL here instead of printing them.
     #[arg(long)]
@@ -33,7 +33,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         )?;
     }
     let prompts = a.input.prompts.collect()?;
-    let lm = crate::load_model(a.input.model, device)?;
+    let lm = a.input.model.load(device)?;
     let cfg = GenerationConfig {
         max_new_tokens: a.input.sampling.max_new_tokens,
         n: a.n,

@@ -1,23 +1,20 @@
 //! `infalign logprobs`: per-token log-probs of a text, as one JSON object.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use infalign_core::Device;
 
 /// Flags of `infalign logprobs`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::common::ModelArgs,
     /// The text to score (tokenized with no special tokens added).
     #[arg(long)]
     pub text: String,
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
-    let lm = crate::load_model(a.model, device)?;
+    let lm = a.model.load(device)?;
     let ids = lm.tokenizer.encode(&a.text)?;
     if ids.is_empty() {
         bail!("--text encodes to no tokens");

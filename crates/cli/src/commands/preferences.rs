@@ -20,8 +20,13 @@ pub struct Args {
     /// The gold reward spec.
     #[arg(long)]
     pub reward: String,
-    /// Bradley-Terry temperature of the labels (0: noiseless).
-    #[arg(long, default_value_t = 1.0)]
+    /// Bradley-Terry temperature of the synthetic labels (0: noiseless; `--temperature` is an
+    /// older spelling).
+    #[arg(
+        long = "label-temperature",
+        alias = "temperature",
+        default_value_t = 1.0
+    )]
     pub temperature: f64,
     /// Seed of the labels.
     #[arg(long, default_value_t = 0)]

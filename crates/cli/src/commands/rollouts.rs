@@ -13,13 +13,12 @@ use super::common::PromptArgs;
 /// Flags of `infalign rollouts`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::common::ModelArgs,
     #[command(flatten)]
     pub prompts: PromptArgs,
-    /// Samples per prompt.
-    #[arg(long, default_value_t = 16)]
+    /// Samples per prompt (`--k` is an older spelling).
+    #[arg(long = "samples", alias = "k", default_value_t = 16)]
     pub k: usize,
     /// Reward spec (e.g. `sentiment`, `length(t_max=64)`).
     #[arg(long)]
@@ -46,7 +45,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     )?;
     let prompts = a.prompts.collect()?;
     let reward = reward_from_spec(&a.reward)?;
-    let lm = crate::load_model(a.model, device)?;
+    let lm = a.model.load(device)?;
     let cfg = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         n: a.k,

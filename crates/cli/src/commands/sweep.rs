@@ -251,7 +251,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             v,
         )?;
     }
-    let lm = crate::load_model(a.input.model.clone(), device)?;
+    let lm = a.input.model.load(device)?;
     let generator = Generator::new(&lm, device.clone());
     let base_lm = a
         .base

@@ -25,9 +25,8 @@ use super::samples::read_samples;
 /// Flags of `infalign train-rm`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Base model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::common::ModelArgs,
     /// Preference JSONL: train a Bradley-Terry reward model.
     #[arg(
         long,
@@ -69,12 +68,12 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let _claim = a.run.claim()?;
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let settings = serde_json::json!({
-        "model": path(&a.model), "data": path(&a.data), "rollouts": path(&a.rollouts),
+        "model": path(&a.model.model), "data": path(&a.data), "rollouts": path(&a.rollouts),
         "holdout": a.holdout,
     });
     a.run.check_settings(&settings)?;
     let cfg: RmTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
-    let lm = crate::load_model(a.model, device)?;
+    let lm = a.model.load(device)?;
     // Prompt and completion as one row of ids, checked against the model's vocabulary and
     // context (an error naming the file and line, not a panic in the embedding lookup).
     let join = |prompt: &str, completion: &str, path: &Path, line: usize| -> Result<Vec<u32>> {

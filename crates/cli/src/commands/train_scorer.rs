@@ -12,31 +12,46 @@ use infalign_models::{LoadedModel, PrefixScorer, ScorerLayout};
 use infalign_rewards::{RewardTransform, Transform};
 use infalign_rl::{ScorerMethod, ScorerRollout, ScorerTrainConfig, classifier_check, train_scorer};
 
-use super::common::{TrainRunArgs, held_out_prompts};
+use super::common::{TrainRunArgs, TransformArgs, held_out_prompts};
 use super::samples::{SampleRow, calibrator_of, read_samples, rewards_by_prompt};
+
+/// The prefix-scorer objectives by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObjectiveName {
+    /// CD-FUDGE: every prefix regresses onto the final reward (on-policy rollouts).
+    Fudge,
+    /// CD-Q: a Bellman target under stop-gradient.
+    Q,
+}
+
+impl ObjectiveName {
+    /// The name as `--objective` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fudge => "fudge",
+            Self::Q => "q",
+        }
+    }
+}
 
 /// Flags of `infalign train-scorer`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Base model directory; default: the shipped one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::common::ModelArgs,
     /// Scored rollouts (JSONL with prompt, completion, reward; tokens and finish if present).
     #[arg(long)]
     pub rollouts: PathBuf,
-    /// fudge (CD-FUDGE, on-policy rollouts) or q (CD-Q).
-    #[arg(long, default_value = "q")]
-    pub method: String,
+    /// The scorer's training objective (`--method` is an older spelling).
+    #[arg(long, value_enum, default_value = "q", alias = "method")]
+    pub objective: ObjectiveName,
     /// Train on the calibrated reward (the rollouts serve as their own reference,
     /// leave-one-out) instead of the raw one.
     #[arg(long)]
     pub calibrate: bool,
-    /// Train on Φ(Ĉ): identity, log, exp, negexp or power (implies --calibrate).
-    #[arg(long)]
-    pub transform: Option<String>,
-    /// Parameter of the transform.
-    #[arg(long)]
-    pub t: Option<f64>,
+    /// Train on Φ(Ĉ) (implies --calibrate).
+    #[command(flatten)]
+    pub transform: TransformArgs,
     /// Fraction of the prompts held out for the pairwise-accuracy check (0: none).
     #[arg(long, default_value_t = 0.1, value_parser = super::common::holdout_fraction)]
     pub holdout: f64,
@@ -52,24 +67,19 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let _claim = a.run.claim()?;
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let settings = serde_json::json!({
-        "model": path(&a.model), "rollouts": a.rollouts.display().to_string(),
-        "heldout_rollouts": path(&a.heldout_rollouts), "method": a.method,
-        "calibrate": a.calibrate, "transform": a.transform, "t": a.t, "holdout": a.holdout,
+        "model": path(&a.model.model), "rollouts": a.rollouts.display().to_string(),
+        "heldout_rollouts": path(&a.heldout_rollouts), "method": a.objective.name(),
+        "calibrate": a.calibrate, "transform": a.transform.transform.map(|t| t.name()), "t": a.transform.t, "holdout": a.holdout,
     });
     a.run.check_settings(&settings)?;
     let mut cfg: ScorerTrainConfig = infalign_core::config::load_config(None, &a.run.set)?;
-    cfg.method = match a.method.as_str() {
-        "fudge" => ScorerMethod::Fudge,
-        "q" => ScorerMethod::Q,
-        other => bail!("--method `{other}`: expected fudge or q"),
+    cfg.method = match a.objective {
+        ObjectiveName::Fudge => ScorerMethod::Fudge,
+        ObjectiveName::Q => ScorerMethod::Q,
     };
-    let lm = crate::load_model(a.model, device)?;
+    let lm = a.model.load(device)?;
     let rows = read_samples(&a.rollouts, true)?;
-    let transform = a
-        .transform
-        .as_deref()
-        .map(|n| Transform::from_name(n, a.t))
-        .transpose()?;
+    let transform = a.transform.parametric()?;
     let shaped = a.calibrate || transform.is_some();
     let all = scorer_rollouts(&rows, &a.rollouts, shaped, transform.as_ref(), &lm)?;
     let held_set = held_out_prompts(rows.iter().map(|r| r.prompt()), a.holdout, 0);
