@@ -422,6 +422,71 @@ fn one_name_per_concept_and_older_spellings_still_read() {
 }
 
 #[test]
+fn preferences_can_leave_out_ties_and_eval_measures_other_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    rollouts(m, &["the", "a dog", "on the"], 8, 6, &path("r.jsonl"));
+    // Gold: the completion's word count (a reward with many ties on short completions).
+    let prefs = |extra: &[&str], out: &str| {
+        let samples = path("r.jsonl");
+        let mut args = vec![
+            "preferences",
+            "--samples",
+            &samples,
+            "--reward",
+            "length",
+            "--label-temperature",
+            "0",
+        ];
+        args.extend(extra);
+        let o = path(out);
+        args.extend(["--out", o.as_str()]);
+        ok(&args);
+        infalign_core::io::read_jsonl::<serde_json::Value>(path(out)).unwrap()
+    };
+    let all = prefs(&[], "all.jsonl");
+    let kept = prefs(&["--skip-ties"], "kept.jsonl");
+    let words = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().split_whitespace().count();
+    assert_eq!(all.len(), 12, "4 consecutive pairs of each of 3 prompts");
+    let untied = all
+        .iter()
+        .filter(|p| words(p, "chosen") != words(p, "rejected"))
+        .count();
+    assert_eq!(kept.len(), untied);
+    // Noiseless labels: the longer completion is always the chosen one.
+    assert!(
+        kept.iter()
+            .all(|p| words(p, "chosen") > words(p, "rejected"))
+    );
+    // eval --measure records another reward's mean over the policy's samples.
+    ok(&[
+        "eval",
+        "--policy",
+        m,
+        "--base",
+        m,
+        "--prompt",
+        "the",
+        "--reward",
+        "length",
+        "--samples",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--measure",
+        "length(t_max=6)",
+        "--out",
+        &path("eval"),
+    ]);
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("eval/eval.json")).unwrap()).unwrap();
+    let measured = e["point"]["measures"]["length(t_max=6)"].as_f64().unwrap();
+    assert!(measured.is_finite() && measured <= 0.0, "{e}");
+}
+
+#[test]
 fn decode_strategies_write_scored_samples() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());

@@ -492,3 +492,35 @@ impl TransformArgs {
         }
     }
 }
+
+/// `--measure SPEC` (repeatable): further rewards whose means over a point's samples are
+/// recorded beside the judged one (a proxy's score beside the gold reward, a length beside a
+/// sentiment).
+pub struct Measures(Vec<(String, Box<dyn infalign_rewards::Reward>)>);
+
+impl Measures {
+    /// Loads every spec.
+    pub fn load(specs: &[String], device: &infalign_core::Device) -> Result<Self> {
+        Ok(Self(
+            specs
+                .iter()
+                .map(|m| Ok((m.clone(), infalign_rewards::reward_from_spec_on(m, device)?)))
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    }
+
+    /// Each measure's mean over `samples`, into `point.measures`.
+    pub fn record(
+        &self,
+        samples: &[infalign_decoding::Sample],
+        point: &mut infalign_eval::curve::CurvePoint,
+    ) -> Result<()> {
+        for (spec, r) in &self.0 {
+            let v = infalign_decoding::score_samples(samples, r.as_ref())?;
+            point
+                .measures
+                .insert(spec.clone(), v.iter().sum::<f64>() / v.len().max(1) as f64);
+        }
+        Ok(())
+    }
+}

@@ -61,6 +61,10 @@ pub struct Args {
     /// Its value.
     #[arg(long, requires = "param", allow_negative_numbers = true)]
     pub value: Option<f64>,
+    /// Further reward specs whose means over the policy's samples are recorded (repeatable):
+    /// a proxy's score beside the gold reward that judges.
+    #[arg(long)]
+    pub measure: Vec<String>,
     /// Which of several training runs of this method and setting (different seeds) the policy
     /// is: the report compares replicates one by one and then their mean.
     #[arg(long)]
@@ -139,6 +143,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         },
     )?;
     point.replicate = a.replicate;
+    super::common::Measures::load(&a.measure, device)?.record(&pol, &mut point)?;
     point.sample_stats = Some(SampleStats::of(pol.iter().map(|s| s.tokens.len()), &rp));
     point.base_sample_stats = Some(SampleStats::of(refs.iter().map(|s| s.tokens.len()), &rb));
     let mut report = Report::new("Evaluation");

@@ -28,6 +28,10 @@ pub struct Args {
         default_value_t = 1.0
     )]
     pub temperature: f64,
+    /// Leave out pairs whose gold rewards are equal: their label is a coin flip whatever the
+    /// temperature, noise a proxy cannot learn from (with a sparse reward, most pairs).
+    #[arg(long)]
+    pub skip_ties: bool,
     /// Seed of the labels.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -67,6 +71,19 @@ pub fn run(a: Args) -> Result<()> {
         "{}: no two consecutive samples share a prompt",
         a.samples.display()
     );
+    if a.skip_ties {
+        let all = pairs.len();
+        pairs.retain(|(_, _, ra, _, rb)| ra != rb);
+        eprintln!(
+            "left out {} of {all} pairs with equal gold rewards",
+            all - pairs.len()
+        );
+        anyhow::ensure!(
+            !pairs.is_empty(),
+            "{}: every pair has equal gold rewards",
+            a.samples.display()
+        );
+    }
     let prefs = label_pairs(&pairs, a.temperature, Seed(a.seed))?;
     infalign_core::io::write_jsonl_atomic(&a.out, &prefs)?;
     eprintln!(

@@ -290,11 +290,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         .as_deref()
         .map(|j| reward_from_spec_on(j, device))
         .transpose()?;
-    let measures = a
-        .measure
-        .iter()
-        .map(|m| Ok((m.clone(), reward_from_spec_on(m, device)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let measures = super::common::Measures::load(&a.measure, device)?;
     let base_rewards = per_prompt(&base, a.samples, judge.as_deref())?;
     let mut procedures = Vec::new();
     for &n in &a.eval_ns {
@@ -356,12 +352,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             base.iter().map(|s| s.tokens.len()),
             &base_rewards,
         ));
-        for (spec, r) in &measures {
-            let v = score_samples(&samples, r.as_ref())?;
-            point
-                .measures
-                .insert(spec.clone(), v.iter().sum::<f64>() / v.len().max(1) as f64);
-        }
+        measures.record(&samples, &mut point)?;
         eprintln!(
             "{name}: reward {:.4} (base {:.4}), win rate {:.3}, KL {}",
             point.mean_reward,
