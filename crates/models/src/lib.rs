@@ -34,6 +34,8 @@ mod layers;
 mod llama;
 mod lm;
 mod prefix_scorer;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 mod tokenizer;
 pub mod training;
 pub mod weights;

@@ -6,7 +6,7 @@
 //! Under Bradley–Terry preferences its minimiser is `π_ref · exp(r/β) / Z`, the KL-regularised
 //! optimum with KL weight β. Invariants (tested): with the policy equal to the reference every
 //! margin is 0 and the loss is exactly `ln 2`; the gradient raises the preferred completion's
-//! log-prob (a sign error fails the bandit test in `tests/bandit.rs`).
+//! log-prob (a sign error fails the bandit test in `tests/rl/bandit.rs`).
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;

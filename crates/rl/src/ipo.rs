@@ -6,7 +6,7 @@
 //! does not overfit deterministic preferences. Invariants (tested): with the policy equal to
 //! the reference the loss is exactly `(1/(2τ))²`; on a two-armed bandit with the preferred arm
 //! always chosen, the margin converges to `1/(2τ)`, i.e. `log(π(w)/π(l)) − log(π_ref(w)/π_ref(l))
-//! = 1/(2τ)` (`tests/bandit.rs`).
+//! = 1/(2τ)` (`tests/rl/bandit.rs`).
 
 use burn::tensor::Tensor;
 

@@ -17,7 +17,7 @@ pub enum KlMode {
     RewardK1,
     /// In the loss, per token, with k3 = e^{−r} − 1 + r (GRPO-style). Its expected gradient is
     /// that of the forward KL(π_ref ‖ π), so the optimum is `β π_ref / (μ − R)`, not
-    /// `π_ref e^{R/β} / Z` (both checked on a bandit in `tests/bandit.rs`).
+    /// `π_ref e^{R/β} / Z` (both checked on a bandit in `tests/rl/bandit.rs`).
     LossK3,
 }
 

@@ -5,16 +5,11 @@
 
 use infalign_core::Seed;
 use infalign_models::weights::RandomInit;
-use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout, Tokenizer};
+use infalign_models::{CausalLm, Gpt2Config, ModelConfig, PrefixScorer, ScorerLayout};
 use rand::Rng;
 
 /// The vocabulary, ids 0 to 5.
-pub const WORDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
-
-/// A word-level tokenizer over [`WORDS`].
-pub fn tokenizer(_dir: &std::path::Path) -> Tokenizer {
-    Tokenizer::word_level(&WORDS).unwrap()
-}
+pub use infalign_models::test_support::SIX_WORDS as WORDS;
 
 /// The gold reward: how many "d" minus how many "e".
 pub fn gold(text: &str) -> f64 {

@@ -5,16 +5,13 @@
 use std::path::Path;
 
 use infalign_core::{DeviceSpec, Seed};
+use infalign_models::test_support::{six_word_tokenizer, steps_logged};
 use infalign_models::weights::RandomInit;
 use infalign_models::{
     CausalLm, Gpt2Config, ModelConfig, PrefixScorer, RunFiles, ScorerLayout, Tokenizer,
 };
 use infalign_rewards::bradley_terry::{BradleyTerryConfig, EncodedPair, train_bradley_terry};
 use rand::Rng;
-
-mod common;
-
-use common::tokenizer;
 
 /// Pairs whose chosen side has more 3s.
 fn pairs() -> Vec<EncodedPair> {
@@ -71,14 +68,10 @@ fn run(
     train_bradley_terry(cfg, net(), &pairs(), 0, Some(files), |_| {}).map_err(|e| e.to_string())
 }
 
-fn steps_logged(metrics: &Path) -> Vec<u64> {
-    infalign_core::metrics::logged_steps(metrics).unwrap()
-}
-
 #[test]
 fn reward_model_training_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let tk = tokenizer(dir.path());
+    let tk = six_word_tokenizer();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     run(&cfg(), &a, &tk, false)
         .unwrap()
@@ -121,7 +114,7 @@ fn reward_model_training_resumes_exactly() {
 #[test]
 fn reward_model_resume_refuses_missing_and_corrupt_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let tk = tokenizer(dir.path());
+    let tk = six_word_tokenizer();
     let out = dir.path().join("run");
     let e = run(&cfg(), &out, &tk, true).unwrap_err();
     assert!(e.contains("checkpoint") && e.contains("state.json"), "{e}");

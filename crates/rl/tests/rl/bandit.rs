@@ -7,6 +7,7 @@
 //! own optimum.
 
 use infalign_core::{DeviceSpec, Seed};
+use infalign_models::test_support::six_word_tokenizer;
 use infalign_models::weights::{RandomInit, read_f32};
 use infalign_models::{CausalLm, Gpt2Config, LoadedModel, ModelConfig, TokenBatch, Tokenizer};
 use infalign_rewards::{Reward, RewardError, RewardInput};
@@ -27,11 +28,6 @@ impl Reward for Table {
     fn score(&self, input: &RewardInput<'_>) -> Result<f64, RewardError> {
         Ok(REWARD[input.ids[0] as usize])
     }
-}
-
-/// A word-level tokenizer over six words, so that ids are the bandit's arms.
-fn tokenizer(_dir: &std::path::Path) -> Tokenizer {
-    Tokenizer::word_level(&["a", "b", "c", "d", "e", "f"]).unwrap()
 }
 
 fn probs(m: &CausalLm) -> Vec<f64> {
@@ -84,7 +80,7 @@ fn rloo_and_ppo_reach_the_kl_regularised_optimum() {
         )
         .unwrap()
     };
-    let lm = LoadedModel::assemble(init(&device), tokenizer(dir.path()), dir.path());
+    let lm = LoadedModel::assemble(init(&device), six_word_tokenizer(), dir.path());
     assert!(lm.eos_ids.is_empty());
     let p_ref = probs(&lm.model);
     let beta = 0.5;

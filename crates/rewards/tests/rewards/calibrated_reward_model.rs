@@ -9,9 +9,8 @@ use infalign_rewards::calibrated_reward_model::{
 use infalign_rewards::rm_train::{RmTrainConfig, train_reward_model};
 use infalign_rewards::{RewardInput, RewardModel, RewardModelOutput};
 
-mod common;
-
-use common::{gold, random_text, scalar_net, tokenizer};
+use crate::common::{gold, random_text, scalar_net};
+use infalign_models::test_support::six_word_tokenizer;
 
 const LEN: usize = 6;
 
@@ -40,7 +39,7 @@ fn exact_calibration() -> impl Fn(i32) -> f64 {
 #[test]
 fn calibrated_reward_model_predicts_c_for_unseen_prompts() {
     let dir = tempfile::tempdir().unwrap();
-    let tk = tokenizer(dir.path());
+    let tk = six_word_tokenizer();
     let device = DeviceSpec::Cpu.device().unwrap();
     let mut rng = Seed(1).stream("rollouts");
     // 120 prompts x 8 rollouts, scored by the reward.

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-mod common;
-
-use common::{err, ok};
+use crate::common::{err, ok};
 
 /// A tokenizer and a tiny random GPT-2 in `dir/model`.
 fn tiny_model(dir: &Path) -> PathBuf {
@@ -235,7 +233,7 @@ fn models_that_do_not_fit_together_are_refused_naming_why() {
             &path(out),
         ]
         .map(str::to_string);
-        common::infalign(&strs(&args))
+        crate::common::infalign(&strs(&args))
     };
     // The same tokenizer with two ids swapped: same size, other text for the same ids.
     let mut t: serde_json::Value =
@@ -361,7 +359,7 @@ fn one_name_per_concept_and_older_spellings_still_read() {
         args.extend(extra);
         let path = out(file);
         args.extend(["--out", path.as_str()]);
-        common::infalign(&args)
+        crate::common::infalign(&args)
     };
     assert!(decode(&["--samples", "3"], "d.jsonl").status.success());
     assert_eq!(read("d.jsonl").lines().count(), 3);
@@ -1787,7 +1785,7 @@ fn every_reader_survives_random_and_extreme_files() {
         ];
         for args in runs {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let o = common::infalign(&args);
+            let o = crate::common::infalign(&args);
             let stderr = String::from_utf8_lossy(&o.stderr);
             assert!(
                 !stderr.contains("panicked") && o.status.code().is_some(),

@@ -5,13 +5,8 @@
 
 use std::path::Path;
 
-mod common;
-
-use common::{err, ok};
-
-fn steps_logged(metrics: &Path) -> Vec<u64> {
-    infalign_core::metrics::logged_steps(metrics).unwrap()
-}
+use crate::common::{err, ok};
+use infalign_models::test_support::steps_logged;
 
 /// Runs `args --out A` whole, then `args --out B` halted after step 3 (checkpoints every 2
 /// steps) and resumed; the files `compare` (relative to the output directory) must agree byte

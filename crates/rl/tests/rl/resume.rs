@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use infalign_core::{DeviceSpec, Seed};
+use infalign_models::test_support::{six_word_tokenizer, steps_logged};
 use infalign_models::weights::RandomInit;
 use infalign_models::{
     CausalLm, Gpt2Config, LoadedModel, ModelConfig, PrefixScorer, RunFiles, ScorerLayout,
@@ -17,11 +18,6 @@ use infalign_rl::{
     Algo, KlMode, PolicyTrainConfig, PpoConfig, RewardPipeline, ScorerMethod, ScorerRollout,
     ScorerTrainConfig, train_policy, train_scorer,
 };
-
-/// A word-level tokenizer over six words; "f" is the end of text.
-fn tokenizer(_dir: &Path) -> Tokenizer {
-    Tokenizer::word_level(&["a", "b", "c", "d", "e", "f"]).unwrap()
-}
 
 fn config() -> ModelConfig {
     let mut c = Gpt2Config::new(6, 16, 16, 1, 2);
@@ -48,10 +44,6 @@ impl Reward for CountD {
     fn score(&self, input: &RewardInput<'_>) -> Result<f64, RewardError> {
         Ok(input.ids.iter().filter(|&&t| t == 3).count() as f64 - 0.1 * input.ids.len() as f64)
     }
-}
-
-fn steps_logged(metrics: &Path) -> Vec<u64> {
-    infalign_core::metrics::logged_steps(metrics).unwrap()
 }
 
 /// The files of two directories named in `files` are byte-identical.
@@ -81,7 +73,7 @@ struct PolicyRun {
 impl PolicyRun {
     fn new(dir: &Path) -> Self {
         let device = DeviceSpec::Cpu.device().unwrap();
-        let lm = LoadedModel::assemble(model(&device), tokenizer(dir), dir);
+        let lm = LoadedModel::assemble(model(&device), six_word_tokenizer(), dir);
         assert_eq!(lm.eos_ids, vec![5]);
         Self {
             lm,
@@ -358,7 +350,7 @@ fn run_scorer(
 fn scorer_training_resumes_exactly() {
     for method in [ScorerMethod::Fudge, ScorerMethod::Q] {
         let dir = tempfile::tempdir().unwrap();
-        let tk = tokenizer(dir.path());
+        let tk = six_word_tokenizer();
         let cfg = scorer_cfg(method);
         let whole = run_scorer(&cfg, &dir.path().join("a"), &tk, false).unwrap();
         whole.save(dir.path().join("whole"), &tk, "").unwrap();
@@ -393,7 +385,7 @@ fn scorer_training_resumes_exactly() {
 #[test]
 fn scorer_resume_refuses_missing_and_corrupt_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let tk = tokenizer(dir.path());
+    let tk = six_word_tokenizer();
     let mut cfg = scorer_cfg(ScorerMethod::Q);
     let out = dir.path().join("run");
     let e = run_scorer(&cfg, &out, &tk, true).unwrap_err();

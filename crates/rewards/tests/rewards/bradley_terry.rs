@@ -8,14 +8,12 @@ use infalign_rewards::bradley_terry::{
 use infalign_rewards::preferences::label_pairs;
 use infalign_rewards::{Reward, RewardInput, RewardModel};
 
-mod common;
-
-use common::{gold, random_text, scalar_net, tokenizer};
+use crate::common::{gold, random_text, scalar_net};
+use infalign_models::test_support::six_word_tokenizer;
 
 #[test]
 fn bradley_terry_recovers_the_gold_ranking() {
-    let dir = tempfile::tempdir().unwrap();
-    let tk = tokenizer(dir.path());
+    let tk = six_word_tokenizer();
     let device = DeviceSpec::Cpu.device().unwrap();
     let mut rng = Seed(1).stream("texts");
     let raw: Vec<(String, String, f64, String, f64)> = (0..600)
