@@ -37,90 +37,51 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: cargo xtask bench [--release] [--infalign-bin PATH] [--quick] \
-[--prompt-tokens N] [--new-tokens N] [--out FILE]\n       \
-cargo xtask bench --against transformers [--release] [--infalign-bin PATH] [--quick] \
-[--python PATH] [--prompts N] [--n N] [--max-new-tokens N] [--batch N] [--prompt-tokens N] \
-[--new-tokens N]\n       \
-cargo xtask bench --training [--release] [--infalign-bin PATH] [--baseline-bin PATH]";
-
 /// The venv `--against transformers` creates on first use, under `$HOME`.
 const VENV: &str = ".cache/infalign-bench-venv";
 const PIP_PACKAGES: [&str; 3] = ["torch", "transformers", "safetensors"];
 const SCRIPT: &str = "xtask/bench/transformers_bench.py";
 
 /// `cargo xtask bench ...`.
-pub fn run(root: &Path, rest: &[String]) -> Result<()> {
-    if rest.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    if rest.iter().any(|a| a == "--training") {
-        let mut bin = None;
-        let mut baseline = None;
-        let mut release = false;
-        let mut it = rest.iter();
-        while let Some(a) = it.next() {
-            let mut path = || -> Result<PathBuf> {
-                Ok(it
-                    .next()
-                    .with_context(|| format!("{a} needs a path\n{USAGE}"))?
-                    .into())
-            };
-            match a.as_str() {
-                "--training" => {}
-                "--release" => release = true,
-                "--infalign-bin" => bin = Some(path()?),
-                "--baseline-bin" => baseline = Some(path()?),
-                other => bail!("unexpected argument `{other}`\n{USAGE}"),
-            }
-        }
-        if let Some(b) = baseline.as_ref().filter(|b| !b.is_file()) {
+pub fn run(root: &Path, o: &Options) -> Result<()> {
+    if o.training {
+        if let Some(b) = o.baseline_bin.as_ref().filter(|b| !b.is_file()) {
             bail!("--baseline-bin {}: no such file", b.display());
         }
-        let o = Options {
-            release,
-            infalign_bin: bin,
-            ..parse(&[])?
-        };
-        let bin = infalign_binary(root, &o)?;
-        crate::training_bench::run(root, &bin, baseline.as_deref())
-    } else if rest.iter().any(|a| a == "--against") {
-        against(root, &parse(rest)?)
+        let bin = infalign_binary(root, o)?;
+        crate::training_bench::run(root, &bin, o.baseline_bin.as_deref())
+    } else if o.against.is_some() {
+        against(root, o)
     } else {
-        plain(root, rest)
+        plain(root, o)
     }
 }
 
-/// `infalign bench` with the remaining flags; `cargo run` unless a binary is given.
-fn plain(root: &Path, rest: &[String]) -> Result<()> {
-    let mut release = false;
-    let mut bin = std::env::var_os("INFALIGN_BIN").map(PathBuf::from);
-    let mut pass = Vec::new();
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--release" => release = true,
-            "--infalign-bin" => {
-                bin = Some(it.next().context("--infalign-bin needs a PATH")?.into())
-            }
-            _ => pass.push(a.as_str()),
-        }
+/// `infalign bench` with the flags it shares; `cargo run` unless a binary is given.
+fn plain(root: &Path, o: &Options) -> Result<()> {
+    let (prompt_tokens, new_tokens) = (o.prompt_tokens.to_string(), o.new_tokens.to_string());
+    let mut pass = vec![
+        "--prompt-tokens",
+        prompt_tokens.as_str(),
+        "--new-tokens",
+        new_tokens.as_str(),
+    ];
+    if o.quick {
+        pass.push("--quick");
     }
-    match bin {
+    let out = o.out.as_ref().map(|p| p.display().to_string());
+    if let Some(out) = &out {
+        pass.extend(["--out", out.as_str()]);
+    }
+    match &o.infalign_bin {
         Some(bin) => {
             let mut args = vec!["bench"];
             args.extend(pass);
-            run_status(
-                Command::new(&bin).args(&args).current_dir(root),
-                &bin,
-                &args,
-            )
+            run_status(Command::new(bin).args(&args).current_dir(root), bin, &args)
         }
         None => {
-            // The dev profile already optimizes burn at opt-level 3; `--release` also our crates.
             let mut args = vec!["run"];
-            if release {
+            if o.release {
                 args.push("--release");
             }
             args.extend(["-p", "infalign", "--", "bench"]);
@@ -130,71 +91,82 @@ fn plain(root: &Path, rest: &[String]) -> Result<()> {
     }
 }
 
-/// Flags of `cargo xtask bench --against transformers`.
-#[derive(Debug)]
-struct Options {
-    release: bool,
-    quick: bool,
-    infalign_bin: Option<PathBuf>,
-    python: Option<PathBuf>,
-    prompts: usize,
-    n: usize,
-    max_new_tokens: usize,
-    /// Prompts per generate call on both sides; `None`: all of them.
-    batch: Option<usize>,
-    prompt_tokens: usize,
-    new_tokens: usize,
+/// What `--against` compares with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Against {
+    /// Hugging Face transformers (PyTorch eager), in a virtual environment of its own.
+    Transformers,
 }
 
-fn parse(rest: &[String]) -> Result<Options> {
-    let mut o = Options {
-        release: false,
-        quick: false,
-        infalign_bin: std::env::var_os("INFALIGN_BIN").map(PathBuf::from),
-        python: std::env::var_os("INFALIGN_BENCH_PYTHON").map(PathBuf::from),
-        prompts: 32,
-        n: 16,
-        max_new_tokens: 64,
-        batch: None,
-        prompt_tokens: 128,
-        new_tokens: 128,
-    };
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{a} needs a value\n{USAGE}"))
-        };
-        let count = |v: &String| -> Result<usize> {
-            match v.parse() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => bail!("{a} `{v}`: expected a positive count"),
-            }
-        };
-        match a.as_str() {
-            "--against" => {
-                let v = value()?;
-                if v != "transformers" {
-                    bail!("--against `{v}`: only `transformers` is supported");
-                }
-            }
-            "--release" => o.release = true,
-            "--quick" => o.quick = true,
-            "--infalign-bin" => o.infalign_bin = Some(value()?.into()),
-            "--python" => o.python = Some(value()?.into()),
-            "--prompts" => o.prompts = count(value()?)?,
-            "--n" => o.n = count(value()?)?,
-            "--max-new-tokens" => o.max_new_tokens = count(value()?)?,
-            "--batch" => o.batch = Some(count(value()?)?),
-            "--prompt-tokens" => o.prompt_tokens = count(value()?)?,
-            "--new-tokens" => o.new_tokens = count(value()?)?,
-            other => bail!("unexpected argument `{other}`\n{USAGE}"),
-        }
+fn positive(v: &str) -> Result<usize, String> {
+    match v.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{v}`: expected a positive count")),
     }
-    Ok(o)
 }
 
-/// Runs a command with inherited output; an error names the command.
+/// Flags of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Run the same user tasks in another implementation too, in the same run, and print the
+    /// ratios.
+    #[arg(long, value_enum)]
+    against: Option<Against>,
+    /// Training throughput (rollouts, align RLOO and PPO, train-scorer) instead of decoding.
+    #[arg(long, conflicts_with = "against")]
+    training: bool,
+    /// Build infalign with the release profile (the dev profile already optimises burn).
+    #[arg(long)]
+    release: bool,
+    /// Skip the GPT-2-small shape.
+    #[arg(long)]
+    quick: bool,
+    /// The infalign binary to measure (default: `INFALIGN_BIN`, else a fresh build).
+    #[arg(long)]
+    infalign_bin: Option<PathBuf>,
+    /// With --training: an older infalign binary measured in the same run.
+    #[arg(long, requires = "training")]
+    baseline_bin: Option<PathBuf>,
+    /// Python with torch and transformers (default: `INFALIGN_BENCH_PYTHON`, else a venv
+    /// created on first use).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Shipped-model task: prompts.
+    #[arg(long, default_value_t = 32, value_parser = positive)]
+    prompts: usize,
+    /// Shipped-model task: samples per prompt.
+    #[arg(long, default_value_t = 16, value_parser = positive)]
+    n: usize,
+    /// Shipped-model task: new tokens at most.
+    #[arg(long, default_value_t = 64, value_parser = positive)]
+    max_new_tokens: usize,
+    /// Shipped-model task: prompts per decoding batch.
+    #[arg(long, value_parser = positive)]
+    batch: Option<usize>,
+    /// GPT-2-small shape: prompt tokens per row.
+    #[arg(long, default_value_t = 128, value_parser = positive)]
+    prompt_tokens: usize,
+    /// GPT-2-small shape: new tokens per row.
+    #[arg(long, default_value_t = 128, value_parser = positive)]
+    new_tokens: usize,
+    /// Without --against: where `infalign bench` writes its JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl Options {
+    /// Fills the paths the environment gives when the flags do not.
+    pub fn with_environment(mut self) -> Self {
+        if self.infalign_bin.is_none() {
+            self.infalign_bin = std::env::var_os("INFALIGN_BIN").map(PathBuf::from);
+        }
+        if self.python.is_none() {
+            self.python = std::env::var_os("INFALIGN_BENCH_PYTHON").map(PathBuf::from);
+        }
+        self
+    }
+}
+
 fn run_status(cmd: &mut Command, program: &Path, args: &[&str]) -> Result<()> {
     let shown = format!("{} {}", program.display(), args.join(" "));
     eprintln!("$ {shown}");

@@ -16,14 +16,26 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-pub fn run(root: &Path, rest: &[String]) -> Result<()> {
+/// Flags of `cargo xtask demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Keep the finished steps of an earlier demo run instead of starting over.
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    flags: crate::exp::RunFlags,
+}
+
+pub fn run(root: &Path, a: &Args) -> Result<()> {
     let start = Instant::now();
-    let mut args = vec!["demo".to_string()];
-    if !rest.iter().any(|a| a == "--keep") {
-        args.push("--fresh".into());
-    }
-    args.extend(rest.iter().filter(|a| *a != "--keep").cloned());
-    let run = crate::exp::run(root, &args)?;
+    let run = crate::exp::run(
+        root,
+        &crate::exp::Options {
+            preset: "demo".into(),
+            fresh: !a.keep,
+            flags: a.flags.clone(),
+        },
+    )?;
     let report = run.join("report.md");
     let md = std::fs::read_to_string(&report).with_context(|| report.display().to_string())?;
     // Every section's results table and the paired comparisons, each from its header to the

@@ -161,46 +161,36 @@ fn bindings(step: &Step, vars: &Vars) -> Result<Vec<Vars>> {
     Ok(out)
 }
 
-/// Options of `cargo xtask exp`.
-struct Options {
-    preset: String,
-    scale: String,
-    sets: Vec<(String, String)>,
-    fresh: bool,
-    release: bool,
+/// How a preset runs: its scale, overridden variables, and whether it starts over.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunFlags {
+    /// The preset's scale (`[scales.cpu]`, `[scales.gpu]`, ...).
+    #[arg(long, default_value = "cpu")]
+    pub scale: String,
+    /// Override one variable of the scale (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub sets: Vec<(String, String)>,
+    /// Build infalign with the release profile.
+    #[arg(long)]
+    pub release: bool,
 }
 
-fn parse(rest: &[String]) -> Result<Options> {
-    let mut it = rest.iter();
-    let mut o = Options {
-        preset: String::new(),
-        scale: "cpu".into(),
-        sets: Vec::new(),
-        fresh: false,
-        release: false,
-    };
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--scale" => o.scale = it.next().context("--scale needs cpu or gpu")?.clone(),
-            "--set" => {
-                let kv = it.next().context("--set needs KEY=VALUE")?;
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--set `{kv}`: expected KEY=VALUE"))?;
-                o.sets.push((k.to_string(), v.to_string()));
-            }
-            "--fresh" => o.fresh = true,
-            "--release" => o.release = true,
-            p if !p.starts_with('-') && o.preset.is_empty() => o.preset = p.to_string(),
-            other => bail!("unexpected argument `{other}`"),
-        }
-    }
-    if o.preset.is_empty() {
-        bail!(
-            "usage: cargo xtask exp <preset> [--scale cpu|gpu] [--set key=value] [--fresh] [--release]"
-        );
-    }
-    Ok(o)
+/// Flags of `cargo xtask exp`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// The preset: a file `xtask/presets/<preset>.toml`.
+    pub preset: String,
+    /// Start over: remove the run directory first (finished steps are otherwise kept).
+    #[arg(long)]
+    pub fresh: bool,
+    #[command(flatten)]
+    pub flags: RunFlags,
+}
+
+fn key_value(kv: &str) -> Result<(String, String), String> {
+    kv.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{kv}`: expected KEY=VALUE"))
 }
 
 /// The names of the shipped presets.
@@ -304,8 +294,7 @@ fn binary(root: &Path, device: Option<&str>, release: bool) -> Result<PathBuf> {
 }
 
 /// Runs a preset; returns its run directory.
-pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
-    let o = parse(rest)?;
+pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
     let path = root.join(format!("xtask/presets/{}.toml", o.preset));
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -316,11 +305,11 @@ pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
     })?;
     let preset: Preset =
         toml::from_str(&text).with_context(|| format!("{}: malformed preset", path.display()))?;
-    let scale = preset.scales.get(&o.scale).with_context(|| {
+    let scale = preset.scales.get(&o.flags.scale).with_context(|| {
         format!(
             "{}: no [scales.{}] (has: {})",
             path.display(),
-            o.scale,
+            o.flags.scale,
             preset.scales.keys().cloned().collect::<Vec<_>>().join(", ")
         )
     })?;
@@ -333,7 +322,7 @@ pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
     for (k, v) in scale {
         vars.insert(k.clone(), var(v)?);
     }
-    for (k, v) in &o.sets {
+    for (k, v) in &o.flags.sets {
         vars.insert(k.clone(), Var::One(v.clone()));
     }
     let count = |name: &str| -> Result<usize> {
@@ -341,7 +330,11 @@ pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
             Some(Var::One(v)) => v
                 .parse()
                 .with_context(|| format!("`{name}` = `{v}`: expected a count")),
-            _ => bail!("{}: [scales.{}] needs `{name}`", path.display(), o.scale),
+            _ => bail!(
+                "{}: [scales.{}] needs `{name}`",
+                path.display(),
+                o.flags.scale
+            ),
         }
     };
     let (train, held_out) = (count("prompts")?, count("eval_prompts")?);
@@ -381,11 +374,11 @@ pub fn run(root: &Path, rest: &[String]) -> Result<PathBuf> {
         o.preset,
         preset.claim,
         o.preset,
-        o.scale,
+        o.flags.scale,
         plan.len(),
         run.display()
     );
-    let bin = binary(root, device.as_deref(), o.release)?;
+    let bin = binary(root, device.as_deref(), o.flags.release)?;
     let start = Instant::now();
     let log = run.join("steps.jsonl");
     for (i, (name, args, creates)) in plan.iter().enumerate() {

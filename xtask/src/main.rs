@@ -8,7 +8,9 @@
 //! - `cargo xtask assets`: rebuilds the corpus, prompts, tokenizer and base model in `assets/`.
 //! - `cargo xtask demo`: the main job on the shipped model (the `demo` preset).
 //! - `cargo xtask exp <preset>`: an experiment preset (`xtask/presets/*.toml`).
-//! - `cargo xtask ci`: what `.ci/run` runs.
+//! - `cargo xtask ci`: `.ci/run`, the one definition of what CI checks.
+//!
+//! Flags are parsed by clap (`cargo xtask <task> --help`).
 
 mod assets;
 mod bench;
@@ -20,36 +22,60 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The project's automation.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// What CI checks: `.ci/run` (format, clippy, doc, tests, the ndarray backend swap).
+    Ci,
+    /// The backend-swapping tests: ndarray, and wgpu or cuda on request.
+    TestBackends {
+        /// Also wgpu (Mesa's software Vulkan driver or a GPU).
+        #[arg(long)]
+        wgpu: bool,
+        /// Also CUDA.
+        #[arg(long)]
+        cuda: bool,
+    },
+    /// Decoding and training throughput into target/bench/; `--against transformers` runs the
+    /// same tasks in transformers and prints the ratios.
+    Bench(bench::Options),
+    /// Memory read bandwidth (the bench's batch-1 floor).
+    Bandwidth,
+    /// Corpus, prompts, tokenizer and base model in assets/.
+    Assets {
+        /// Only the corpus and prompts.
+        #[arg(long)]
+        corpus_only: bool,
+        /// Pretraining settings `KEY=VALUE` passed on as `--set`.
+        sets: Vec<String>,
+    },
+    /// The main job on the shipped model: runs/demo/report.{md,html}.
+    Demo(demo::Args),
+    /// An experiment preset of xtask/presets into runs/<preset>/.
+    Exp(exp::Options),
+    /// Point burn's CUDA build at Debian's LLVM 22 (no download).
+    CudaLlvm,
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest = args.get(1..).unwrap_or(&[]).to_vec();
-    match args.first().map(String::as_str) {
-        Some("ci") => ci(),
-        Some("test-backends") => test_backends(&rest),
-        Some("bench") => bench::run(&root(), &rest),
-        Some("bandwidth") => bench::bandwidth_command(),
-        Some("assets") => build_assets(&rest),
-        Some("demo") => demo::run(&root(), &rest),
-        Some("exp") => exp::run(&root(), &rest).map(|_| ()),
-        Some("cuda-llvm") => cuda_llvm(),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask <command>\n\n\
-                 commands:\n  \
-                 ci              format check, clippy, tests, docs (what .ci/run runs)\n  \
-                 test-backends   backend-swapping tests: ndarray, and wgpu [--wgpu], cuda [--cuda]\n  \
-                 bench           decoding and training throughput into target/bench/\n                  \
-                 [--against transformers]: the same tasks in transformers, as ratios\n  \
-                 bandwidth       memory read bandwidth (the bench's batch-1 floor)\n  \
-                 assets          corpus, prompts, tokenizer and base model in assets/ [--corpus-only]\n  \
-                 demo            the main job on the shipped model: runs/demo/report.{{md,html}}\n  \
-                 exp <preset>    an experiment preset of xtask/presets into runs/<preset>/\n                  \
-                 [--scale cpu|gpu] [--set key=value] [--fresh] [--release]\n  \
-                 cuda-llvm       point burn's CUDA build at Debian's LLVM 22 (no download)"
-            );
-            bail!("no command given")
-        }
+    match Cli::parse().command {
+        Task::Ci => ci(),
+        Task::TestBackends { wgpu, cuda } => test_backends(wgpu, cuda),
+        Task::Bench(o) => bench::run(&root(), &o.with_environment()),
+        Task::Bandwidth => bench::bandwidth_command(),
+        Task::Assets { corpus_only, sets } => build_assets(corpus_only, &sets),
+        Task::Demo(a) => demo::run(&root(), &a),
+        Task::Exp(o) => exp::run(&root(), &o).map(|_| ()),
+        Task::CudaLlvm => cuda_llvm(),
     }
 }
 
@@ -80,12 +106,12 @@ fn ci() -> Result<()> {
     Ok(())
 }
 
-fn test_backends(rest: &[String]) -> Result<()> {
+fn test_backends(wgpu: bool, cuda: bool) -> Result<()> {
     let mut features = vec!["ndarray"];
-    if rest.iter().any(|a| a == "--wgpu") {
+    if wgpu {
         features.push("wgpu");
     }
-    if rest.iter().any(|a| a == "--cuda") {
+    if cuda {
         features.push("cuda");
     }
     let features = features.join(",");
@@ -109,11 +135,11 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn build_assets(rest: &[String]) -> Result<()> {
+fn build_assets(corpus_only: bool, sets: &[String]) -> Result<()> {
     let root = root();
     let counts = assets::corpus(&root)?;
     eprintln!("corpus: {counts}");
-    if rest.iter().any(|a| a == "--corpus-only") {
+    if corpus_only {
         return Ok(());
     }
     let (model_dir, pretrain_toml) = assets::paths(&root);
@@ -139,8 +165,7 @@ fn build_assets(rest: &[String]) -> Result<()> {
         "--config",
         pretrain_toml.to_str().unwrap_or_default(),
     ];
-    let extra: Vec<String> = rest.iter().filter(|a| a.contains('=')).cloned().collect();
-    for e in &extra {
+    for e in sets {
         pretrain.push("--set");
         pretrain.push(e);
     }
