@@ -5,7 +5,7 @@
 use infalign_core::Seed;
 use infalign_rewards::Reward;
 
-use crate::candidates::{reward_of, scored_candidates};
+use crate::candidates::{STREAM_ROWS, for_each_candidate, reward_of, scored_candidates};
 use crate::generate::{GenerationConfig, Generator};
 use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Sample};
@@ -38,9 +38,15 @@ impl DecodingStrategy for BestOfN<'_> {
         cfg: &GenerationConfig,
         seed: Seed,
     ) -> Result<Vec<Sample>, DecodingError> {
-        check_n(self.n)?;
-        let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
-        Ok(groups.into_iter().map(|g| pick(g, Pick::Best)).collect())
+        select(
+            generator,
+            prompts,
+            self.n,
+            cfg,
+            self.reward,
+            seed,
+            Pick::Best,
+        )
     }
 }
 
@@ -53,15 +59,50 @@ pub(crate) enum Pick {
     Worst,
 }
 
-/// The first sample with the highest (`Best`) or lowest (`Worst`) reward.
-pub(crate) fn pick(group: Vec<Sample>, which: Pick) -> Sample {
-    let better = |a: f64, b: f64| match which {
+/// The best or worst of `n` samples of every prompt: all candidates at once, or, past
+/// [`STREAM_ROWS`] rows, block by block keeping each prompt's current choice. Either way the
+/// first of equals.
+pub(crate) fn select(
+    generator: &Generator<'_>,
+    prompts: &[String],
+    n: usize,
+    cfg: &GenerationConfig,
+    reward: &dyn Reward,
+    seed: Seed,
+    which: Pick,
+) -> Result<Vec<Sample>, DecodingError> {
+    check_n(n)?;
+    if prompts.len().saturating_mul(n) <= STREAM_ROWS {
+        let groups = scored_candidates(generator, prompts, n, cfg, reward, seed)?;
+        return Ok(groups.into_iter().map(|g| pick(g, which)).collect());
+    }
+    let mut chosen: Vec<Option<Sample>> = vec![None; prompts.len()];
+    for_each_candidate(generator, prompts, n, cfg, reward, seed, &mut |s, _| {
+        let p = s.prompt_index;
+        let slot = &mut chosen[p];
+        let replace = slot
+            .as_ref()
+            .is_none_or(|c| better(which, reward_of(&s), reward_of(c)));
+        if replace {
+            *slot = Some(s);
+        }
+    })?;
+    Ok(chosen.into_iter().flatten().collect())
+}
+
+/// Whether reward `a` beats `b` for `which` (strictly: the first of equals stays).
+fn better(which: Pick, a: f64, b: f64) -> bool {
+    match which {
         Pick::Best => a > b,
         Pick::Worst => a < b,
-    };
+    }
+}
+
+/// The first sample with the highest (`Best`) or lowest (`Worst`) reward.
+pub(crate) fn pick(group: Vec<Sample>, which: Pick) -> Sample {
     let mut chosen = 0;
     for (i, s) in group.iter().enumerate() {
-        if better(reward_of(s), reward_of(&group[chosen])) {
+        if better(which, reward_of(s), reward_of(&group[chosen])) {
             chosen = i;
         }
     }

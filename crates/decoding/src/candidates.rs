@@ -33,6 +33,39 @@ pub fn scored_candidates(
     Ok(groups)
 }
 
+/// Above this many candidate rows in all (prompts × N), selections decode and score their
+/// candidates block by block and keep only what they choose ([`for_each_candidate`]): memory
+/// stays bounded whatever N is. Below it, all candidates are decoded and scored at once.
+pub(crate) const STREAM_ROWS: usize = 4096;
+
+/// Every candidate of every prompt (`n` per prompt), decoded and scored block by block and
+/// handed to `f` with its index among its prompt's candidates, prompt-major; nothing is kept.
+/// Each is scored (`reward` set) with its per-step KLs cleared, as [`scored_candidates`] leaves
+/// them.
+pub(crate) fn for_each_candidate(
+    generator: &Generator<'_>,
+    prompts: &[String],
+    n: usize,
+    cfg: &GenerationConfig,
+    reward: &dyn Reward,
+    seed: Seed,
+    f: &mut dyn FnMut(Sample, usize),
+) -> Result<(), DecodingError> {
+    let cfg = GenerationConfig { n, ..cfg.clone() };
+    let mut seen = vec![0usize; prompts.len()];
+    generator.generate_each(prompts, &cfg, seed, &mut |mut block| {
+        let rewards = score_samples(&block, reward)?;
+        for (mut s, r) in block.drain(..).zip(rewards) {
+            s.reward = Some(r);
+            s.step_kl.clear();
+            let j = seen[s.prompt_index];
+            seen[s.prompt_index] += 1;
+            f(s, j);
+        }
+        Ok(())
+    })
+}
+
 /// The reward of a scored sample.
 pub(crate) fn reward_of(s: &Sample) -> f64 {
     s.reward.unwrap_or(f64::NEG_INFINITY)

@@ -43,6 +43,20 @@ pub struct GenerationConfig {
 /// each prompt it draws.
 type Chunk<'a> = (usize, &'a [Vec<u32>], std::ops::Range<usize>);
 
+/// The chunks of a decode: `chunk` prompts at a time (the index of the first, their ids), each
+/// with its samples in ranges of `block`, prompt-major.
+fn chunk_list(encoded: &[Vec<u32>], chunk: usize, block: usize, n: usize) -> Vec<Chunk<'_>> {
+    encoded
+        .chunks(chunk)
+        .enumerate()
+        .flat_map(|(c, ids)| {
+            (0..n)
+                .step_by(block)
+                .map(move |j| (c * chunk, ids, j..(j + block).min(n)))
+        })
+        .collect()
+}
+
 /// The KV-cache memory a decoding chunk may take when [`GenerationConfig::max_rows`] is 0 (on
 /// the CPU, chunks decode one per core at once: the bound is per chunk).
 pub const KV_BUDGET_BYTES: usize = 2 << 30;
@@ -133,36 +147,8 @@ impl<'a> Generator<'a> {
         seed: Seed,
         steer: Option<&mut (dyn Steer + 's)>,
     ) -> Result<Vec<Sample>, DecodingError> {
-        cfg.sampling.validate()?;
-        if cfg.n == 0 {
-            return Err(DecodingError::InvalidParameter {
-                field: "n",
-                message: "must be at least 1".into(),
-            });
-        }
-        let encoded = prompts
-            .iter()
-            .map(|p| self.encode_prompt(p, cfg.max_new_tokens))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Chunks are `prompt_batch` prompts whatever the number of workers: the padding of a
-        // prefill batch changes rounding, and results must not depend on the machine's cores.
-        // Past `max_rows` rows, one prompt per chunk and its samples in blocks.
-        let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-        let max_rows = self.max_rows(cfg, longest.saturating_add(cfg.max_new_tokens));
-        let (chunk, block) = if cfg.prompt_batch.max(1) * cfg.n > max_rows {
-            (1, max_rows.min(cfg.n))
-        } else {
-            (cfg.prompt_batch.max(1), cfg.n)
-        };
-        let chunks: Vec<Chunk<'_>> = encoded
-            .chunks(chunk)
-            .enumerate()
-            .flat_map(|(c, ids)| {
-                (0..cfg.n)
-                    .step_by(block)
-                    .map(move |j| (c * chunk, ids, j..(j + block).min(cfg.n)))
-            })
-            .collect();
+        let (encoded, chunk, block) = self.plan(prompts, cfg)?;
+        let chunks = chunk_list(&encoded, chunk, block, cfg.n);
         let run = |first: usize,
                    ids: &[Vec<u32>],
                    samples: std::ops::Range<usize>,
@@ -189,6 +175,64 @@ impl<'a> Generator<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// Like [`Generator::generate`], handing the samples to `sink` block by block as they are
+    /// decoded instead of returning them all: memory stays bounded by one wave of blocks (one
+    /// block per core) whatever `cfg.n` is, for selections over a huge N. Blocks arrive
+    /// prompt-major in the order `generate` returns the samples, and the samples are the same.
+    pub fn generate_each(
+        &self,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+        seed: Seed,
+        sink: &mut dyn FnMut(Vec<Sample>) -> Result<(), DecodingError>,
+    ) -> Result<(), DecodingError> {
+        let (encoded, chunk, block) = self.plan(prompts, cfg)?;
+        let chunks = chunk_list(&encoded, chunk, block, cfg.n);
+        let wave = std::thread::available_parallelism().map_or(1, usize::from);
+        for part in chunks.chunks(wave) {
+            let done = infalign_core::run_on_workers(&self.device, part.len(), |c| {
+                let (first, ids, samples) = &part[c];
+                let prompts = &prompts[*first..*first + ids.len()];
+                self.generate_chunk(prompts, ids, *first, samples.clone(), cfg, seed, None)
+            })?;
+            for samples in done {
+                sink(samples)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the config; the prompts' ids and how they are split: `chunk` prompts per decoding batch, their
+    /// samples in blocks of `block`. Chunks are `prompt_batch` prompts whatever the number of
+    /// workers (the padding of a prefill batch changes rounding, and results must not depend on
+    /// the machine's cores); past `max_rows` rows, one prompt per chunk and its samples in
+    /// blocks.
+    fn plan(
+        &self,
+        prompts: &[String],
+        cfg: &GenerationConfig,
+    ) -> Result<(Vec<Vec<u32>>, usize, usize), DecodingError> {
+        cfg.sampling.validate()?;
+        if cfg.n == 0 {
+            return Err(DecodingError::InvalidParameter {
+                field: "n",
+                message: "must be at least 1".into(),
+            });
+        }
+        let encoded = prompts
+            .iter()
+            .map(|p| self.encode_prompt(p, cfg.max_new_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
+        let max_rows = self.max_rows(cfg, longest.saturating_add(cfg.max_new_tokens));
+        let (chunk, block) = if cfg.prompt_batch.max(1) * cfg.n > max_rows {
+            (1, max_rows.min(cfg.n))
+        } else {
+            (cfg.prompt_batch.max(1), cfg.n)
+        };
+        Ok((encoded, chunk, block))
     }
 
     /// `cfg.max_rows`, or the rows whose KV cache (every layer's keys and values, f32, for

@@ -7,7 +7,7 @@ use infalign_rewards::Reward;
 use rand::Rng;
 
 use crate::best_of_n::check_n;
-use crate::candidates::{reward_of, scored_candidates};
+use crate::candidates::{STREAM_ROWS, for_each_candidate, reward_of, scored_candidates};
 use crate::generate::{GenerationConfig, Generator};
 use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Sample};
@@ -45,27 +45,53 @@ impl DecodingStrategy for SoftBestOfN<'_> {
     ) -> Result<Vec<Sample>, DecodingError> {
         check_n(self.n)?;
         crate::strategy::positive("tau", self.tau)?;
-        let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
-        Ok(groups
-            .into_iter()
-            .map(|g| {
-                let idx = g[0].prompt_index as u64;
-                let mut rng = seed.derive("soft-bon", idx).stream("soft-bon");
-                let logits: Vec<f64> = g.iter().map(|s| reward_of(s) / self.tau).collect();
-                let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
-                let u = rng.random::<f64>() * w.iter().sum::<f64>();
-                let mut acc = 0.0;
-                let mut pick = w.len() - 1;
-                for (i, wi) in w.iter().enumerate() {
-                    acc += wi;
-                    if u < acc {
-                        pick = i;
-                        break;
-                    }
+        // Which of a prompt's candidates to return, from their rewards: the draw of the
+        // prompt's own stream against the cumulative weights exp((r − max r)/τ).
+        let choose = |prompt: usize, rewards: &[f64]| -> usize {
+            let mut rng = seed.derive("soft-bon", prompt as u64).stream("soft-bon");
+            let logits: Vec<f64> = rewards.iter().map(|r| r / self.tau).collect();
+            let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+            let u = rng.random::<f64>() * w.iter().sum::<f64>();
+            let mut acc = 0.0;
+            for (i, wi) in w.iter().enumerate() {
+                acc += wi;
+                if u < acc {
+                    return i;
                 }
-                g.into_iter().nth(pick).expect("n >= 1")
-            })
-            .collect())
+            }
+            w.len() - 1
+        };
+        if prompts.len().saturating_mul(self.n) <= STREAM_ROWS {
+            let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
+            return Ok(groups
+                .into_iter()
+                .map(|g| {
+                    let rewards: Vec<f64> = g.iter().map(reward_of).collect();
+                    let pick = choose(g[0].prompt_index, &rewards);
+                    g.into_iter().nth(pick).expect("n >= 1")
+                })
+                .collect());
+        }
+        // Past STREAM_ROWS: the rewards first, then the chosen candidates decoded again (each
+        // sample has its own random stream, so the second pass decodes the same ones).
+        let mut rewards = vec![Vec::with_capacity(self.n); prompts.len()];
+        let (reward, n) = (self.reward, self.n);
+        for_each_candidate(generator, prompts, n, cfg, reward, seed, &mut |s, _| {
+            rewards[s.prompt_index].push(reward_of(&s));
+        })?;
+        let picks: Vec<usize> = rewards
+            .iter()
+            .enumerate()
+            .map(|(p, r)| choose(p, r))
+            .collect();
+        let mut chosen: Vec<Option<Sample>> = vec![None; prompts.len()];
+        for_each_candidate(generator, prompts, n, cfg, reward, seed, &mut |s, j| {
+            let p = s.prompt_index;
+            if j == picks[p] {
+                chosen[p] = Some(s);
+            }
+        })?;
+        Ok(chosen.into_iter().flatten().collect())
     }
 }

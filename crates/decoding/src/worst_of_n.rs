@@ -5,8 +5,7 @@
 use infalign_core::Seed;
 use infalign_rewards::Reward;
 
-use crate::best_of_n::{Pick, check_n, pick};
-use crate::candidates::scored_candidates;
+use crate::best_of_n::{Pick, select};
 use crate::generate::{GenerationConfig, Generator};
 use crate::strategy::DecodingStrategy;
 use crate::{DecodingError, Sample};
@@ -39,8 +38,14 @@ impl DecodingStrategy for WorstOfN<'_> {
         cfg: &GenerationConfig,
         seed: Seed,
     ) -> Result<Vec<Sample>, DecodingError> {
-        check_n(self.n)?;
-        let groups = scored_candidates(generator, prompts, self.n, cfg, self.reward, seed)?;
-        Ok(groups.into_iter().map(|g| pick(g, Pick::Worst)).collect())
+        select(
+            generator,
+            prompts,
+            self.n,
+            cfg,
+            self.reward,
+            seed,
+            Pick::Worst,
+        )
     }
 }

@@ -712,3 +712,82 @@ fn many_samples_decode_in_blocks_with_the_same_samples() {
     };
     assert_same_samples(&cd(&whole), &cd(&blocks));
 }
+
+#[test]
+fn selections_over_a_huge_n_stream_to_the_same_choice() {
+    // 2 prompts × 2,100 candidates: past the 4,096 rows above which best-, worst- and soft
+    // best-of-N decode and score block by block, keeping only their choice.
+    use rand::Rng;
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(8.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let g = Generator::new(&lm, device);
+    let cfg = GenerationConfig {
+        max_new_tokens: 2,
+        max_rows: 512,
+        ..Default::default()
+    };
+    let prompts: Vec<String> = vec!["the cat".into(), "a dog ran".into()];
+    let n = 2100;
+    let seed = Seed(5);
+    let all =
+        infalign_decoding::scored_candidates(&g, &prompts, n, &cfg, &HashReward, seed).unwrap();
+    let reward = |s: &infalign_decoding::Sample| s.reward.unwrap();
+    // The reference: the first of the highest (lowest) rewards among all candidates at once.
+    let first_of = |group: &[infalign_decoding::Sample], better: fn(f64, f64) -> bool| {
+        (0..group.len()).fold(0, |c, i| {
+            if better(reward(&group[i]), reward(&group[c])) {
+                i
+            } else {
+                c
+            }
+        })
+    };
+    let best = BestOfN {
+        n,
+        reward: &HashReward,
+    }
+    .decode(&g, &prompts, &cfg, seed)
+    .unwrap();
+    let worst = WorstOfN {
+        n,
+        reward: &HashReward,
+    }
+    .decode(&g, &prompts, &cfg, seed)
+    .unwrap();
+    let tau = 0.05;
+    let soft = infalign_decoding::SoftBestOfN {
+        n,
+        tau,
+        reward: &HashReward,
+    }
+    .decode(&g, &prompts, &cfg, seed)
+    .unwrap();
+    for (p, group) in all.iter().enumerate() {
+        assert_eq!(group.len(), n);
+        let top = &group[first_of(group, |a, b| a > b)];
+        let bottom = &group[first_of(group, |a, b| a < b)];
+        assert_eq!((&best[p].tokens, best[p].reward), (&top.tokens, top.reward));
+        assert_eq!(
+            (&worst[p].tokens, worst[p].reward),
+            (&bottom.tokens, bottom.reward)
+        );
+        // Soft best-of-N: the prompt's own draw against the cumulative weights.
+        let mut rng = seed.derive("soft-bon", p as u64).stream("soft-bon");
+        let m = group.iter().map(reward).fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = group
+            .iter()
+            .map(|s| ((reward(s) - m) / tau).exp())
+            .collect();
+        let u = rng.random::<f64>() * w.iter().sum::<f64>();
+        let mut acc = 0.0;
+        let pick = w
+            .iter()
+            .position(|wi| {
+                acc += wi;
+                u < acc
+            })
+            .unwrap_or(n - 1);
+        assert_eq!(soft[p].tokens, group[pick].tokens, "prompt {p}");
+    }
+}
