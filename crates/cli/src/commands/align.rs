@@ -78,7 +78,7 @@ pub struct Args {
 /// with another model, reward, shaping or data refuses instead of continuing a different run.
 fn run_identity(a: &Args) -> serde_json::Value {
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-    serde_json::json!({
+    let mut identity = serde_json::json!({
         "model": path(&a.model.model),
         "reward": a.reward,
         "reference": path(&a.reference),
@@ -92,7 +92,14 @@ fn run_identity(a: &Args) -> serde_json::Value {
         "t": a.transform.t,
         "bon_distill": a.bon_distill,
         "preferences": path(&a.preferences),
-    })
+    });
+    // The procedure an optimal transform is solved for (recorded only then, so that runs of
+    // other transforms keep their identity).
+    if a.transform.transform == Some(TransformName::Optimal) {
+        identity["procedure"] = a.transform.procedure.name().into();
+        identity["n"] = a.transform.n.into();
+    }
+    identity
 }
 
 pub fn run(a: Args, device: &Device) -> Result<()> {
@@ -132,7 +139,8 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         match a.bon_distill {
             // log(u) exactly: ε = 0, the calibration is smoothed away from 0.
             Some(_) => Some(Transform::log(0.0)),
-            None => Some(match a.transform.parametric()? {
+            // The optimal transform is solved at λ = 1/β (the KL weight it trains with).
+            None => Some(match a.transform.resolve(Some(1.0 / cfg.beta))? {
                 Some(t) => t,
                 None => Transform::from_name("identity", None)?,
             }),

@@ -3,43 +3,15 @@
 
 use anyhow::{Result, bail};
 use infalign_eval::analytic::{
-    Procedure, evaluate, lambda_for_kl, optimal_transform, optimal_transform_at_kl,
+    evaluate, lambda_for_kl, optimal_transform, optimal_transform_at_kl,
 };
 use infalign_rewards::Transform;
 
 use super::common::{TransformArgs, TransformName};
 
-/// The inference-time procedures by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProcedureName {
-    /// One sample: the standard win rate.
-    Standard,
-    /// Best-of-N.
-    Bon,
-    /// Worst-of-N.
-    Won,
-}
-
-impl ProcedureName {
-    /// The name as `--procedure` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Standard => "standard",
-            Self::Bon => "bon",
-            Self::Won => "won",
-        }
-    }
-}
-
 /// Flags of `infalign analytic`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The inference-time procedure the win rate is taken under.
-    #[arg(long, value_enum, default_value = "standard")]
-    pub procedure: ProcedureName,
-    /// N of best-of-N / worst-of-N.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub n: u32,
     /// The transform (default: identity); `optimal` is the converged fixed point at `--lambda`
     /// or at the λ that gives `--kl`.
     #[command(flatten)]
@@ -53,11 +25,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let procedure = match a.procedure {
-        ProcedureName::Standard => Procedure::Standard,
-        ProcedureName::Bon => Procedure::BestOfN { n: a.n },
-        ProcedureName::Won => Procedure::WorstOfN { n: a.n },
-    };
+    let procedure = a.transform.procedure();
     let (phi, lambda) = if a.transform.transform == Some(TransformName::Optimal) {
         // The optimal transform depends on λ: at a KL, λ is solved with it.
         match (a.lambda, a.kl) {
@@ -86,7 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let p = evaluate(&phi, lambda, procedure);
     let out = serde_json::json!({
-        "procedure": a.procedure.name(), "n": a.n,
+        "procedure": a.transform.procedure.name(), "n": a.transform.n,
         "transform": a.transform.transform.unwrap_or(TransformName::Identity).name(),
         "t": a.transform.t,
         "lambda": p.lambda, "kl": p.kl, "win_rate": p.win_rate,

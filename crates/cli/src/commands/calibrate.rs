@@ -24,13 +24,16 @@ pub struct Args {
     /// Also write `transformed` = Φ(Ĉ).
     #[command(flatten)]
     pub transform: TransformArgs,
+    /// λ = 1/β at which `--transform optimal` is solved.
+    #[arg(long, value_parser = super::common::finite_non_negative)]
+    pub lambda: Option<f64>,
     /// Output JSONL (the samples with `calibrated` and `transformed` added).
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let transform = a.transform.parametric()?;
+    let transform = a.transform.resolve(a.lambda)?;
     super::common::refuse_output_over_input(
         "--out",
         &a.out,

@@ -428,6 +428,28 @@ impl Drop for Progress {
     }
 }
 
+/// The inference-time procedures by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProcedureName {
+    /// One sample: the standard win rate.
+    Standard,
+    /// Best-of-N.
+    Bon,
+    /// Worst-of-N.
+    Won,
+}
+
+impl ProcedureName {
+    /// The name as `--procedure` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Bon => "bon",
+            Self::Won => "won",
+        }
+    }
+}
+
 /// The reward transforms Φ by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransformName {
@@ -473,17 +495,50 @@ pub struct TransformArgs {
     /// Parameter of the transform: t of exp and negexp, k of power, ε of log.
     #[arg(long, requires = "transform", allow_negative_numbers = true)]
     pub t: Option<f64>,
+    /// The inference-time procedure `--transform optimal` is optimal for (and, in `analytic`,
+    /// the one its win rate is taken under).
+    #[arg(long, value_enum, default_value = "standard")]
+    pub procedure: ProcedureName,
+    /// N of the procedure's best-of-N or worst-of-N.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub n: u32,
 }
 
 impl TransformArgs {
-    /// The transform named, if any; `optimal` is refused (it is the analytic tool's: a table
-    /// solved for one procedure and λ, not a training reward yet).
+    /// `--procedure` with `--n`.
+    pub fn procedure(&self) -> infalign_eval::analytic::Procedure {
+        use infalign_eval::analytic::Procedure;
+        match self.procedure {
+            ProcedureName::Standard => Procedure::Standard,
+            ProcedureName::Bon => Procedure::BestOfN { n: self.n },
+            ProcedureName::Won => Procedure::WorstOfN { n: self.n },
+        }
+    }
+
+    /// The transform named, if any. `optimal` is the analytic tool's fixed point for
+    /// `--procedure` at `lambda` = 1/β, tabulated on 201 points of [0, 1] (InfAlign's optimal
+    /// transform, so CTRL can train on it); it needs a λ.
+    pub fn resolve(&self, lambda: Option<f64>) -> Result<Option<infalign_rewards::Transform>> {
+        if self.transform != Some(TransformName::Optimal) {
+            return self.parametric();
+        }
+        let Some(lambda) = lambda else {
+            bail!(
+                "--transform optimal is solved at a λ = 1/β: `align` takes it from --beta, \
+                 `calibrate` from --lambda"
+            );
+        };
+        let table = infalign_eval::analytic::optimal_transform(self.procedure(), lambda, 201)?;
+        Ok(Some(infalign_rewards::Transform::Tabulated(table)))
+    }
+
+    /// The transform named, if any, when it is a closed form (every one but `optimal`).
     pub fn parametric(&self) -> Result<Option<infalign_rewards::Transform>> {
         match self.transform {
             None => Ok(None),
             Some(TransformName::Optimal) => bail!(
-                "--transform optimal is the analytic tool's (a table solved for one procedure \
-                 and λ): use identity, log, exp, negexp or power here"
+                "--transform optimal is a table solved for one procedure and λ: give the λ \
+                 (`align` takes 1/β; `calibrate --lambda`)"
             ),
             Some(name) => Ok(Some(infalign_rewards::Transform::from_name(
                 name.name(),

@@ -485,6 +485,82 @@ fn preferences_can_leave_out_ties_and_eval_measures_other_rewards() {
 }
 
 #[test]
+fn the_optimal_transform_calibrates_and_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (reference, calibrated) = (path("r.jsonl"), path("c.jsonl"));
+    // Reference rewards of every length from 1 to 6 tokens, `ln(T/6)`, for both prompts.
+    let rows: String = ["the", "a dog"]
+        .iter()
+        .flat_map(|p| {
+            (1..=6).map(move |t| {
+                let reward = (f64::from(t) / 6.0).ln();
+                let completion = vec!["cat"; t as usize].join(" ");
+                format!("{{\"prompt\": \"{p}\", \"completion\": \"{completion}\", \"reward\": {reward}}}\n")
+            })
+        })
+        .collect();
+    std::fs::write(&reference, rows).unwrap();
+    let optimal = ["--transform", "optimal", "--procedure", "bon", "--n", "4"];
+    let mut args = vec!["calibrate", "--reference", &reference];
+    args.extend(optimal);
+    let e = err(&[args.as_slice(), &["--out", &calibrated]].concat());
+    assert!(e.contains("--lambda"), "{e}");
+    ok(&[args.as_slice(), &["--lambda", "8", "--out", &calibrated]].concat());
+    // Φ of the optimal transform for best-of-4 rises with the calibrated reward.
+    let rows = infalign_core::io::read_jsonl::<serde_json::Value>(&calibrated).unwrap();
+    let mut pairs: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["calibrated"].as_f64().unwrap(),
+                r["transformed"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(
+        pairs.windows(2).all(|w| w[0].1 <= w[1].1 + 1e-12),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.first().unwrap().1 < pairs.last().unwrap().1,
+        "{pairs:?}"
+    );
+    // align solves it at λ = 1/β and trains on it.
+    let mut args = vec![
+        "align",
+        "--model",
+        m,
+        "--prompt",
+        "the",
+        "--prompt",
+        "a dog",
+        "--reward",
+        "length(t_max=6)",
+        "--reference",
+        &reference,
+        "--beta",
+        "0.25",
+        "--set",
+        "steps=2",
+        "--set",
+        "k=2",
+        "--set",
+        "prompts_per_step=2",
+        "--set",
+        "max_new_tokens=6",
+    ];
+    args.extend(optimal);
+    let out = path("aligned");
+    args.extend(["--out", out.as_str()]);
+    ok(&args);
+    assert!(dir.path().join("aligned/final/model.safetensors").exists());
+}
+
+#[test]
 fn decode_strategies_write_scored_samples() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
