@@ -406,7 +406,7 @@ fn one_name_per_concept_and_older_spellings_still_read() {
         let e = err(&args);
         assert!(e.contains(flag) && e.contains(choice), "{args:?}: {e}");
     }
-    // The optimal transform is the analytic tool's.
+    // The optimal transform needs the λ it is solved at.
     let e = err(&[
         "calibrate",
         "--reference",
@@ -416,7 +416,7 @@ fn one_name_per_concept_and_older_spellings_still_read() {
         "--out",
         "o",
     ]);
-    assert!(e.contains("analytic tool"), "{e}");
+    assert!(e.contains("--lambda"), "{e}");
 }
 
 #[test]
