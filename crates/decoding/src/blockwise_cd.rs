@@ -72,36 +72,6 @@ impl DecodingStrategy for BlockwiseCd<'_> {
         cfg: &GenerationConfig,
         seed: Seed,
     ) -> Result<Vec<Sample>, DecodingError> {
-        self.decode_blocks(generator, prompts, cfg, seed)
-    }
-}
-
-impl<'a> BlockwiseCd<'a> {
-    /// Blockwise CD with K candidates of M tokens.
-    pub fn new(
-        k: usize,
-        m: usize,
-        tie_break: TieBreak,
-        mix: ScorerMix<'a>,
-    ) -> Result<Self, DecodingError> {
-        crate::strategy::at_least_one("k", k)?;
-        crate::strategy::at_least_one("m", m)?;
-        Ok(Self {
-            k,
-            m,
-            tie_break,
-            mix,
-        })
-    }
-
-    /// One sample per prompt (`cfg.n` is ignored: K plays its role).
-    fn decode_blocks(
-        &mut self,
-        generator: &Generator<'_>,
-        prompts: &[String],
-        cfg: &GenerationConfig,
-        seed: Seed,
-    ) -> Result<Vec<Sample>, DecodingError> {
         cfg.sampling.validate()?;
         let ids = prompts
             .iter()
@@ -121,6 +91,25 @@ impl<'a> BlockwiseCd<'a> {
             )?);
         }
         Ok(out)
+    }
+}
+
+impl<'a> BlockwiseCd<'a> {
+    /// Blockwise CD with K candidates of M tokens.
+    pub fn new(
+        k: usize,
+        m: usize,
+        tie_break: TieBreak,
+        mix: ScorerMix<'a>,
+    ) -> Result<Self, DecodingError> {
+        crate::strategy::at_least_one("k", k)?;
+        crate::strategy::at_least_one("m", m)?;
+        Ok(Self {
+            k,
+            m,
+            tie_break,
+            mix,
+        })
     }
 
     fn decode_chunk(

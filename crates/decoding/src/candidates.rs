@@ -18,19 +18,25 @@ pub fn scored_candidates(
 ) -> Result<Vec<Vec<Sample>>, DecodingError> {
     let cfg = GenerationConfig { n, ..cfg.clone() };
     let mut samples = generator.generate(prompts, &cfg, seed)?;
-    let rewards = score_samples(&samples, reward)?;
-    for (s, r) in samples.iter_mut().zip(rewards) {
-        s.reward = Some(r);
-        // A candidate is served only through a selection, which is not a tokenwise
-        // distribution: its KL is bounded, not summed per step.
-        s.step_kl.clear();
-    }
+    score_candidates(&mut samples, reward)?;
     let mut groups = Vec::with_capacity(prompts.len());
     let mut it = samples.into_iter();
     for _ in 0..prompts.len() {
         groups.push(it.by_ref().take(n).collect());
     }
     Ok(groups)
+}
+
+/// Sets each candidate's reward, scored in one batch, and clears its per-step KLs: a candidate
+/// is served only through a selection, which is not a tokenwise distribution, so its KL is
+/// bounded, not summed per step.
+fn score_candidates(samples: &mut [Sample], reward: &dyn Reward) -> Result<(), DecodingError> {
+    let rewards = score_samples(samples, reward)?;
+    for (s, r) in samples.iter_mut().zip(rewards) {
+        s.reward = Some(r);
+        s.step_kl.clear();
+    }
+    Ok(())
 }
 
 /// Above this many candidate rows in all (prompts × N), selections decode and score their
@@ -54,10 +60,8 @@ pub(crate) fn for_each_candidate(
     let cfg = GenerationConfig { n, ..cfg.clone() };
     let mut seen = vec![0usize; prompts.len()];
     generator.generate_each(prompts, &cfg, seed, &mut |mut block| {
-        let rewards = score_samples(&block, reward)?;
-        for (mut s, r) in block.drain(..).zip(rewards) {
-            s.reward = Some(r);
-            s.step_kl.clear();
+        score_candidates(&mut block, reward)?;
+        for s in block {
             let j = seen[s.prompt_index];
             seen[s.prompt_index] += 1;
             f(s, j);
