@@ -73,6 +73,9 @@ fn plain(root: &Path, o: &Options) -> Result<()> {
     if let Some(out) = &out {
         pass.extend(["--out", out.as_str()]);
     }
+    if let Some(device) = &o.device {
+        pass.extend(["--device", device.as_str()]);
+    }
     match &o.infalign_bin {
         Some(bin) => {
             let mut args = vec!["bench"];
@@ -152,6 +155,9 @@ pub struct Options {
     /// Without --against: where `infalign bench` writes its JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Without --against: the device `infalign bench` runs on (`cpu`, `wgpu`, `cuda`, ...).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 impl Options {

@@ -77,16 +77,24 @@ pub(crate) fn select(
         return Ok(groups.into_iter().map(|g| pick(g, which)).collect());
     }
     let mut chosen: Vec<Option<Sample>> = vec![None; prompts.len()];
-    for_each_candidate(generator, prompts, n, cfg, reward, seed, &mut |s, _| {
-        let p = s.prompt_index;
-        let slot = &mut chosen[p];
-        let replace = slot
-            .as_ref()
-            .is_none_or(|c| better(which, reward_of(&s), reward_of(c)));
-        if replace {
-            *slot = Some(s);
-        }
-    })?;
+    for_each_candidate(
+        generator,
+        prompts,
+        n,
+        cfg,
+        Some(reward),
+        seed,
+        &mut |s, _| {
+            let p = s.prompt_index;
+            let slot = &mut chosen[p];
+            let replace = slot
+                .as_ref()
+                .is_none_or(|c| better(which, reward_of(&s), reward_of(c)));
+            if replace {
+                *slot = Some(s);
+            }
+        },
+    )?;
     Ok(chosen.into_iter().flatten().collect())
 }
 

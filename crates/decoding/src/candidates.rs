@@ -44,23 +44,25 @@ fn score_candidates(samples: &mut [Sample], reward: &dyn Reward) -> Result<(), D
 /// stays bounded whatever N is. Below it, all candidates are decoded and scored at once.
 pub(crate) const STREAM_ROWS: usize = 4096;
 
-/// Every candidate of every prompt (`n` per prompt), decoded and scored block by block and
-/// handed to `f` with its index among its prompt's candidates, prompt-major; nothing is kept.
-/// Each is scored (`reward` set) with its per-step KLs cleared, as [`scored_candidates`] leaves
-/// them.
+/// Every candidate of every prompt (`n` per prompt), decoded block by block and handed to `f`
+/// with its index among its prompt's candidates, prompt-major; nothing is kept. With a reward,
+/// each is scored (`reward` set) with its per-step KLs cleared, as [`scored_candidates`] leaves
+/// them; without, only decoded (a second pass whose rewards are known).
 pub(crate) fn for_each_candidate(
     generator: &Generator<'_>,
     prompts: &[String],
     n: usize,
     cfg: &GenerationConfig,
-    reward: &dyn Reward,
+    reward: Option<&dyn Reward>,
     seed: Seed,
     f: &mut dyn FnMut(Sample, usize),
 ) -> Result<(), DecodingError> {
     let cfg = GenerationConfig { n, ..cfg.clone() };
     let mut seen = vec![0usize; prompts.len()];
     generator.generate_each(prompts, &cfg, seed, &mut |mut block| {
-        score_candidates(&mut block, reward)?;
+        if let Some(reward) = reward {
+            score_candidates(&mut block, reward)?;
+        }
         for s in block {
             let j = seen[s.prompt_index];
             seen[s.prompt_index] += 1;

@@ -73,22 +73,33 @@ impl DecodingStrategy for SoftBestOfN<'_> {
                 })
                 .collect());
         }
-        // Past STREAM_ROWS: the rewards first, then the chosen candidates decoded again (each
-        // sample has its own random stream, so the second pass decodes the same ones).
+        // Past STREAM_ROWS: the rewards first, then the candidates decoded again without scoring
+        // (each sample has its own random stream, so the second pass decodes the same ones),
+        // keeping the chosen ones with the rewards of the first pass.
         let mut rewards = vec![Vec::with_capacity(self.n); prompts.len()];
         let (reward, n) = (self.reward, self.n);
-        for_each_candidate(generator, prompts, n, cfg, reward, seed, &mut |s, _| {
-            rewards[s.prompt_index].push(reward_of(&s));
-        })?;
+        for_each_candidate(
+            generator,
+            prompts,
+            n,
+            cfg,
+            Some(reward),
+            seed,
+            &mut |s, _| {
+                rewards[s.prompt_index].push(reward_of(&s));
+            },
+        )?;
         let picks: Vec<usize> = rewards
             .iter()
             .enumerate()
             .map(|(p, r)| choose(p, r))
             .collect();
         let mut chosen: Vec<Option<Sample>> = vec![None; prompts.len()];
-        for_each_candidate(generator, prompts, n, cfg, reward, seed, &mut |s, j| {
+        for_each_candidate(generator, prompts, n, cfg, None, seed, &mut |mut s, j| {
             let p = s.prompt_index;
             if j == picks[p] {
+                s.reward = Some(rewards[p][j]);
+                s.step_kl.clear();
                 chosen[p] = Some(s);
             }
         })?;

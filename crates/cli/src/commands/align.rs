@@ -98,6 +98,8 @@ fn run_identity(a: &Args) -> serde_json::Value {
     if a.transform.transform == Some(TransformName::Optimal) {
         identity["procedure"] = a.transform.procedure.name().into();
         identity["n"] = a.transform.n.into();
+        // The table is solved at λ = 1/β: another β is another reward.
+        identity["beta"] = a.beta.into();
     }
     identity
 }
@@ -140,7 +142,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             // log(u) exactly: ε = 0, the calibration is smoothed away from 0.
             Some(_) => Some(Transform::log(0.0)),
             // The optimal transform is solved at λ = 1/β (the KL weight it trains with).
-            None => Some(match a.transform.resolve(Some(1.0 / cfg.beta))? {
+            None => Some(match a.transform.resolve(Some(optimal_lambda(&cfg)?))? {
                 Some(t) => t,
                 None => Transform::from_name("identity", None)?,
             }),
@@ -188,6 +190,25 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     })?;
     drop(progress);
     finish(&a, &cfg, &lm, trained)
+}
+
+/// λ = 1/β of the optimal transform: one fixed β > 0 (an adaptive β would leave the table
+/// behind as it moves).
+fn optimal_lambda(cfg: &PolicyTrainConfig) -> Result<f64> {
+    if cfg.beta <= 0.0 || !cfg.beta.is_finite() {
+        bail!(
+            "--transform optimal is solved at λ = 1/β: give a β > 0 (got {})",
+            cfg.beta
+        );
+    }
+    if cfg.target_kl > 0.0 {
+        bail!(
+            "--transform optimal is solved at one λ = 1/β; an adaptive β (target_kl = {}) would \
+             leave it behind: use a fixed β",
+            cfg.target_kl
+        );
+    }
+    Ok(1.0 / cfg.beta)
 }
 
 /// Offline DPO or IPO on the pairs of `path`.

@@ -33,6 +33,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.lambda.is_some() && a.transform.transform != Some(super::common::TransformName::Optimal) {
+        anyhow::bail!("--lambda is the λ of --transform optimal: give that transform too");
+    }
     let transform = a.transform.resolve(a.lambda)?;
     super::common::refuse_output_over_input(
         "--out",

@@ -464,7 +464,8 @@ pub enum TransformName {
     NegExp,
     /// Φ(u) = u^k (`--t` is k).
     Power,
-    /// The optimal transform for the procedure at λ (the analytic tool only).
+    /// The optimal transform for `--procedure` at λ = 1/β, tabulated (analytic, align,
+    /// calibrate).
     Optimal,
 }
 

@@ -78,7 +78,7 @@ pub struct Args {
     pub input: DecodeInputs,
     /// Samples per prompt of sample, greedy and cd-token (default 1; an older spelling was
     /// `--n`, still read for these strategies).
-    #[arg(long)]
+    #[arg(long, value_parser = super::common::positive_count)]
     pub samples: Option<usize>,
     /// Output JSONL file.
     #[arg(long)]

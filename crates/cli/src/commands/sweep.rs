@@ -75,7 +75,8 @@ pub struct Args {
     /// measured against it; default: `--model`. With an aligned policy as `--model` (CD on top
     /// of a DPO policy, or best-of-N from it) the KL is the decoder's against the policy plus
     /// the policy's against this base, `E[log π(y) − log π_base(y)]` over the decoded samples:
-    /// the chain rule, so the sum is exact where the decoder's part is.
+    /// the chain rule, so the sum is unbiased where the decoder's part is exact (its policy share
+    /// is a k1 estimate with its standard error).
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Samples per prompt on each side (at least the largest inference-time N).

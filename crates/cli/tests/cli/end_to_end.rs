@@ -556,6 +556,10 @@ fn the_optimal_transform_calibrates_and_trains() {
     args.extend(optimal);
     let out = path("aligned");
     args.extend(["--out", out.as_str()]);
+    // One table at one λ: an adaptive β would leave it behind.
+    let adaptive = [args.as_slice(), &["--set", "target_kl=1"]].concat();
+    let e = err(&adaptive);
+    assert!(e.contains("adaptive β"), "{e}");
     ok(&args);
     assert!(dir.path().join("aligned/final/model.safetensors").exists());
 }
