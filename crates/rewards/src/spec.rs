@@ -1,5 +1,5 @@
-//! Rewards named on a command line or in a config: `length`, `length(t_max=64)`,
-//! `sentiment`, `rm(path=DIR)` (a trained reward model; `read=score|calibrated|log_probability`
+//! Rewards named on a command line or in a config: `length`, `length(t_max=64)`, `tokens`
+//! (the token count, linear), `sentiment`, `rm(path=DIR)` (a trained reward model; `read=score|calibrated|log_probability`
 //! overrides how its head is read, e.g. `log_probability` for CD's log-probability-of-classifier
 //! reward), and weighted sums such as `sentiment - 0.05*length(t_max=64)`.
 //!
@@ -9,7 +9,7 @@
 
 use burn::tensor::Device;
 
-use crate::rewards::{LengthReward, LexiconSentiment, WeightedSum};
+use crate::rewards::{LengthReward, LexiconSentiment, TokenCount, WeightedSum};
 use crate::{Reward, RewardError, RewardModel};
 
 fn bad(spec: &str, message: String) -> RewardError {
@@ -44,6 +44,7 @@ fn single(
             };
             Ok(Box::new(LengthReward::new(t_max)?))
         }
+        "tokens" => Ok(Box::new(TokenCount)),
         "sentiment" => Ok(Box::new(match arg("lexicon") {
             Some(path) => LexiconSentiment::from_file(path)?,
             None => LexiconSentiment::vader(),
@@ -59,7 +60,7 @@ fn single(
         }
         other => Err(bad(
             spec,
-            format!("unknown reward `{other}`: expected length, sentiment or rm"),
+            format!("unknown reward `{other}`: expected length, tokens, sentiment or rm"),
         )),
     }
 }

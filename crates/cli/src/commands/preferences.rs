@@ -49,20 +49,32 @@ pub fn run(a: Args) -> Result<()> {
         if let [x, y] = w
             && x.prompt() == y.prompt()
         {
-            let score = |c: &str| {
-                gold.score(&RewardInput {
+            // The gold reward reads the row's token ids where the samples have them (as
+            // `rollouts` writes them), else counts words.
+            let score = |row: &super::samples::SampleRow| -> Result<f64> {
+                let ids = row
+                    .tokens()
+                    .map_err(anyhow::Error::msg)?
+                    .unwrap_or_default();
+                let c = row.completion();
+                let tokens = if ids.is_empty() {
+                    c.split_whitespace().count()
+                } else {
+                    ids.len()
+                };
+                Ok(gold.score(&RewardInput {
                     prompt: x.prompt(),
                     completion: c,
-                    tokens: c.split_whitespace().count(),
-                    ids: &[],
-                })
+                    tokens,
+                    ids: &ids,
+                })?)
             };
             pairs.push((
                 x.prompt().to_string(),
                 x.completion().to_string(),
-                score(x.completion())?,
+                score(x)?,
                 y.completion().to_string(),
-                score(y.completion())?,
+                score(y)?,
             ));
         }
     }

@@ -425,8 +425,19 @@ fn preferences_can_leave_out_ties_and_eval_measures_other_rewards() {
     let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    rollouts(m, &["the", "a dog", "on the"], 8, 6, &path("r.jsonl"));
-    // Gold: the completion's word count (a reward with many ties on short completions).
+    // Samples without token ids: the gold reward counts words. Lengths 1 to 3 words, so that
+    // some consecutive pairs tie.
+    let rows: String = ["the", "a dog", "on the"]
+        .iter()
+        .flat_map(|p| {
+            (0..8).map(move |i| {
+                let words = vec!["cat"; 1 + (i * i + p.len()) % 3].join(" ");
+                format!("{{\"prompt\": \"{p}\", \"completion\": \"{words}\", \"reward\": 0}}\n")
+            })
+        })
+        .collect();
+    std::fs::write(path("r.jsonl"), rows).unwrap();
+    // Gold: the completion's word count.
     let prefs = |extra: &[&str], out: &str| {
         let samples = path("r.jsonl");
         let mut args = vec![
@@ -453,6 +464,7 @@ fn preferences_can_leave_out_ties_and_eval_measures_other_rewards() {
         .filter(|p| words(p, "chosen") != words(p, "rejected"))
         .count();
     assert_eq!(kept.len(), untied);
+    assert!(untied < all.len(), "some pairs tie");
     // Noiseless labels: the longer completion is always the chosen one.
     assert!(
         kept.iter()
