@@ -38,14 +38,18 @@ pub struct TokenBatch {
 }
 
 impl TokenBatch {
-    /// The same tokens, mask and padding on `device` (for instance the plain device of frozen
-    /// networks, from an autodiff one).
-    pub fn to_device(&self, device: &Device) -> Self {
-        Self {
-            tokens: self.tokens.clone().to_device(device),
-            mask: self.mask.clone().to_device(device),
+    /// The same tokens, mask and padding on `device`, through the host: a plain tensor on a
+    /// plain device even from an autodiff one (burn's `to_device` keeps a tensor's autodiff
+    /// tracking, so a frozen network would run on the autodiff backend, off the fast kernels).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let [b, l] = self.tokens.dims();
+        let ids = crate::weights::read_i64(self.tokens.clone())?;
+        let mask = crate::weights::read_f32(self.mask.clone())?;
+        Ok(Self {
+            tokens: Tensor::from_data(TensorData::new(ids, [b, l]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [b, l]), device),
             pad_left: self.pad_left.clone(),
-        }
+        })
     }
 
     /// From per-position scores of every vocabulary entry, `[B, L, V]`, the score of each

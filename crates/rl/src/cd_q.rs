@@ -59,7 +59,7 @@ fn loss(
     let [bs, l, v] = out.dims();
     let pred = b.batch.at_next_tokens(out.clone());
     // π_ref at every position, from the frozen base model on the plain device.
-    let plain = b.batch.to_device(device);
+    let plain = b.batch.to_device(device)?;
     let logp = read_f32(base.forward(&plain, &mut base.new_cache()))?;
     let p_ref = probs_on(logp, [bs, l, v], &out.device());
     let boot_src = match target {

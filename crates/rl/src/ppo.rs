@@ -181,7 +181,7 @@ fn update(
         let (lo, hi) = shard_rows(rows, shards, s);
         read_f32(values(
             &frozen,
-            &table.rows(lo, hi).batch.to_device(&plain_device),
+            &table.rows(lo, hi).batch.to_device(&plain_device)?,
         ))
     })?
     .concat();
