@@ -60,7 +60,7 @@ enum Task {
     },
     /// The main job on the shipped model: runs/demo/report.{md,html}.
     Demo(demo::Args),
-    /// An experiment preset of xtask/presets into runs/<preset>/.
+    /// An experiment preset of `xtask/presets` into `runs/<preset>/`.
     Exp(exp::Options),
     /// Point burn's CUDA build at Debian's LLVM 22 (no download).
     CudaLlvm,
