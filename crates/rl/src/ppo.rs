@@ -179,10 +179,17 @@ fn update(
     let plain_device = table.batch.tokens.device().without_autodiff();
     let old_v = infalign_core::run_on_workers(&plain_device, shards, |s| {
         let (lo, hi) = shard_rows(rows, shards, s);
-        read_f32(values(
-            &frozen,
-            &table.rows(lo, hi).batch.to_device(&plain_device)?,
-        ))
+        // burn's `to_device` keeps autodiff tracking, so this pass runs on the autodiff
+        // backend. Through the host (`TokenBatch::to_device`) it would reach the fast kernels,
+        // but a value network loaded from a checkpoint then rounds differently from the one
+        // trained in memory and `--resume` is no longer exact (ARCHITECTURE.md, open problems).
+        let part = table.rows(lo, hi).batch;
+        let tracked = infalign_models::TokenBatch {
+            tokens: part.tokens.to_device(&plain_device),
+            mask: part.mask.to_device(&plain_device),
+            pad_left: part.pad_left,
+        };
+        read_f32(values(&frozen, &tracked))
     })?
     .concat();
     let (mut adv, ret) = gae(table, &rewards, &old_v, p.gamma, p.gae_lambda);
