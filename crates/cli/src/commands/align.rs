@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use infalign_core::Device;
-use infalign_models::{CausalLm, LoadedModel, save_model_dir};
+use infalign_models::{CausalLm, LoadedModel, RunFiles, StepReport, save_model_dir};
 use infalign_rewards::Transform;
 use infalign_rewards::bradley_terry::Preference;
 use infalign_rl::{
-    Algo, OfflinePair, PolicyTrainConfig, RewardPipeline, train_policy, train_policy_on_pairs,
+    Algo, OfflinePair, PolicyTrainConfig, RewardPipeline, RlError, train_policy,
+    train_policy_on_pairs,
 };
 
 use super::common::{PromptArgs, TrainRunArgs, TransformArgs, TransformName};
@@ -167,29 +168,16 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         Some(cal)
     };
     let lm = a.model.load(device)?;
-    let ad = device.clone().autodiff();
-    let policy =
-        LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
     let pipeline = RewardPipeline {
         reward: reward.as_ref(),
         calibrator: calibrator.as_ref(),
         transform,
     };
-    let progress = super::common::Progress::new(3);
-    let trained = a.run.with_settings_recorded(&run_identity(&a), || {
-        Ok(train_policy(
-            &cfg,
-            &lm,
-            policy.model,
-            &prompts,
-            &pipeline,
-            device,
-            Some(a.run.files(&lm.tokenizer)),
-            |r| progress.on_step(r),
-        )?)
-    })?;
-    drop(progress);
-    finish(&a, &cfg, &lm, trained)
+    train_and_finish(&a, &cfg, &lm, device, |policy, files, on_step| {
+        train_policy(
+            &cfg, &lm, policy, &prompts, &pipeline, device, files, on_step,
+        )
+    })
 }
 
 /// λ = 1/β of the optimal transform: one fixed β > 0 (an adaptive β would leave the table
@@ -237,23 +225,38 @@ fn offline(a: &Args, path: &Path, cfg: &PolicyTrainConfig, device: &Device) -> R
             rejected,
         });
     }
+    train_and_finish(a, cfg, &lm, device, |policy, files, on_step| {
+        train_policy_on_pairs(cfg, &lm, policy, &pairs, device, files, on_step)
+    })
+}
+
+/// The one training scaffold of online and offline runs: the base model loaded as the policy
+/// on the autodiff device, `train` run under the run's settings record with a progress bar,
+/// and the result written ([`finish`]).
+fn train_and_finish(
+    a: &Args,
+    cfg: &PolicyTrainConfig,
+    lm: &LoadedModel,
+    device: &Device,
+    train: impl FnOnce(
+        CausalLm,
+        Option<RunFiles<'_>>,
+        &mut dyn FnMut(&StepReport<'_>),
+    ) -> Result<CausalLm, RlError>,
+) -> Result<()> {
     let ad = device.clone().autodiff();
     let policy =
         LoadedModel::load(&lm.dir, &ad).with_context(|| format!("loading {}", lm.dir.display()))?;
     let progress = super::common::Progress::new(3);
     let trained = a.run.with_settings_recorded(&run_identity(a), || {
-        Ok(train_policy_on_pairs(
-            cfg,
-            &lm,
+        Ok(train(
             policy.model,
-            &pairs,
-            device,
             Some(a.run.files(&lm.tokenizer)),
-            |r| progress.on_step(r),
+            &mut |r| progress.on_step(r),
         )?)
     })?;
     drop(progress);
-    finish(a, cfg, &lm, trained)
+    finish(a, cfg, lm, trained)
 }
 
 /// Writes the final model (whole or absent) and the config, or stops after `halt_after`.
