@@ -32,6 +32,6 @@ pub use error::EvalError;
 pub use paired::{
     Difference, Measure, Outcomes, Path, PathPoint, common_kl_range, gain_fraction,
     paired_difference, paired_difference_at_kl, paired_mean_reward_difference,
-    paired_win_rate_difference,
+    paired_win_rate_difference, replicated_difference,
 };
 pub use win_rate::{Interval, Ties, inference_win_rate, per_prompt_win_rates, win_rate};

@@ -16,6 +16,18 @@
 //!   the 25th and 975th sorted), applied to `d`: each replicate resamples the same prompt indices
 //!   for both methods. Its variance is `Var a + Var b − 2 Cov(a, b)`, so methods that find the
 //!   same prompts easy or hard get a narrower interval than two marginal ones suggest.
+//! - **Replicated difference** ([`replicated_difference`]): methods trained with several seeds
+//!   (replicates), replicate r of A paired with replicate r of B on the same prompts,
+//!   `d_{r,i} = a_{r,i} − b_{r,i}`. The seeds are a second source of variation: a bootstrap over
+//!   prompts alone of the seeds' prompt-by-prompt mean takes the R trained models as fixed, so
+//!   its interval says nothing about how another seed would do and is too narrow when seeds
+//!   disagree. The estimate is the mean of `d` over all seeds and prompts; the interval is a
+//!   two-level (seeds × prompts) percentile bootstrap with the same replicates and percentiles:
+//!   each replicate draws R seed indices with replacement and, independently, P prompt indices
+//!   with replacement (the same prompts for every seed, since all were evaluated on them, drawn
+//!   as in the bootstrap over prompts), and takes the mean of `d` over the drawn (seed, prompt)
+//!   cells. With one seed every seed draw is that seed, so the result is [`paired_difference`]'s,
+//!   bit for bit.
 //! - **Matched KL** ([`Path`]): a method's snapshots along a KL path, each with its outcomes on
 //!   the same prompts. At a target KL between snapshots `k_j ≤ k < k_{j+1}` the outcomes are
 //!   interpolated linearly per prompt, `(1 − t) o_j + t o_{j+1}` with
@@ -62,10 +74,13 @@
 //! # Ok::<(), infalign_eval::EvalError>(())
 //! ```
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::analytic::Procedure;
-use crate::win_rate::{bootstrap, per_prompt_win_rates};
+use crate::win_rate::{
+    REPLICATES, bootstrap, per_prompt_win_rates, percentile_interval, resampled_prompts,
+};
 use crate::{EvalError, Interval, Ties};
 
 /// What a vector of per-prompt outcomes measures.
@@ -212,7 +227,8 @@ impl Outcomes {
     }
 }
 
-/// A paired difference `a − b` over prompts with its 95% percentile-bootstrap interval.
+/// A paired difference `a − b` over prompts with its 95% percentile-bootstrap interval (over
+/// prompts, or over seeds and prompts for [`replicated_difference`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Difference {
     /// The mean over prompts of the per-prompt difference.
@@ -257,6 +273,74 @@ fn difference(a: &[f64], b: &[f64], seed: u64) -> Difference {
 pub fn paired_difference(a: &Outcomes, b: &Outcomes, seed: u64) -> Result<Difference, EvalError> {
     a.check_pair(b)?;
     Ok(difference(&a.values, &b.values, seed))
+}
+
+/// The paired difference `A − B` of two methods trained with several seeds: `a[r]` and `b[r]`
+/// are replicate r of each, on the same prompts. The estimate is the mean over all seeds and
+/// prompts of the per-prompt difference, the interval the two-level (seeds × prompts) bootstrap
+/// of the module documentation; with one replicate, [`paired_difference`] exactly. Every
+/// replicate measures the same thing on the same number of prompts, and `a` and `b` have as
+/// many replicates (at least one), else an error naming the field.
+pub fn replicated_difference(
+    a: &[Outcomes],
+    b: &[Outcomes],
+    seed: u64,
+) -> Result<Difference, EvalError> {
+    let Some(first) = a.first() else {
+        return Err(EvalError::Invalid {
+            field: "replicates",
+            message: "no replicates to compare".into(),
+        });
+    };
+    if a.len() != b.len() {
+        return Err(EvalError::Invalid {
+            field: "replicates",
+            message: format!(
+                "{} and {} replicates: replicate r of A is compared with replicate r of B",
+                a.len(),
+                b.len()
+            ),
+        });
+    }
+    for o in a.iter().chain(b) {
+        first.check_pair(o)?;
+    }
+    let d: Vec<Vec<f64>> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a.values.iter().zip(&b.values).map(|(x, y)| x - y).collect())
+        .collect();
+    let (r, p) = (d.len(), first.prompts());
+    // Each seed's mean over (resampled) prompts is summed as the bootstrap over prompts sums,
+    // then the (drawn) seeds' means are averaged: one seed reproduces that bootstrap exactly.
+    // All seeds have P prompts, so the mean of their means is the mean over all cells.
+    let mean = d
+        .iter()
+        .map(|row| row.iter().sum::<f64>() / p as f64)
+        .sum::<f64>()
+        / r as f64;
+    // The seed draws have their own stream, so the prompt draws are the bootstrap's.
+    let mut seeds = infalign_core::Seed(seed).stream("bootstrap-seeds");
+    let mut means = Vec::with_capacity(REPLICATES);
+    let mut per_seed = vec![0.0; r];
+    for idx in resampled_prompts(p, seed) {
+        for (m, row) in per_seed.iter_mut().zip(&d) {
+            *m = idx.iter().map(|&i| row[i]).sum::<f64>() / p as f64;
+        }
+        means.push(
+            (0..r)
+                .map(|_| per_seed[seeds.random_range(0..r)])
+                .sum::<f64>()
+                / r as f64,
+        );
+    }
+    let i = percentile_interval(mean, means);
+    Ok(Difference {
+        mean: i.mean,
+        low: i.low,
+        high: i.high,
+        prompts: p,
+    })
 }
 
 /// The paired difference of the win rates of methods `a` and `b`, each against the same `base`
@@ -606,6 +690,17 @@ mod tests {
             field(paired_difference(&o(s, Ties::Half), &m, 0).unwrap_err()),
             "measure"
         );
+        // Replicates: none, unequal numbers, or one replicate unlike the others.
+        let w = o(s, Ties::Half);
+        let e = replicated_difference(&[], &[], 0);
+        assert_eq!(field(e.unwrap_err()), "replicates");
+        let e = replicated_difference(&[w.clone(), w.clone()], std::slice::from_ref(&w), 0);
+        assert_eq!(field(e.unwrap_err()), "replicates");
+        let e = replicated_difference(&[w.clone(), w.clone()], &[w.clone(), m.clone()], 0);
+        assert_eq!(field(e.unwrap_err()), "measure");
+        let short = Outcomes::mean_rewards(&a[..3]).unwrap();
+        let e = replicated_difference(&[m.clone(), short], &[m.clone(), m.clone()], 0);
+        assert_eq!(field(e.unwrap_err()), "prompts");
         // Paths: empty, unsorted, repeated or non-finite KL, mismatched prompts.
         let pt = |kl, n| PathPoint {
             kl,
@@ -804,6 +899,147 @@ mod tests {
                 .to_string()
                 .contains("[3, 4]")
         );
+    }
+
+    /// Mean-reward outcomes.
+    fn rewards(values: Vec<f64>) -> Outcomes {
+        Outcomes::new(Measure::MeanReward, values).unwrap()
+    }
+
+    #[test]
+    fn one_replicate_is_the_paired_difference() {
+        let base = pools(60, 8, 2, 1.0);
+        let (pa, pb) = (pools(60, 8, 1, 0.5), pools(60, 8, 3, 0.8));
+        for seed in [0, 5, 11] {
+            let a = Outcomes::win_rates(&pa, &base, BON4, Ties::Half, 8, seed).unwrap();
+            let b = Outcomes::win_rates(&pb, &base, BON4, Ties::Half, 8, seed).unwrap();
+            let d = paired_difference(&a, &b, seed).unwrap();
+            assert!(d.low < d.mean && d.mean < d.high, "{d:?}");
+            let one = replicated_difference(std::slice::from_ref(&a), &[b], seed).unwrap();
+            assert_eq!(one, d, "seed {seed}");
+            let (a, b) = (
+                Outcomes::mean_rewards(&pa).unwrap(),
+                Outcomes::mean_rewards(&pb).unwrap(),
+            );
+            let d = paired_difference(&a, &b, seed).unwrap();
+            let one = replicated_difference(std::slice::from_ref(&a), &[b], seed).unwrap();
+            assert_eq!(one, d, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn identical_replicated_methods_differ_by_exactly_zero() {
+        let base = pools(30, 8, 2, 1.0);
+        let a: Vec<Outcomes> = (0..4)
+            .map(|r| {
+                let policy = pools(30, 8, 40 + r, 0.3 + 0.2 * r as f64);
+                Outcomes::win_rates(&policy, &base, BON4, Ties::Half, 8, 1).unwrap()
+            })
+            .collect();
+        let d = replicated_difference(&a, &a, 9).unwrap();
+        let zero = Difference {
+            mean: 0.0,
+            low: 0.0,
+            high: 0.0,
+            prompts: 30,
+        };
+        assert_eq!(d, zero);
+        assert!(!d.excludes_zero());
+    }
+
+    /// Replicate r of A exceeds replicate r of B by `shift[r]` on every prompt; B varies over
+    /// prompts and seeds (dyadic values, so that every difference is exact).
+    fn shifted(shift: &[f64]) -> (Vec<Outcomes>, Vec<Outcomes>) {
+        let b =
+            |r: usize| -> Vec<f64> { (0..10).map(|i| (i % 5) as f64 * 0.25 + r as f64).collect() };
+        shift
+            .iter()
+            .enumerate()
+            .map(|(r, c)| {
+                let a = b(r).iter().map(|x| x + c).collect();
+                (rewards(a), rewards(b(r)))
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn seeds_without_prompt_variation_give_the_closed_form() {
+        // Differences −1 and +3, the same on every prompt: a bootstrap replicate's mean is that
+        // of its two seed draws, −1 (probability ¼), 1 (½) or 3 (¼), whatever the prompt draw.
+        // Of 1000 replicates the 25th sorted is −1 and the 975th is 3 unless fewer than 25 (26)
+        // are −1 (3): probability below 1e-60.
+        let (a, b) = shifted(&[-1.0, 3.0]);
+        for seed in [0, 1, 7] {
+            let d = replicated_difference(&a, &b, seed).unwrap();
+            assert_eq!((d.mean, d.low, d.high, d.prompts), (1.0, -1.0, 3.0, 10));
+            assert!(!d.excludes_zero());
+        }
+        // The bootstrap over prompts alone of the seeds' mean (+1 on every prompt) had zero width.
+        let mean = |o: &[Outcomes]| {
+            rewards(
+                (0..10)
+                    .map(|i| o.iter().map(|x| x.values()[i]).sum::<f64>() / o.len() as f64)
+                    .collect(),
+            )
+        };
+        let old = paired_difference(&mean(&a), &mean(&b), 0).unwrap();
+        assert_eq!((old.mean, old.low, old.high), (1.0, 1.0, 1.0));
+        // Differences 2 and 4: the interval [2, 4] excludes zero.
+        let (a, b) = shifted(&[2.0, 4.0]);
+        let d = replicated_difference(&a, &b, 0).unwrap();
+        assert_eq!((d.mean, d.low, d.high), (3.0, 2.0, 4.0));
+        assert!(d.excludes_zero());
+    }
+
+    #[test]
+    fn seed_variance_widens_the_interval() {
+        // The same 160 per-prompt differences v_k = k/160 − 0.3 dealt to 4 seeds × 40 prompts
+        // two ways. In blocks (seed r gets v_{40r..40r+40}) the seeds disagree: their means
+        // are −0.18, 0.07, 0.32 and 0.57. Interleaved (seed r gets v_{4i+r} on prompt i) they
+        // agree to within 3/160, and the prompts differ instead.
+        let v = |k: usize| k as f64 / 160.0 - 0.3;
+        let deal = |at: fn(usize, usize) -> usize| -> (Vec<Outcomes>, Vec<Outcomes>) {
+            (0..4)
+                .map(|r| {
+                    (
+                        rewards((0..40).map(|i| v(at(r, i))).collect()),
+                        rewards(vec![0.0; 40]),
+                    )
+                })
+                .unzip()
+        };
+        // The old interval: the bootstrap over prompts of the seeds' prompt-by-prompt mean.
+        let prompt_only = |a: &[Outcomes]| {
+            let m = (0..40)
+                .map(|i| a.iter().map(|x| x.values()[i]).sum::<f64>() / 4.0)
+                .collect();
+            paired_difference(&rewards(m), &rewards(vec![0.0; 40]), 3).unwrap()
+        };
+        let w = |d: Difference| d.high - d.low;
+        let (blocks, zeros) = deal(|r, i| 40 * r + i);
+        let (two, old) = (
+            replicated_difference(&blocks, &zeros, 3).unwrap(),
+            prompt_only(&blocks),
+        );
+        assert!((two.mean - old.mean).abs() < 1e-12 && (two.mean - 0.1969).abs() < 1e-3);
+        // The old interval excludes zero; with the seeds' spread it is several times wider and
+        // does not.
+        assert!(
+            old.excludes_zero() && !two.excludes_zero(),
+            "{two:?} {old:?}"
+        );
+        assert!(w(two) > 4.0 * w(old), "{two:?} {old:?}");
+        // Interleaved, the seeds add almost nothing: the two intervals are alike.
+        let (mixed, zeros) = deal(|r, i| 4 * i + r);
+        let (two_m, old_m) = (
+            replicated_difference(&mixed, &zeros, 3).unwrap(),
+            prompt_only(&mixed),
+        );
+        assert!(
+            w(two_m) < 1.25 * w(old_m) && w(two_m) > 0.8 * w(old_m),
+            "{two_m:?} {old_m:?}"
+        );
+        assert!(w(two) > 2.0 * w(two_m), "{two:?} {two_m:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::curve::{CurvePoint, KlKind, procedure_name, procedures, reward_plot, win_rate_plot};
+use crate::paired::{Difference, Measure, Outcomes, paired_difference, replicated_difference};
 use crate::plot::LinePlot;
 use crate::{EvalError, Ties};
 
@@ -529,7 +530,7 @@ fn point_name(p: &CurvePoint) -> String {
     }
 }
 
-fn verdict(d: &crate::paired::Difference) -> &'static str {
+fn verdict(d: &Difference) -> &'static str {
     if d.excludes_zero() {
         if d.mean > 0.0 { "A better" } else { "B better" }
     } else {
@@ -537,12 +538,7 @@ fn verdict(d: &crate::paired::Difference) -> &'static str {
     }
 }
 
-fn difference_row(
-    label: &str,
-    measure: &str,
-    d: &crate::paired::Difference,
-    verdict: &str,
-) -> Vec<String> {
+fn difference_row(label: &str, measure: &str, d: &Difference, verdict: &str) -> Vec<String> {
     vec![
         label.to_string(),
         measure.to_string(),
@@ -552,14 +548,12 @@ fn difference_row(
     ]
 }
 
-/// The paired differences `A − B` of two points evaluated on the same prompts, by measure: mean
-/// reward and the win rate under every procedure both measured, each with a bootstrap interval
-/// over prompts that resamples the same prompts for both ([`crate::paired`]).
-fn paired_differences(
+/// The per-prompt outcomes of two points evaluated on the same prompts, by measure: mean reward
+/// and the win rate under every procedure both measured, A's then B's.
+fn paired_outcomes(
     a: &CurvePoint,
     b: &CurvePoint,
-    seed: u64,
-) -> Result<Vec<(String, crate::paired::Difference)>, EvalError> {
+) -> Result<Vec<(String, Outcomes, Outcomes)>, EvalError> {
     let (Some(pa), Some(pb)) = (&a.per_prompt, &b.per_prompt) else {
         return Err(EvalError::Invalid {
             field: "compare",
@@ -578,14 +572,10 @@ fn paired_differences(
             ),
         });
     }
-    use crate::paired::{Measure, Outcomes, paired_difference};
     let mut out = vec![(
         "mean reward".to_string(),
-        paired_difference(
-            &Outcomes::new(Measure::MeanReward, pa.mean_reward.clone())?,
-            &Outcomes::new(Measure::MeanReward, pb.mean_reward.clone())?,
-            seed,
-        )?,
+        Outcomes::new(Measure::MeanReward, pa.mean_reward.clone())?,
+        Outcomes::new(Measure::MeanReward, pb.mean_reward.clone())?,
     )];
     for oa in &pa.win_rates {
         let Some(vb) = b.outcomes_under(oa.procedure) else {
@@ -595,14 +585,27 @@ fn paired_differences(
             procedure: oa.procedure,
             ties: a.ties,
         };
-        let d = paired_difference(
-            &Outcomes::new(measure, oa.per_prompt.clone())?,
-            &Outcomes::new(measure, vb.to_vec())?,
-            seed,
-        )?;
-        out.push((format!("{} win rate", procedure_name(oa.procedure)), d));
+        out.push((
+            format!("{} win rate", procedure_name(oa.procedure)),
+            Outcomes::new(measure, oa.per_prompt.clone())?,
+            Outcomes::new(measure, vb.to_vec())?,
+        ));
     }
     Ok(out)
+}
+
+/// The paired differences `A − B` of two points evaluated on the same prompts, by measure
+/// ([`paired_outcomes`]), each with a bootstrap interval over prompts that resamples the same
+/// prompts for both ([`crate::paired`]).
+fn paired_differences(
+    a: &CurvePoint,
+    b: &CurvePoint,
+    seed: u64,
+) -> Result<Vec<(String, Difference)>, EvalError> {
+    paired_outcomes(a, b)?
+        .into_iter()
+        .map(|(m, oa, ob)| Ok((m, paired_difference(&oa, &ob, seed)?)))
+        .collect()
 }
 
 /// The rows of the paired comparison `A − B`, with a verdict each: the mean reward and the win
@@ -621,10 +624,12 @@ pub fn paired_rows(
 }
 
 /// The rows of a comparison between two methods trained several times: one comparison per
-/// replicate (replicate r of A against replicate r of B, on the same prompts), then their means
-/// compared prompt by prompt ([`average_replicates`]). The mean's verdict names a winner only
-/// when its interval excludes zero *and* every replicate's difference has the same sign: the
-/// interval is over prompts, and the replicates show how much training seeds move the result.
+/// replicate (replicate r of A against replicate r of B, on the same prompts), then the
+/// comparison of their means ([`average_replicates`] names the two sides). The mean's
+/// difference is over all replicates and prompts, and its interval the two-level (seeds ×
+/// prompts) bootstrap of [`replicated_difference`], which carries the seed-to-seed variation as
+/// well as the prompts'; its verdict is that interval's. A measure some replicate lacks is left
+/// out of the mean. One pair gives [`paired_rows`] alone.
 pub fn replicated_rows(
     pairs: &[(CurvePoint, CurvePoint)],
     seed: u64,
@@ -636,26 +641,25 @@ pub fn replicated_rows(
     let mut each = Vec::new();
     for (a, b) in pairs {
         rows.extend(paired_rows(a, b, seed)?);
-        each.push(paired_differences(a, b, seed)?);
+        each.push(paired_outcomes(a, b)?);
     }
     let a = average_replicates(&pairs.iter().map(|p| &p.0).collect::<Vec<_>>())?;
     let b = average_replicates(&pairs.iter().map(|p| &p.1).collect::<Vec<_>>())?;
     let label = format!("{} − {}", point_name(&a), point_name(&b));
-    for (measure, d) in paired_differences(&a, &b, seed)? {
-        let signs: Vec<f64> = each
+    for (measure, _, _) in each.first().into_iter().flatten() {
+        let (oa, ob): (Vec<Outcomes>, Vec<Outcomes>) = each
             .iter()
-            .filter_map(|e| e.iter().find(|(m, _)| *m == measure).map(|(_, x)| x.mean))
-            .collect();
-        let agree = signs.len() == pairs.len()
-            && signs
-                .iter()
-                .all(|x| *x != 0.0 && x.signum() == d.mean.signum());
-        let v = match (d.excludes_zero(), agree) {
-            (true, true) => verdict(&d),
-            (true, false) => "inconclusive (replicates disagree in sign)",
-            _ => "inconclusive",
-        };
-        rows.push(difference_row(&label, &measure, &d, v));
+            .filter_map(|e| {
+                e.iter()
+                    .find(|(m, _, _)| m == measure)
+                    .map(|(_, oa, ob)| (oa.clone(), ob.clone()))
+            })
+            .unzip();
+        if oa.len() < pairs.len() {
+            continue;
+        }
+        let d = replicated_difference(&oa, &ob, seed)?;
+        rows.push(difference_row(&label, measure, &d, verdict(&d)));
     }
     Ok(rows)
 }
@@ -667,7 +671,7 @@ pub fn replicated_rows(
 /// lies outside it.
 pub fn interpolate_at_kl(a: &[&CurvePoint], b: &CurvePoint) -> Result<CurvePoint, EvalError> {
     use crate::curve::{Kl, PerPrompt, ProcedureOutcomes};
-    use crate::paired::{Measure, Outcomes, Path as KlPath, PathPoint};
+    use crate::paired::{Path as KlPath, PathPoint};
     let mut path: Vec<&CurvePoint> = a.to_vec();
     path.sort_by(|x, y| x.kl.value.total_cmp(&y.kl.value));
     let (Some(&first), true) = (path.first(), path.len() >= 2) else {
@@ -801,7 +805,9 @@ pub fn add_paired_at_kl(
             "A's points (one training run per β) interpolated at B's KL, prompt by prompt, \
              linearly between the two that bracket it, then differenced with B on the same \
              prompts with a 95% percentile-bootstrap interval over prompts. The interpolation \
-             assumes the outcome changes linearly in KL between the two points.",
+             assumes the outcome changes linearly in KL between the two points. Methods trained \
+             with several seeds are compared seed by seed, then by their mean, whose interval \
+             resamples the seeds as well as the prompts.",
             rows,
         );
     }
@@ -874,7 +880,9 @@ pub fn add_paired(
         "Paired comparisons",
         "A − B on the same prompts: the difference of the two methods' per-prompt outcomes, with \
          a 95% percentile-bootstrap interval over prompts that resamples the same prompts for \
-         both. \"inconclusive\" when the interval contains 0. Each side's KL is in its name: a \
+         both. Methods trained with several seeds are compared seed by seed (replicate r of A \
+         against replicate r of B), then by their mean, whose interval resamples the seeds as \
+         well as the prompts. \"inconclusive\" when the interval contains 0. Each side's KL is in its name: a \
          difference between points at different KL mixes how well each method spends its KL \
          with how far it moved, so compare at similar KL to compare the methods.",
         rows,
@@ -1050,13 +1058,42 @@ mod tests {
         assert!(rows[0][0].contains("replicate 1") && rows[2][0].contains("replicate 2"));
         assert_eq!(rows[0][3], "+4.000 [+4.000, +4.000]");
         assert_eq!(rows[2][3], "-2.000 [-2.000, -2.000]");
-        assert_eq!(rows[4][3], "+1.000 [+1.000, +1.000]");
-        assert_eq!(rows[4][4], "inconclusive (replicates disagree in sign)");
-        // Replicates that agree give the mean's verdict.
+        // The mean's interval resamples the seeds too: a bootstrap replicate's mean reward
+        // difference is +4 (both seed draws replicate 1, probability ¼), +1 (½) or −2 (¼)
+        // whatever prompts it draws, so the interval is [−2, +4] (the bootstrap over prompts
+        // alone of the +1 on every prompt gave [+1, +1]).
+        assert_eq!(rows[4][3], "+1.000 [-2.000, +4.000]");
+        assert_eq!(rows[4][4], "inconclusive");
+        // Standard win rates: B (the base) ½ on every prompt, replicate 1 of A 1, replicate 2
+        // (rewards 2 below) 2/16 = 1/8: differences +½ and −3/8, mean 1/16.
+        assert_eq!(rows[3][3], "-0.375 [-0.375, -0.375]");
+        assert_eq!(rows[5][3], "+0.062 [-0.375, +0.500]");
+        assert_eq!(rows[5][4], "inconclusive");
+        // Replicates 4 and 2 above B: [+2, +4]; win rates 1 and 14/16: [+⅜, +½]. A better.
         let a2 = point("a", &|_| 2.0, 2);
         let rows =
             replicated_rows(&[(a1.clone(), b1.clone()), (a2.clone(), b2.clone())], 1).unwrap();
-        assert_eq!(rows[4][4], "A better");
+        assert_eq!(rows[4][3], "+3.000 [+2.000, +4.000]");
+        assert_eq!(rows[5][3], "+0.438 [+0.375, +0.500]");
+        assert_eq!(
+            (rows[4][4].as_str(), rows[5][4].as_str()),
+            ("A better", "A better")
+        );
+        // The mean row's difference is the two-level bootstrap of the replicates' outcomes.
+        let outcomes = |i: usize| {
+            let (oa, ob): (Vec<Outcomes>, Vec<Outcomes>) = [(&a1, &b1), (&a2, &b2)]
+                .iter()
+                .map(|(a, b)| {
+                    let (_, oa, ob) = paired_outcomes(a, b).unwrap().swap_remove(i);
+                    (oa, ob)
+                })
+                .unzip();
+            replicated_difference(&oa, &ob, 1).unwrap()
+        };
+        for i in 0..2 {
+            let d = outcomes(i);
+            assert_eq!(rows[4 + i][3], difference_row("", "", &d, "")[3]);
+        }
         // Selectors find every replicate; a method with two unlabelled points is ambiguous.
         let pts = vec![a1.clone(), a2, b1, b2];
         assert_eq!(find_replicates(&pts, "a").unwrap().len(), 2);
@@ -1066,6 +1103,59 @@ mod tests {
         other.replicate = None;
         assert!(find_replicates(&[twin, other], "a").is_err());
     }
+    #[test]
+    fn replicates_at_matched_kl_use_the_two_level_interval() {
+        use crate::curve::{Comparison, Kl, KlKind};
+        let prompts: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+        let base = vec![vec![0.0, 1.0, 2.0, 3.0]; 8];
+        let point = |method: &str, shift: f64, kl: f64, beta: Option<f64>, replicate: u64| {
+            let policy: Vec<Vec<f64>> = base
+                .iter()
+                .map(|r| r.iter().map(|x| x + shift).collect())
+                .collect();
+            let c = Comparison {
+                policy: &policy,
+                base: &base,
+                procedures: &[],
+                ties: Ties::Half,
+                reps: 1,
+                seed: 3,
+                prompts: Some(&prompts),
+            };
+            let kl = Kl {
+                value: kl,
+                stderr: None,
+                kind: KlKind::K3,
+            };
+            let param = beta.map(|b| ("beta", b));
+            let mut p = CurvePoint::measure(method, param, kl, &c).unwrap();
+            p.replicate = Some(replicate);
+            p
+        };
+        // A's path per replicate: rewards shifted by 3 and 5 (replicate 1), −3 and −1
+        // (replicate 2) at KL 1 and 3; B, the base, at KL 2. At B's KL A is 4 above B in
+        // replicate 1 and 2 below in replicate 2: the mean row's interval is [−2, +4].
+        let points = vec![
+            point("a", 3.0, 1.0, Some(2.0), 1),
+            point("a", 5.0, 3.0, Some(1.0), 1),
+            point("a", -3.0, 1.0, Some(2.0), 2),
+            point("a", -1.0, 3.0, Some(1.0), 2),
+            point("b", 0.0, 2.0, None, 1),
+            point("b", 0.0, 2.0, None, 2),
+        ];
+        let mut report = Report::new("r");
+        add_paired_at_kl(&mut report, &points, &[("a".into(), "b".into())], 1).unwrap();
+        let Some(Block::Table(_, rows)) = report.blocks.last() else {
+            panic!("{:?}", report.blocks)
+        };
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[0][3], "+4.000 [+4.000, +4.000]");
+        assert_eq!(rows[2][3], "-2.000 [-2.000, -2.000]");
+        assert!(rows[4][0].contains("mean of 2 replicates"), "{:?}", rows[4]);
+        assert_eq!(rows[4][3], "+1.000 [-2.000, +4.000]");
+        assert_eq!(rows[4][4], "inconclusive");
+    }
+
     use super::*;
     use crate::plot::Series;
 

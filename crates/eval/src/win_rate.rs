@@ -90,15 +90,28 @@ pub(crate) const REPLICATES: usize = 1000;
 /// comparisons of [`crate::paired`] rest on).
 pub(crate) fn bootstrap_replicates(per_prompt: &[f64], seed: u64) -> Vec<f64> {
     let n = per_prompt.len();
-    let mut rng = infalign_core::Seed(seed).stream("bootstrap");
-    (0..REPLICATES)
-        .map(|_| {
-            (0..n)
-                .map(|_| per_prompt[rng.random_range(0..n)])
-                .sum::<f64>()
-                / n as f64
-        })
+    resampled_prompts(n, seed)
+        .map(|idx| idx.iter().map(|&i| per_prompt[i]).sum::<f64>() / n as f64)
         .collect()
+}
+
+/// The prompt indices of each of the [`REPLICATES`] resamplings of `n` prompts with
+/// replacement, in drawing order: the one source of resampled prompts for every bootstrap here
+/// and in [`crate::paired`]; they depend only on `seed` and `n`.
+pub(crate) fn resampled_prompts(n: usize, seed: u64) -> impl Iterator<Item = Vec<usize>> {
+    let mut rng = infalign_core::Seed(seed).stream("bootstrap");
+    (0..REPLICATES).map(move |_| (0..n).map(|_| rng.random_range(0..n)).collect())
+}
+
+/// The 95% percentile interval around `mean` from [`REPLICATES`] bootstrap means: the 25th and
+/// the 975th in sorted order.
+pub(crate) fn percentile_interval(mean: f64, mut means: Vec<f64>) -> Interval {
+    means.sort_by(f64::total_cmp);
+    Interval {
+        mean,
+        low: means[24],
+        high: means[974],
+    }
 }
 
 /// The mean of `per_prompt` (equal weight per prompt, at least one prompt) with the 95%
@@ -106,13 +119,7 @@ pub(crate) fn bootstrap_replicates(per_prompt: &[f64], seed: u64) -> Vec<f64> {
 pub(crate) fn bootstrap(per_prompt: &[f64], seed: u64) -> Interval {
     let n = per_prompt.len();
     let mean = per_prompt.iter().sum::<f64>() / n as f64;
-    let mut means = bootstrap_replicates(per_prompt, seed);
-    means.sort_by(f64::total_cmp);
-    Interval {
-        mean,
-        low: means[24],
-        high: means[974],
-    }
+    percentile_interval(mean, bootstrap_replicates(per_prompt, seed))
 }
 
 /// Standard win rate: per prompt, the fraction of (policy, base) reward pairs the policy wins.
