@@ -33,7 +33,7 @@ pub use device::DeviceSpec;
 pub use error::CoreError;
 pub use metrics::MetricsWriter;
 pub use seed::Seed;
-pub use workers::{beside, job_threads, run_on_workers};
+pub use workers::{beside, is_flex, job_threads, run_on_workers};
 
 /// burn's runtime device handle, re-exported so that downstream crates name one type.
 pub use burn::tensor::Device;

@@ -20,7 +20,9 @@ use burn::tensor::Device;
 
 use crate::CoreError;
 
-fn is_flex(device: &Device) -> bool {
+/// Whether `device` is the CPU backend, burn-flex (with or without autodiff): tensors live in
+/// host memory.
+pub fn is_flex(device: &Device) -> bool {
     *device == Device::flex() || *device == Device::flex().autodiff()
 }
 

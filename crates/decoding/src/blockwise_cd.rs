@@ -20,11 +20,12 @@
 //! (`(ln K − (K−1)/K) · L / M`).
 
 use infalign_core::Seed;
-use infalign_models::{TokenBatch, weights::read_f32};
+use infalign_models::TokenBatch;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::generate::{GenerationConfig, Generator};
+use crate::device_sampler::sample_on_device;
+use crate::generate::{GenerationConfig, Generator, StepLogp, step_uniforms};
 use crate::sampler::sample_token;
 use crate::scorer_mix::ScorerMix;
 use crate::strategy::DecodingStrategy;
@@ -128,10 +129,10 @@ impl<'a> BlockwiseCd<'a> {
         let mut cache = lm.model.new_cache();
         let prefill = lm.model.next_token_logprobs(&batch, &mut cache);
         let vocab = prefill.dims()[1];
-        let mut logp: Vec<f32> = read_f32(prefill)?
-            .chunks(vocab)
-            .flat_map(|row| std::iter::repeat_n(row, k).flatten().copied())
-            .collect();
+        // Off the CPU the candidates are drawn on the device ([`crate::device_sampler`]).
+        let on_device = generator.samples_on_device();
+        let rep: Vec<usize> = (0..n_prompts * k).map(|r| r / k).collect();
+        let mut logp = StepLogp::new(prefill, on_device)?.rows(&rep, vocab, &device);
         cache.reserve(cfg.max_new_tokens);
         if k > 1 {
             cache = cache.repeat_interleave(k);
@@ -163,16 +164,40 @@ impl<'a> BlockwiseCd<'a> {
             for j in 0..self.m {
                 let mut next = Vec::with_capacity(rows.len());
                 let mut active = vec![false; rows.len()];
+                let draws = match &logp {
+                    StepLogp::Device(lp) => {
+                        let uniforms = step_uniforms(
+                            rows.iter_mut().map(|r| (r.finish.is_some(), &mut r.rng)),
+                            &cfg.sampling,
+                        );
+                        Some(sample_on_device(
+                            (**lp).clone(),
+                            None,
+                            &cfg.sampling,
+                            &uniforms,
+                        )?)
+                    }
+                    StepLogp::Host(_) => None,
+                };
                 for (r, row) in rows.iter_mut().enumerate() {
                     if row.finish.is_some() {
                         next.push(lm.pad_id);
                         continue;
                     }
-                    let lp = &logp[r * vocab..(r + 1) * vocab];
-                    let (tok, policy_lp) = sample_token(lp, &cfg.sampling, &mut row.rng);
+                    let (tok, policy_lp, base_lp) = match (&draws, &logp) {
+                        (Some(d), _) => (d.tokens[r], d.policy_logprobs[r], d.base_logprobs[r]),
+                        (None, StepLogp::Host(logp)) => {
+                            let lp = &logp[r * vocab..(r + 1) * vocab];
+                            let (tok, policy_lp) = sample_token(lp, &cfg.sampling, &mut row.rng);
+                            (tok, policy_lp, lp[tok as usize])
+                        }
+                        (None, StepLogp::Device(_)) => {
+                            unreachable!("device log-probs are drawn above")
+                        }
+                    };
                     row.tokens.push(tok);
                     row.policy.push(policy_lp);
-                    row.base.push(lp[tok as usize]);
+                    row.base.push(base_lp);
                     row.finish = generator.ended(&row.tokens, &cfg.stop)?;
                     if row.finish.is_none() && row.tokens.len() >= cfg.max_new_tokens {
                         row.finish = Some(Finish::Length);
@@ -192,7 +217,7 @@ impl<'a> BlockwiseCd<'a> {
                 let step = TokenBatch::step(&next, &device);
                 let mix = &mut self.mix;
                 let (lp, fed) = infalign_core::beside(
-                    || read_f32(lm.model.next_token_logprobs(&step, &mut cache)),
+                    || StepLogp::new(lm.model.next_token_logprobs(&step, &mut cache), on_device),
                     || mix.advance(&next),
                 );
                 fed?;
@@ -262,10 +287,7 @@ impl<'a> BlockwiseCd<'a> {
             }
             if order.len() != rows.len() || order.iter().enumerate().any(|(r, &o)| r != o) {
                 cache = cache.select(crate::generate::row_indices(&order, &device));
-                logp = order
-                    .iter()
-                    .flat_map(|&r| logp[r * vocab..(r + 1) * vocab].to_vec())
-                    .collect();
+                logp = logp.rows(&order, vocab, &device);
                 self.mix.select(&order);
                 let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
                 rows = keep

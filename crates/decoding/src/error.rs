@@ -25,6 +25,15 @@ pub enum DecodingError {
     /// A decoding parameter is impossible.
     #[error(transparent)]
     Core(#[from] infalign_core::CoreError),
+    /// A row's next-token log-probs hold NaN (seen where tokens are drawn on the device).
+    #[error(
+        "the next-token log-probs of batch row {row} are NaN: the model's weights or inputs \
+         hold non-finite numbers"
+    )]
+    NonFinite {
+        /// The row in the decoding batch.
+        row: usize,
+    },
     #[error("invalid `{field}`: {message}")]
     InvalidParameter {
         /// The parameter (as the command line spells it).

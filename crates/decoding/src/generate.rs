@@ -14,6 +14,7 @@ use infalign_core::Seed;
 use infalign_models::{LoadedModel, TokenBatch, weights::read_f32};
 use serde::{Deserialize, Serialize};
 
+use crate::device_sampler::sample_on_device;
 use crate::sampler::{SamplingConfig, kl_divergence, process_logprobs, sample_token};
 use crate::{DecodingError, Finish, Sample};
 
@@ -94,10 +95,27 @@ pub trait Steer: Send {
         Ok(())
     }
     /// The log-probs to sample row `row` from, given the base log-probs (normalised).
-    fn adjust(&self, row: usize, base_logp: &[f32]) -> Vec<f32>;
+    fn adjust(&self, row: usize, base_logp: &[f32]) -> Result<Vec<f32>, DecodingError>;
     /// Called when rows leave the batch (their completions ended): keep the rows `keep`, in
     /// that order, before the next [`Steer::feed`].
     fn select(&mut self, keep: &[usize]);
+    /// Called before [`Steer::prefill`] with whether the generator samples on the device;
+    /// returns whether this steer will then adjust there ([`Steer::adjust_on_device`], instead
+    /// of [`Steer::prepare`] and [`Steer::adjust`], which are then not called). By default it
+    /// cannot, and the generator samples on the host.
+    fn use_device(&mut self, yes: bool) -> bool {
+        let _ = yes;
+        false
+    }
+    /// The log-probs to sample every row from, `[rows, vocab]` and normalised, given the base
+    /// log-probs where they were computed; only after [`Steer::use_device`] returned true.
+    fn adjust_on_device(&self, base_logp: Tensor<2>) -> Result<Tensor<2>, DecodingError> {
+        let _ = base_logp;
+        Err(DecodingError::InvalidParameter {
+            field: "steer",
+            message: "this steer adjusts log-probs on the host only".into(),
+        })
+    }
 }
 
 /// The batch positions `rows` as an index tensor, for [`infalign_models::KvCache::select`].
@@ -106,11 +124,94 @@ pub(crate) fn row_indices(rows: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(ids, [rows.len()]), device)
 }
 
+/// Whether a stop string appears in the text of `tokens`, looking only at a tail: checked after
+/// every token, a stop string that appears now overlaps the last token's text, so the decoded
+/// tail needs, before the last token's text, as many bytes as the longest stop string, plus room
+/// for what decoding a tail may change at its start (a character cut in the middle becomes
+/// U+FFFD, a leading space may be dropped). The window doubles until it is that long or holds
+/// every token: a step costs the decoding of a few tokens, not of the whole completion.
+fn stop_in_tail(
+    decode: impl Fn(&[u32]) -> Result<String, DecodingError>,
+    tokens: &[u32],
+    stop: &[String],
+) -> Result<bool, DecodingError> {
+    let Some(longest) = stop.iter().map(String::len).max() else {
+        return Ok(false);
+    };
+    // U+FFFD for each of up to three bytes of a cut character, and a dropped space.
+    const START_SLACK: usize = 3 * 3 + 1;
+    // The last token's text alone, at least as long as in context (U+FFFD is 3 bytes).
+    let last = match tokens.last() {
+        Some(t) => decode(std::slice::from_ref(t))?.len(),
+        None => return Ok(false),
+    };
+    let mut window = 4usize;
+    loop {
+        let start = tokens.len().saturating_sub(window);
+        let text = decode(&tokens[start..])?;
+        if start == 0 || text.len() >= last + longest + START_SLACK {
+            return Ok(stop.iter().any(|s| text.contains(s.as_str())));
+        }
+        window *= 2;
+    }
+}
+
 /// Generates completions from a loaded model.
 #[derive(Debug)]
 pub struct Generator<'a> {
     lm: &'a LoadedModel,
     device: Device,
+    /// Where tokens are drawn: `None` decides by the device (the host on the CPU).
+    device_sampling: Option<bool>,
+}
+
+/// A step's next-token log-probs, `[rows, vocab]`: read back to the host (row-major), or left
+/// on the device for [`crate::device_sampler`].
+pub(crate) enum StepLogp {
+    Host(Vec<f32>),
+    Device(Box<Tensor<2>>),
+}
+
+impl StepLogp {
+    /// The model's log-probs `logp`, read back unless `on_device`.
+    pub(crate) fn new(logp: Tensor<2>, on_device: bool) -> Result<Self, DecodingError> {
+        Ok(if on_device {
+            Self::Device(Box::new(logp))
+        } else {
+            Self::Host(read_f32(logp)?)
+        })
+    }
+
+    /// Rows `rows` of `logp` (`vocab` wide), in that order (rows may repeat), kept where they
+    /// are: on the host, or on `device`.
+    pub(crate) fn rows(self, rows: &[usize], vocab: usize, device: &Device) -> Self {
+        match self {
+            Self::Host(v) => Self::Host(
+                rows.iter()
+                    .flat_map(|&r| v[r * vocab..(r + 1) * vocab].iter().copied())
+                    .collect(),
+            ),
+            Self::Device(t) => Self::Device(Box::new(t.select(0, row_indices(rows, device)))),
+        }
+    }
+}
+
+/// Each row's uniform for this step's draw, from its own stream: none (0, unused) for a
+/// finished row or a greedy step, exactly as the host sampler consumes its streams.
+pub(crate) fn step_uniforms<'r>(
+    streams: impl Iterator<Item = (bool, &'r mut rand_chacha::ChaCha8Rng)>,
+    sampling: &SamplingConfig,
+) -> Vec<f64> {
+    use rand::Rng;
+    streams
+        .map(|(finished, rng)| {
+            if finished || sampling.greedy {
+                0.0
+            } else {
+                rng.random()
+            }
+        })
+        .collect()
 }
 
 struct Row {
@@ -125,7 +226,22 @@ struct Row {
 impl<'a> Generator<'a> {
     /// A generator over `lm` running on `device`.
     pub fn new(lm: &'a LoadedModel, device: Device) -> Self {
-        Self { lm, device }
+        Self {
+            lm,
+            device,
+            device_sampling: None,
+        }
+    }
+
+    /// Draws tokens on the device ([`crate::sample_on_device`]) when `yes`, on the host when not,
+    /// whatever the device. By default they are drawn on the host on the CPU (burn-flex, where
+    /// the log-probs already are in host memory and the host sampler stops at the drawn token)
+    /// and on the device elsewhere. A steer adjusts on the device when it can
+    /// ([`Steer::use_device`]: tokenwise CD with vocabulary-wide scorers and no candidate
+    /// restriction), else every step is drawn on the host.
+    pub fn sample_on_device(mut self, yes: bool) -> Self {
+        self.device_sampling = Some(yes);
+        self
     }
 
     /// `cfg.n` completions of every prompt, ordered by prompt then sample.
@@ -287,6 +403,12 @@ impl<'a> Generator<'a> {
         let model = &self.lm.model;
         // Rows per prompt in this chunk: samples `samples` of each.
         let n = samples.len();
+        // Off the CPU the log-probs stay on the device and are sampled there, steered there too
+        // when the steer can (otherwise everything is read back and drawn on the host).
+        let on_device = match steer.as_deref_mut() {
+            Some(s) => s.use_device(self.samples_on_device()),
+            None => self.samples_on_device(),
+        };
         if let Some(s) = steer.as_deref_mut() {
             s.prefill(ids, n, self.lm.pad_id)?;
         }
@@ -294,12 +416,9 @@ impl<'a> Generator<'a> {
         let mut cache = model.new_cache();
         let prefill = model.next_token_logprobs(&batch, &mut cache);
         let vocab = prefill.dims()[1];
-        let prefill = read_f32(prefill)?;
         // Rows are prompt-major: prompt i, samples 0..n.
-        let mut logp: Vec<f32> = prefill
-            .chunks(vocab)
-            .flat_map(|row| std::iter::repeat_n(row, n).flatten().copied())
-            .collect();
+        let rep: Vec<usize> = (0..ids.len() * n).map(|r| r / n).collect();
+        let mut logp = StepLogp::new(prefill, on_device)?.rows(&rep, vocab, &self.device);
         cache.reserve(cfg.max_new_tokens);
         if n > 1 {
             cache = cache.repeat_interleave(n);
@@ -324,47 +443,19 @@ impl<'a> Generator<'a> {
         // they are fed padding, which costs less than copying the cache at every step.
         let mut live: Vec<usize> = (0..rows.len()).collect();
         for step in 0..cfg.max_new_tokens {
-            if let Some(s) = steer.as_deref_mut() {
-                s.prepare(&logp, vocab)?;
-            }
-            let mut next = Vec::with_capacity(live.len());
-            for (i, &r) in live.iter().enumerate() {
-                let row = &mut rows[r];
-                if row.finish.is_some() {
-                    next.push(self.lm.pad_id);
-                    continue;
+            let next = match logp {
+                StepLogp::Host(ref logp) => {
+                    self.draw_on_host(logp, vocab, &live, &mut rows, cfg, steer.as_deref_mut())?
                 }
-                let lp = &logp[i * vocab..(i + 1) * vocab];
-                // The distribution this token is drawn from, and its exact KL to the base.
-                let steered = steer.as_deref().map(|s| s.adjust(i, lp));
-                let dist = steered.as_deref().unwrap_or(lp);
-                let (tok, policy_lp, kl) = if cfg.sampling.greedy {
-                    let (tok, _) = sample_token(dist, &cfg.sampling, &mut row.rng);
-                    (tok, 0.0, -f64::from(lp[tok as usize]))
-                } else {
-                    let identity = cfg.sampling.is_identity();
-                    let processed;
-                    let policy = if identity {
-                        dist
-                    } else {
-                        processed = process_logprobs(dist, &cfg.sampling);
-                        &processed
+                StepLogp::Device(logp) => {
+                    let steered = match steer.as_deref() {
+                        Some(s) => Some(s.adjust_on_device((*logp).clone())?),
+                        None => None,
                     };
-                    let (tok, l) = sample_token(policy, &SamplingConfig::default(), &mut row.rng);
-                    let kl = if identity && steered.is_none() {
-                        0.0
-                    } else {
-                        kl_divergence(policy, lp)
-                    };
-                    (tok, l, kl)
-                };
-                row.step_kl.push(kl as f32);
-                row.tokens.push(tok);
-                row.policy.push(policy_lp);
-                row.base.push(lp[tok as usize]);
-                row.finish = self.ended(&row.tokens, &cfg.stop)?;
-                next.push(tok);
-            }
+                    self.draw_on_device(*logp, steered, &live, &mut rows, cfg)?
+                }
+            };
+            let mut next = next;
             if step + 1 == cfg.max_new_tokens {
                 break;
             }
@@ -385,7 +476,12 @@ impl<'a> Generator<'a> {
             // The steer's forward (a scorer's) needs only the chosen tokens, not the base
             // model's next log-probs: the two run at once.
             let step_batch = TokenBatch::step(&next, &self.device);
-            let mut base_step = || read_f32(model.next_token_logprobs(&step_batch, &mut cache));
+            let mut base_step = || {
+                StepLogp::new(
+                    model.next_token_logprobs(&step_batch, &mut cache),
+                    on_device,
+                )
+            };
             logp = match steer.as_deref_mut() {
                 None => base_step()?,
                 Some(s) => {
@@ -414,6 +510,128 @@ impl<'a> Generator<'a> {
             .collect()
     }
 
+    /// Whether this generator samples on the device (off the CPU, or when asked to with
+    /// [`Generator::sample_on_device`]) rather than reading every row's log-probs back.
+    pub(crate) fn samples_on_device(&self) -> bool {
+        self.device_sampling
+            .unwrap_or_else(|| !infalign_core::is_flex(&self.device))
+    }
+
+    /// One step on the host: every live row's token drawn from its log-probs (`logp`, one
+    /// `vocab`-long row per batch position), steered when a steer is given; returns the tokens
+    /// to feed (padding for finished rows).
+    fn draw_on_host(
+        &self,
+        logp: &[f32],
+        vocab: usize,
+        live: &[usize],
+        rows: &mut [Row],
+        cfg: &GenerationConfig,
+        mut steer: Option<&mut (dyn Steer + '_)>,
+    ) -> Result<Vec<u32>, DecodingError> {
+        if let Some(s) = steer.as_deref_mut() {
+            s.prepare(logp, vocab)?;
+        }
+        let mut next = Vec::with_capacity(live.len());
+        for (i, &r) in live.iter().enumerate() {
+            let row = &mut rows[r];
+            if row.finish.is_some() {
+                next.push(self.lm.pad_id);
+                continue;
+            }
+            let lp = &logp[i * vocab..(i + 1) * vocab];
+            // The distribution this token is drawn from, and its exact KL to the base.
+            let steered = match steer.as_deref() {
+                Some(s) => Some(s.adjust(i, lp)?),
+                None => None,
+            };
+            let dist = steered.as_deref().unwrap_or(lp);
+            let (tok, policy_lp, kl) = if cfg.sampling.greedy {
+                let (tok, _) = sample_token(dist, &cfg.sampling, &mut row.rng);
+                (tok, 0.0, -f64::from(lp[tok as usize]))
+            } else {
+                let identity = cfg.sampling.is_identity();
+                let processed;
+                let policy = if identity {
+                    dist
+                } else {
+                    processed = process_logprobs(dist, &cfg.sampling);
+                    &processed
+                };
+                let (tok, l) = sample_token(policy, &SamplingConfig::default(), &mut row.rng);
+                let kl = if identity && steered.is_none() {
+                    0.0
+                } else {
+                    kl_divergence(policy, lp)
+                };
+                (tok, l, kl)
+            };
+            self.push_token(row, tok, policy_lp, lp[tok as usize], kl as f32, cfg)?;
+            next.push(tok);
+        }
+        Ok(next)
+    }
+
+    /// One step on the device ([`crate::device_sampler`]), from `steered` when a steer adjusted
+    /// the base log-probs: each unfinished row draws its uniform from its own stream, as the
+    /// host sampler would; only the tokens and three numbers per row come back.
+    fn draw_on_device(
+        &self,
+        logp: Tensor<2>,
+        steered: Option<Tensor<2>>,
+        live: &[usize],
+        rows: &mut [Row],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<u32>, DecodingError> {
+        // `live` holds distinct rows: each stream is borrowed once.
+        let mut streams: Vec<Option<&mut Row>> = rows.iter_mut().map(Some).collect();
+        let uniforms = step_uniforms(
+            live.iter().map(|&r| {
+                let row = streams[r].take().expect("live rows are distinct");
+                (row.finish.is_some(), &mut row.rng)
+            }),
+            &cfg.sampling,
+        );
+        let draws = sample_on_device(logp, steered, &cfg.sampling, &uniforms)?;
+        let mut next = Vec::with_capacity(live.len());
+        for (i, &r) in live.iter().enumerate() {
+            let row = &mut rows[r];
+            if row.finish.is_some() {
+                next.push(self.lm.pad_id);
+                continue;
+            }
+            let tok = draws.tokens[i];
+            self.push_token(
+                row,
+                tok,
+                draws.policy_logprobs[i],
+                draws.base_logprobs[i],
+                draws.kl[i],
+                cfg,
+            )?;
+            next.push(tok);
+        }
+        Ok(next)
+    }
+
+    /// Appends a drawn token to its row and checks whether the completion ended.
+    fn push_token(
+        &self,
+        row: &mut Row,
+        tok: u32,
+        policy_lp: f32,
+        base_lp: f32,
+        kl: f32,
+        cfg: &GenerationConfig,
+    ) -> Result<(), DecodingError> {
+        row.step_kl.push(kl);
+        row.tokens.push(tok);
+        row.policy.push(policy_lp);
+        row.base.push(base_lp);
+        row.finish = self.ended(&row.tokens, &cfg.stop)?;
+        Ok(())
+    }
+
     /// Whether a completion ends with its last token: an EOS token, or a stop string in its
     /// text (the token budget is the caller's).
     pub(crate) fn ended(
@@ -424,11 +642,8 @@ impl<'a> Generator<'a> {
         if tokens.last().is_some_and(|t| self.lm.eos_ids.contains(t)) {
             return Ok(Some(Finish::Eos));
         }
-        if !stop.is_empty() {
-            let text = self.lm.tokenizer.decode(tokens)?;
-            if stop.iter().any(|s| text.contains(s.as_str())) {
-                return Ok(Some(Finish::Stop));
-            }
+        if stop_in_tail(|t| Ok(self.lm.tokenizer.decode(t)?), tokens, stop)? {
+            return Ok(Some(Finish::Stop));
         }
         Ok(None)
     }
@@ -479,5 +694,70 @@ impl<'a> Generator<'a> {
     /// The device it runs on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_string_is_found_in_the_tail_as_in_the_whole_text() {
+        // Tokens decode to pieces of 1 to 9 bytes, some cutting a multi-byte character in two
+        // (decoded alone, the cut half becomes U+FFFD); after every token the tail check must
+        // agree with searching the whole text.
+        let pieces: Vec<Vec<u8>> = vec![
+            b"a".to_vec(),
+            b" the".to_vec(),
+            "é".as_bytes()[..1].to_vec(),
+            "é".as_bytes()[1..].to_vec(),
+            b"xyzzy end".to_vec(),
+            b"\n".to_vec(),
+            "€".as_bytes().to_vec(),
+            b" ".to_vec(),
+            b"b".to_vec(),
+            // A long token: a stop string ending in it may start many tokens earlier.
+            [b"\n".as_slice(), &[b'-'; 40]].concat(),
+        ];
+        let decode = |t: &[u32]| -> Result<String, DecodingError> {
+            let bytes: Vec<u8> = t.iter().flat_map(|&i| pieces[i as usize].clone()).collect();
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        use rand::{Rng, SeedableRng};
+        // Stops spanning up to 8 tokens, some ending inside the long token.
+        let stops: Vec<Vec<String>> = vec![
+            vec!["é".into(), "end\n".into()],
+            vec!["the a the".into()],
+            vec!["€€".into(), "a a".into()],
+            vec!["a b a\n---".into()],
+            vec!["b a b a b\n-".into()],
+            vec!["ab ba".into()],
+        ];
+        let mut found = 0;
+        for _ in 0..300 {
+            let tokens: Vec<u32> = (0..60)
+                .map(|_| rng.random_range(0..pieces.len() as u32))
+                .collect();
+            for stop in &stops {
+                for end in 1..=tokens.len() {
+                    let whole = decode(&tokens[..end]).unwrap();
+                    let want = stop.iter().any(|s| whole.contains(s.as_str()));
+                    assert_eq!(stop_in_tail(decode, &tokens[..end], stop).unwrap(), want);
+                    if want {
+                        found += 1;
+                        break; // generation stops at the first step a stop string appears
+                    }
+                }
+            }
+        }
+        assert!(found > 300, "the test must exercise stops: {found}");
+        // The case a window of the last few tokens misses: the stop starts 5 tokens before the
+        // long last token, whose 41 bytes make any tail look long enough.
+        let tokens = [0, 7, 8, 7, 0, 9];
+        let stop = vec!["a b a\n".to_string()];
+        assert!(decode(&tokens).unwrap().contains("a b a\n"));
+        assert!(stop_in_tail(decode, &tokens, &stop).unwrap());
+        assert!(!stop_in_tail(decode, &[0, 1], &[]).unwrap());
     }
 }

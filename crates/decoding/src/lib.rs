@@ -1,7 +1,8 @@
 //! # infalign-decoding
 //!
 //! Decoding strategies, one file each, behind one trait, [`DecodingStrategy`]: [`Ancestral`]
-//! sampling with temperature, top-k and top-p ([`SamplingConfig`], [`Generator`]);
+//! sampling with temperature, top-k and top-p ([`SamplingConfig`], [`Generator`]), drawn on
+//! the host on the CPU and on the device elsewhere ([`sample_on_device`]);
 //! [`BestOfN`], [`WorstOfN`], [`SoftBestOfN`] with any reward; controlled decoding with prefix
 //! scorers, [`TokenwiseCd`] and [`BlockwiseCd`], over a multi-objective [`ScorerMix`].
 //! [`StrategyConfig`] names each built-in with its parameters, validates them, knows how its KL
@@ -27,6 +28,7 @@ mod ancestral;
 mod best_of_n;
 mod blockwise_cd;
 mod candidates;
+mod device_sampler;
 mod error;
 mod generate;
 mod sample;
@@ -41,6 +43,9 @@ pub use ancestral::Ancestral;
 pub use best_of_n::BestOfN;
 pub use blockwise_cd::{BlockwiseCd, TieBreak};
 pub use candidates::{score_samples, scored_candidates};
+pub use device_sampler::{
+    DeviceDraws, inverse_cdf_on_device, process_logprobs_on_device, sample_on_device,
+};
 pub use error::DecodingError;
 pub use generate::{GenerationConfig, Generator, KV_BUDGET_BYTES, Steer};
 pub use sample::{Finish, Sample, completion_logprobs};

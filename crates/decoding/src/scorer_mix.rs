@@ -27,8 +27,11 @@ struct Track<'a> {
     scorer: &'a PrefixScorer,
     weight: f32,
     cache: KvCache,
-    /// Head output after the current prefix, rows × width.
+    /// Head output after the current prefix, rows × width, read back to the host (empty after
+    /// [`ScorerMix::advance`], or when the values stay on the device).
     next: Vec<f32>,
+    /// The same where it was computed, `[rows, width]`, when the values stay on the device.
+    next_t: Option<Tensor<2>>,
     width: usize,
     /// Value of each row's current prefix.
     last: Vec<f32>,
@@ -43,6 +46,13 @@ struct Track<'a> {
 pub struct ScorerMix<'a> {
     tracks: Vec<Track<'a>>,
     device: Device,
+    /// Whether head outputs are read back to the host at every step (what the host-side
+    /// [`ScorerMix::next_values`] and [`ScorerMix::candidate_values`] read); off, they stay on
+    /// the device for [`ScorerMix::next_values_on_device`]. Asked for by
+    /// [`ScorerMix::keep_values_on_device`], latched by [`ScorerMix::prefill`] into
+    /// `values_on_host`.
+    want_values_on_host: bool,
+    values_on_host: bool,
 }
 
 impl std::fmt::Debug for ScorerMix<'_> {
@@ -86,6 +96,7 @@ impl<'a> ScorerMix<'a> {
                     scorer,
                     weight,
                     cache: scorer.new_cache(),
+                    next_t: None,
                     next: Vec::new(),
                     width: 0,
                     last: Vec::new(),
@@ -94,7 +105,21 @@ impl<'a> ScorerMix<'a> {
                 })
                 .collect(),
             device,
+            want_values_on_host: true,
+            values_on_host: true,
         })
+    }
+
+    /// Keeps the vocabulary-wide head outputs on the device instead of reading them back every
+    /// step (for sampling on the device: [`ScorerMix::next_values_on_device`]); takes effect at
+    /// the next [`ScorerMix::prefill`]. Only for vocabulary-wide scorers, whose values of the
+    /// chosen tokens are then gathered on the device. Returns whether it took effect.
+    pub fn keep_values_on_device(&mut self, yes: bool) -> bool {
+        if yes && !self.is_vocab_wide() {
+            return false;
+        }
+        self.want_values_on_host = !yes;
+        true
     }
 
     /// The current weights.
@@ -135,21 +160,31 @@ impl<'a> ScorerMix<'a> {
         pad_id: u32,
     ) -> Result<(), DecodingError> {
         let batch = TokenBatch::left_padded(ids, pad_id, &self.device)?;
+        self.values_on_host = self.want_values_on_host;
         for t in &mut self.tracks {
             let mut cache = t.scorer.new_cache();
             let hidden = t.scorer.last_hidden(&batch, &mut cache);
             let out = t.scorer.head_outputs(hidden.clone());
             t.width = out.dims()[1];
-            let out = read_f32(out)?;
             t.hidden = Some(if repeat > 1 {
                 repeat_rows(hidden, repeat, &self.device)
             } else {
                 hidden
             });
-            t.next = out
-                .chunks(t.width)
-                .flat_map(|row| std::iter::repeat_n(row, repeat).flatten().copied())
-                .collect();
+            if self.values_on_host {
+                t.next = read_f32(out)?
+                    .chunks(t.width)
+                    .flat_map(|row| std::iter::repeat_n(row, repeat).flatten().copied())
+                    .collect();
+                t.next_t = None;
+            } else {
+                t.next = Vec::new();
+                t.next_t = Some(if repeat > 1 {
+                    repeat_rows(out, repeat, &self.device)
+                } else {
+                    out
+                });
+            }
             t.cache = if repeat > 1 {
                 cache.repeat_interleave(repeat)
             } else {
@@ -165,11 +200,9 @@ impl<'a> ScorerMix<'a> {
 
     /// Appends one token per row.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<(), DecodingError> {
-        if self
-            .tracks
-            .iter()
-            .any(|t| !t.pending.is_empty() || (t.next.is_empty() && t.width > 0))
-        {
+        if self.tracks.iter().any(|t| {
+            !t.pending.is_empty() || (t.next.is_empty() && t.next_t.is_none() && t.width > 0)
+        }) {
             return Err(DecodingError::InvalidParameter {
                 field: "scorer",
                 message: "feed after advance: read the block (read_block) and prefill again \
@@ -180,12 +213,23 @@ impl<'a> ScorerMix<'a> {
         let batch = TokenBatch::step(tokens, &self.device);
         for t in &mut self.tracks {
             if t.scorer.layout() == ScorerLayout::VocabWide {
-                for (r, &tok) in tokens.iter().enumerate() {
-                    t.last[r] = t.next[r * t.width + tok as usize];
+                if self.values_on_host {
+                    for (r, &tok) in tokens.iter().enumerate() {
+                        t.last[r] = t.next[r * t.width + tok as usize];
+                    }
+                } else if let Some(next) = t.next_t.take() {
+                    let ids: Vec<usize> = tokens.iter().map(|&z| z as usize).collect();
+                    let ids = row_indices(&ids, &self.device).reshape([tokens.len(), 1]);
+                    t.last = read_f32(next.gather(1, ids))?;
                 }
             }
             let hidden = t.scorer.last_hidden(&batch, &mut t.cache);
-            t.next = read_f32(t.scorer.head_outputs(hidden.clone()))?;
+            let out = t.scorer.head_outputs(hidden.clone());
+            if self.values_on_host {
+                t.next = read_f32(out)?;
+            } else {
+                t.next_t = Some(out);
+            }
             t.hidden = Some(hidden);
             if t.scorer.layout() == ScorerLayout::Scalar {
                 t.last.clone_from(&t.next);
@@ -200,6 +244,7 @@ impl<'a> ScorerMix<'a> {
         for t in &mut self.tracks {
             t.cache = t.cache.select(idx.clone());
             t.hidden = t.hidden.take().map(|h| h.select(0, idx.clone()));
+            t.next_t = t.next_t.take().map(|n| n.select(0, idx.clone()));
             for h in &mut t.pending {
                 *h = h.clone().select(0, idx.clone());
             }
@@ -213,8 +258,23 @@ impl<'a> ScorerMix<'a> {
         }
     }
 
+    /// An error unless the head outputs of every row are on the host, as
+    /// [`ScorerMix::next_values`] and [`ScorerMix::candidate_values`] read them.
+    fn check_values_on_host(&self, rows: usize) -> Result<(), DecodingError> {
+        match self.tracks.iter().all(|t| t.next.len() >= rows * t.width) {
+            true => Ok(()),
+            false => Err(DecodingError::InvalidParameter {
+                field: "scorer",
+                message: "next-token values read on the host while they are on the device \
+                          (keep_values_on_device), after advance or before prefill"
+                    .into(),
+            }),
+        }
+    }
+
     /// `Σ_i w_i V_i(prefix + z)` for every next token z of `row` (vocabulary-wide scorers).
-    pub fn next_values(&self, row: usize) -> Vec<f32> {
+    pub fn next_values(&self, row: usize) -> Result<Vec<f32>, DecodingError> {
+        self.check_values_on_host(row + 1)?;
         let width = self.tracks[0].width;
         let mut out = vec![0.0f32; width];
         for t in &self.tracks {
@@ -223,7 +283,32 @@ impl<'a> ScorerMix<'a> {
                 *o += t.weight * x;
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// `Σ_i w_i V_i(prefix + z)` for every next token z of every row, `[rows, vocab]`, where the
+    /// scorers computed it (vocabulary-wide scorers; summed in the order of
+    /// [`ScorerMix::next_values`]).
+    pub fn next_values_on_device(&self) -> Result<Tensor<2>, DecodingError> {
+        let mut sum: Option<Tensor<2>> = None;
+        for t in &self.tracks {
+            let v = t
+                .next_t
+                .clone()
+                .ok_or_else(|| DecodingError::InvalidParameter {
+                    field: "scorer",
+                    message: "values read before prefill or after advance".into(),
+                })?
+                * t.weight;
+            sum = Some(match sum {
+                None => v,
+                Some(s) => s + v,
+            });
+        }
+        sum.ok_or_else(|| DecodingError::InvalidParameter {
+            field: "scorer",
+            message: "no scorers".into(),
+        })
     }
 
     /// `Σ_i w_i V_i(prefix + z)` for each candidate token z of each row (`candidates[r]`, the
@@ -244,6 +329,9 @@ impl<'a> ScorerMix<'a> {
         let mut out = vec![vec![0.0f32; k]; candidates.len()];
         if k == 0 {
             return Ok(out);
+        }
+        if self.is_vocab_wide() {
+            self.check_values_on_host(candidates.len())?;
         }
         for t in &self.tracks {
             let values: Vec<f32> = match t.scorer.layout() {
@@ -277,6 +365,7 @@ impl<'a> ScorerMix<'a> {
         for t in &mut self.tracks {
             t.pending.push(t.scorer.last_hidden(&batch, &mut t.cache));
             t.next.clear();
+            t.next_t = None;
         }
         Ok(())
     }

@@ -14,6 +14,8 @@
 //! log-probs are used untouched); sampling flags (temperature, top-k/top-p of the sampler) apply
 //! to the CD distribution.
 
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
 use infalign_core::Seed;
 
 use crate::generate::{GenerationConfig, Generator, Steer};
@@ -156,19 +158,37 @@ impl Steer for TokenwiseCd<'_> {
         Ok(())
     }
 
-    fn adjust(&self, row: usize, base_logp: &[f32]) -> Vec<f32> {
+    fn adjust(&self, row: usize, base_logp: &[f32]) -> Result<Vec<f32>, DecodingError> {
         if self.lambda == 0.0 && self.top_k.is_none() {
-            return base_logp.to_vec();
+            return Ok(base_logp.to_vec());
         }
         if self.mix.is_vocab_wide() {
-            return self.cd_logprobs(base_logp, &self.mix.next_values(row));
+            return Ok(self.cd_logprobs(base_logp, &self.mix.next_values(row)?));
         }
         // Scalar scorers: the candidates and values `prepare` found for this step.
         let (ids, values) = &self.candidates[row];
-        self.on_candidates(base_logp, ids, values)
+        Ok(self.on_candidates(base_logp, ids, values))
     }
 
     fn select(&mut self, keep: &[usize]) {
         self.mix.select(keep);
+    }
+
+    /// On the device: vocabulary-wide scorers without a candidate restriction (the paper's
+    /// tokenwise CD); a top-k restriction or scalar scorers adjust on the host.
+    fn use_device(&mut self, yes: bool) -> bool {
+        let able = self.top_k.is_none() && self.mix.is_vocab_wide();
+        self.mix.keep_values_on_device(yes && able);
+        yes && able
+    }
+
+    /// `log_softmax(log p + λ Σ_i w_i V_i)` over every row at once: [`TokenwiseCd::cd_logprobs`]
+    /// on the device (λ = 0 returns the base log-probs themselves, as on the host).
+    fn adjust_on_device(&self, base_logp: Tensor<2>) -> Result<Tensor<2>, DecodingError> {
+        if self.lambda == 0.0 {
+            return Ok(base_logp);
+        }
+        let values = self.mix.next_values_on_device()?;
+        Ok(log_softmax(base_logp + values * self.lambda, 1))
     }
 }

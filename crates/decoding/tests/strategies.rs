@@ -182,21 +182,24 @@ fn blockwise_cd_with_one_candidate_is_base_sampling() {
     let dir = tempfile::tempdir().unwrap();
     let lm = loaded(8.0, dir.path());
     let device = DeviceSpec::Cpu.device().unwrap();
-    let g = Generator::new(&lm, device.clone());
     let cfg = GenerationConfig {
         max_new_tokens: 14,
         n: 1,
         ..Default::default()
     };
-    let base = g.generate(&prompts(), &cfg, Seed(9)).unwrap();
-    for layout in [ScorerLayout::VocabWide, ScorerLayout::Scalar] {
-        let s = scorer(&lm.model, layout, 3);
-        let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
-        let mut cd = BlockwiseCd::new(1, 4, TieBreak::First, mix).unwrap();
-        let got = cd.decode(&g, &prompts(), &cfg, Seed(9)).unwrap();
-        for (a, b) in base.iter().zip(&got) {
-            assert_eq!(a.tokens, b.tokens, "{layout:?}");
-            assert_eq!(a.finish, b.finish, "{layout:?}");
+    // Drawn on the host and on the device alike.
+    for on_device in [false, true] {
+        let g = Generator::new(&lm, device.clone()).sample_on_device(on_device);
+        let base = g.generate(&prompts(), &cfg, Seed(9)).unwrap();
+        for layout in [ScorerLayout::VocabWide, ScorerLayout::Scalar] {
+            let s = scorer(&lm.model, layout, 3);
+            let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+            let mut cd = BlockwiseCd::new(1, 4, TieBreak::First, mix).unwrap();
+            let got = cd.decode(&g, &prompts(), &cfg, Seed(9)).unwrap();
+            for (a, b) in base.iter().zip(&got) {
+                assert_eq!(a.tokens, b.tokens, "{layout:?}, on the device: {on_device}");
+                assert_eq!(a.finish, b.finish, "{layout:?}, on the device: {on_device}");
+            }
         }
     }
 }
@@ -415,12 +418,12 @@ fn scorer_mix_is_the_weighted_sum_and_weights_change_at_decode_time() {
     let batch = TokenBatch::left_padded(&ids, 0, &device).unwrap();
     let va = read_f32(a.forward_last(&batch, &mut a.new_cache())).unwrap();
     let vb = read_f32(b.forward_last(&batch, &mut b.new_cache())).unwrap();
-    let got = mix.next_values(0);
+    let got = mix.next_values(0).unwrap();
     for z in 0..VOCAB {
         assert!((got[z] - (0.5 * va[z] - 2.0 * vb[z])).abs() < 1e-4);
     }
     mix.set_weights(&[1.0, 0.0]).unwrap();
-    assert!((mix.next_values(0)[7] - va[7]).abs() < 1e-6);
+    assert!((mix.next_values(0).unwrap()[7] - va[7]).abs() < 1e-6);
     assert!(mix.set_weights(&[1.0]).is_err());
 }
 
@@ -511,7 +514,7 @@ fn tokenwise_cd_with_a_scalar_scorer_matches_brute_force() {
     let mut base = read_f32(lm.model.next_token_logprobs(&batch, &mut cache)).unwrap();
     for _step in 0..2 {
         cd.prepare(&base, VOCAB).unwrap();
-        let got = cd.adjust(0, &base);
+        let got = cd.adjust(0, &base).unwrap();
         // Brute force: the scorer on each full sequence prompt + prefix + z, from scratch.
         let mut order: Vec<usize> = (0..VOCAB).collect();
         order.sort_by(|&a, &b| base[b].total_cmp(&base[a]).then(a.cmp(&b)));
@@ -790,4 +793,133 @@ fn selections_over_a_huge_n_stream_to_the_same_choice() {
             .unwrap_or(n - 1);
         assert_eq!(soft[p].tokens, group[pick].tokens, "prompt {p}");
     }
+}
+
+#[test]
+fn sampling_on_the_device_draws_what_the_host_draws() {
+    // The device sampler takes the same uniforms from the same streams as the host sampler, so
+    // the two pick the same tokens unless a uniform falls within f32 rounding of a cumulative
+    // boundary (chance ~1e-6 a draw): at most one row may part ways. On the device, too,
+    // batching changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(3.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let host = Generator::new(&lm, device.clone()).sample_on_device(false);
+    let on_device = Generator::new(&lm, device.clone()).sample_on_device(true);
+    let ps: Vec<String> = (0..4).map(|i| format!("the dog {i}")).collect();
+    let sampling = |temperature, top_k, top_p, greedy| infalign_decoding::SamplingConfig {
+        temperature,
+        top_k,
+        top_p,
+        greedy,
+    };
+    for s in [
+        sampling(1.0, None, None, false),
+        sampling(0.6, None, None, false),
+        sampling(1.0, Some(5), None, false),
+        sampling(0.9, None, Some(0.8), false),
+        sampling(1.0, None, None, true),
+    ] {
+        let cfg = GenerationConfig {
+            max_new_tokens: 12,
+            n: 4,
+            stop: vec!["a".into()],
+            prompt_batch: 4,
+            sampling: s.clone(),
+            ..Default::default()
+        };
+        let a = host.generate(&ps, &cfg, Seed(7)).unwrap();
+        let b = on_device.generate(&ps, &cfg, Seed(7)).unwrap();
+        let same: Vec<_> = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.tokens == y.tokens)
+            .collect();
+        assert!(
+            same.len() + 1 >= a.len(),
+            "{s:?}: {} of {} rows agree",
+            same.len(),
+            a.len()
+        );
+        let (x, y): (Vec<_>, Vec<_>) = same
+            .into_iter()
+            .map(|(x, y)| (x.clone(), y.clone()))
+            .unzip();
+        assert_same_samples(&x, &y);
+        // The two paths really differ: the device sums each step's KL in f32, the host in f64.
+        if s.temperature != 1.0 {
+            let bits = |v: &[infalign_decoding::Sample]| -> Vec<u32> {
+                v.iter()
+                    .flat_map(|x| x.step_kl.iter().map(|k| k.to_bits()))
+                    .collect()
+            };
+            assert_ne!(bits(&x), bits(&y), "{s:?}: was the device sampler used?");
+        }
+        let alone = GenerationConfig {
+            prompt_batch: 1,
+            ..cfg.clone()
+        };
+        assert_same_samples(&b, &on_device.generate(&ps, &alone, Seed(7)).unwrap());
+    }
+    // Tokenwise CD adjusts on the device too (p·exp(λV) normalised there): the host's tokens,
+    // λ = 0 is base sampling exactly, and batching changes nothing. With a candidate
+    // restriction it adjusts on the host, whatever the generator prefers: the host's samples.
+    let s = scorer(&lm.model, ScorerLayout::VocabWide, 4);
+    let cfg = GenerationConfig {
+        max_new_tokens: 12,
+        n: 4,
+        stop: vec!["a".into()],
+        prompt_batch: 4,
+        ..Default::default()
+    };
+    let cd = |g: &Generator, lambda: f32, top_k: Option<usize>, cfg: &GenerationConfig| {
+        let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+        TokenwiseCd::new(lambda, top_k, mix)
+            .unwrap()
+            .decode(g, &ps, cfg, Seed(7))
+            .unwrap()
+    };
+    let a = cd(&host, 2.0, None, &cfg);
+    let b = cd(&on_device, 2.0, None, &cfg);
+    let agree = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.tokens == y.tokens)
+        .count();
+    assert!(
+        agree + 1 >= a.len(),
+        "tokenwise CD: {agree} of {} rows agree",
+        a.len()
+    );
+    let base = on_device.generate(&ps, &cfg, Seed(7)).unwrap();
+    assert!(b.iter().zip(&base).any(|(x, y)| x.tokens != y.tokens));
+    assert_same_samples(&cd(&on_device, 0.0, None, &cfg), &base);
+    let alone = GenerationConfig {
+        prompt_batch: 1,
+        ..cfg.clone()
+    };
+    assert_same_samples(&b, &cd(&on_device, 2.0, None, &alone));
+    assert_same_samples(
+        &cd(&host, 2.0, Some(5), &cfg),
+        &cd(&on_device, 2.0, Some(5), &cfg),
+    );
+    // Blockwise CD draws its candidates on the device: the host's choices.
+    let blockwise = |g: &Generator| {
+        let mix = ScorerMix::new(vec![(1.0, &s)], VOCAB, device.clone()).unwrap();
+        BlockwiseCd::new(4, 3, TieBreak::First, mix)
+            .unwrap()
+            .decode(g, &ps, &cfg, Seed(7))
+            .unwrap()
+    };
+    let (a, b) = (blockwise(&host), blockwise(&on_device));
+    let agree = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.tokens == y.tokens)
+        .count();
+    assert!(
+        agree + 1 >= a.len(),
+        "blockwise CD: {agree} of {} prompts agree",
+        a.len()
+    );
 }
