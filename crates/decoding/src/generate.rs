@@ -532,13 +532,7 @@ impl<'a> Generator<'a> {
         if let Some(s) = steer.as_deref_mut() {
             s.prepare(logp, vocab)?;
         }
-        let mut next = Vec::with_capacity(live.len());
-        for (i, &r) in live.iter().enumerate() {
-            let row = &mut rows[r];
-            if row.finish.is_some() {
-                next.push(self.lm.pad_id);
-                continue;
-            }
+        self.each_unfinished(live, rows, cfg, |i, row| {
             let lp = &logp[i * vocab..(i + 1) * vocab];
             // The distribution this token is drawn from, and its exact KL to the base.
             let steered = match steer.as_deref() {
@@ -566,10 +560,8 @@ impl<'a> Generator<'a> {
                 };
                 (tok, l, kl)
             };
-            self.push_token(row, tok, policy_lp, lp[tok as usize], kl as f32, cfg)?;
-            next.push(tok);
-        }
-        Ok(next)
+            Ok((tok, policy_lp, lp[tok as usize], kl as f32))
+        })
     }
 
     /// One step on the device ([`crate::device_sampler`]), from `steered` when a steer adjusted
@@ -593,6 +585,26 @@ impl<'a> Generator<'a> {
             &cfg.sampling,
         );
         let draws = sample_on_device(logp, steered, &cfg.sampling, &uniforms)?;
+        self.each_unfinished(live, rows, cfg, |i, _| {
+            Ok((
+                draws.tokens[i],
+                draws.policy_logprobs[i],
+                draws.base_logprobs[i],
+                draws.kl[i],
+            ))
+        })
+    }
+
+    /// The step's tokens to feed, batch position by position: for each unfinished row the token
+    /// `draw(position, row)` returns with its policy and base log-probs and the step's KL
+    /// (appended to the row, which is then checked for its end), padding for finished rows.
+    fn each_unfinished(
+        &self,
+        live: &[usize],
+        rows: &mut [Row],
+        cfg: &GenerationConfig,
+        mut draw: impl FnMut(usize, &mut Row) -> Result<(u32, f32, f32, f32), DecodingError>,
+    ) -> Result<Vec<u32>, DecodingError> {
         let mut next = Vec::with_capacity(live.len());
         for (i, &r) in live.iter().enumerate() {
             let row = &mut rows[r];
@@ -600,36 +612,15 @@ impl<'a> Generator<'a> {
                 next.push(self.lm.pad_id);
                 continue;
             }
-            let tok = draws.tokens[i];
-            self.push_token(
-                row,
-                tok,
-                draws.policy_logprobs[i],
-                draws.base_logprobs[i],
-                draws.kl[i],
-                cfg,
-            )?;
+            let (tok, policy_lp, base_lp, kl) = draw(i, row)?;
+            row.step_kl.push(kl);
+            row.tokens.push(tok);
+            row.policy.push(policy_lp);
+            row.base.push(base_lp);
+            row.finish = self.ended(&row.tokens, &cfg.stop)?;
             next.push(tok);
         }
         Ok(next)
-    }
-
-    /// Appends a drawn token to its row and checks whether the completion ended.
-    fn push_token(
-        &self,
-        row: &mut Row,
-        tok: u32,
-        policy_lp: f32,
-        base_lp: f32,
-        kl: f32,
-        cfg: &GenerationConfig,
-    ) -> Result<(), DecodingError> {
-        row.step_kl.push(kl);
-        row.tokens.push(tok);
-        row.policy.push(policy_lp);
-        row.base.push(base_lp);
-        row.finish = self.ended(&row.tokens, &cfg.stop)?;
-        Ok(())
     }
 
     /// Whether a completion ends with its last token: an EOS token, or a stop string in its

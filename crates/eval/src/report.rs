@@ -1007,35 +1007,46 @@ mod tests {
         assert_eq!(find_point(&pts, "a").unwrap().method, "a");
     }
 
-    #[test]
-    fn replicates_are_compared_one_by_one_then_by_their_mean() {
+    /// A point of `method` (replicate `replicate`, at KL `kl`, with β when given) whose rewards
+    /// are the base's `[0, 1, 2, 3]` on each of 8 prompts shifted by `shift(i)` on prompt i.
+    fn replicate_point(
+        method: &str,
+        shift: &dyn Fn(usize) -> f64,
+        kl: f64,
+        beta: Option<f64>,
+        replicate: u64,
+    ) -> CurvePoint {
         use crate::curve::{Comparison, Kl, KlKind};
         let prompts: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
         let base = vec![vec![0.0, 1.0, 2.0, 3.0]; 8];
-        // Rewards shifted by `shift[i]` on prompt i.
+        let policy: Vec<Vec<f64>> = base
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.iter().map(|x| x + shift(i)).collect())
+            .collect();
+        let c = Comparison {
+            policy: &policy,
+            base: &base,
+            procedures: &[],
+            ties: Ties::Half,
+            reps: 1,
+            seed: 3,
+            prompts: Some(&prompts),
+        };
+        let kl = Kl {
+            value: kl,
+            stderr: None,
+            kind: KlKind::K3,
+        };
+        let mut p = CurvePoint::measure(method, beta.map(|b| ("beta", b)), kl, &c).unwrap();
+        p.replicate = Some(replicate);
+        p
+    }
+
+    #[test]
+    fn replicates_are_compared_one_by_one_then_by_their_mean() {
         let point = |method: &str, shift: &dyn Fn(usize) -> f64, replicate: u64| {
-            let policy: Vec<Vec<f64>> = base
-                .iter()
-                .enumerate()
-                .map(|(i, r)| r.iter().map(|x| x + shift(i)).collect())
-                .collect();
-            let c = Comparison {
-                policy: &policy,
-                base: &base,
-                procedures: &[],
-                ties: Ties::Half,
-                reps: 1,
-                seed: 3,
-                prompts: Some(&prompts),
-            };
-            let kl = Kl {
-                value: replicate as f64,
-                stderr: None,
-                kind: KlKind::K3,
-            };
-            let mut p = CurvePoint::measure(method, None, kl, &c).unwrap();
-            p.replicate = Some(replicate);
-            p
+            replicate_point(method, shift, replicate as f64, None, replicate)
         };
         // Replicate 1 of A is 4 above B everywhere, replicate 2 is 2 below: they disagree.
         let b1 = point("b", &|_| 0.0, 1);
@@ -1105,32 +1116,8 @@ mod tests {
     }
     #[test]
     fn replicates_at_matched_kl_use_the_two_level_interval() {
-        use crate::curve::{Comparison, Kl, KlKind};
-        let prompts: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
-        let base = vec![vec![0.0, 1.0, 2.0, 3.0]; 8];
         let point = |method: &str, shift: f64, kl: f64, beta: Option<f64>, replicate: u64| {
-            let policy: Vec<Vec<f64>> = base
-                .iter()
-                .map(|r| r.iter().map(|x| x + shift).collect())
-                .collect();
-            let c = Comparison {
-                policy: &policy,
-                base: &base,
-                procedures: &[],
-                ties: Ties::Half,
-                reps: 1,
-                seed: 3,
-                prompts: Some(&prompts),
-            };
-            let kl = Kl {
-                value: kl,
-                stderr: None,
-                kind: KlKind::K3,
-            };
-            let param = beta.map(|b| ("beta", b));
-            let mut p = CurvePoint::measure(method, param, kl, &c).unwrap();
-            p.replicate = Some(replicate);
-            p
+            replicate_point(method, &|_| shift, kl, beta, replicate)
         };
         // A's path per replicate: rewards shifted by 3 and 5 (replicate 1), −3 and −1
         // (replicate 2) at KL 1 and 3; B, the base, at KL 2. At B's KL A is 4 above B in
