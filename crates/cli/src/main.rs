@@ -126,11 +126,19 @@ pub(crate) fn model_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
-/// The shipped assets: `assets/` of the repository, or `$INFALIGN_ASSETS`.
+/// The shipped assets: `$INFALIGN_ASSETS`, else `assets/` of the repository the binary was built
+/// in, else (a binary moved or built elsewhere) `assets/` of the working directory when that
+/// holds the base model; errors then name the repository's path.
 pub(crate) fn assets_dir() -> PathBuf {
-    std::env::var_os("INFALIGN_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
+    if let Some(dir) = std::env::var_os("INFALIGN_ASSETS") {
+        return PathBuf::from(dir);
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let here = PathBuf::from("assets");
+    if !built.exists() && here.join("base-model").exists() {
+        return here;
+    }
+    built
 }
 
 /// `assets/base-model` of the repository, or `$INFALIGN_ASSETS/base-model`.
