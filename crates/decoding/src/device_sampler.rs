@@ -16,15 +16,13 @@
 //!
 //! Invariants: processing is the host's ([`crate::process_logprobs`]): temperature divides the
 //! log-probs; top-k and top-p keep the first tokens in descending order with ties broken by the
-//! lower id (the kept set is derived from a threshold value and an id-order count of the tokens
-//! tied at it, so it does not depend on how a backend's sort orders ties), top-p the shortest
-//! such prefix whose mass (after temperature, over the whole vocabulary) reaches p, and always
-//! the most likely token; kept tokens are renormalised, others get `-inf`. Only kept tokens are
-//! drawn; the KL sums over kept tokens only. A row whose log-probs hold NaN is an error. Top-k
-//! and top-p sort the vocabulary with burn's sort, which some backends (CubeCL's: wgpu, CUDA) run
-//! on the host; plain sampling, temperature and tokenwise CD need no sort. On the CPU
-//! (burn-flex) [`crate::Generator`] uses the host sampler instead: it reads the same memory and
-//! stops at the drawn token.
+//! lower id, top-p the shortest such prefix whose mass (after temperature, over the whole
+//! vocabulary) reaches p, and always the most likely token; kept tokens are renormalised, others
+//! get `-inf`. No step sorts the vocabulary (burn's sort runs on the host for CubeCL's backends,
+//! wgpu and CUDA): the kept set is the tokens above a cut value found by bisection, plus the
+//! lowest ids of the tokens tied at it. Only kept tokens are drawn; the KL sums over kept tokens
+//! only. A row whose log-probs hold NaN is an error. On the CPU (burn-flex) [`crate::Generator`]
+//! uses the host sampler instead: it reads the same memory and stops at the drawn token.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -80,9 +78,28 @@ fn ids(rows: usize, vocab: usize, device: &burn::tensor::Device) -> Tensor<2, In
         .expand([rows, vocab])
 }
 
+/// Bisection steps of [`process_logprobs_on_device`]'s search for a row's cut value: they narrow
+/// a bracket of width at most [`CUT_RANGE`] + 1 to under 4e-11, less than the spacing of f32
+/// values of magnitude 2^-7 or more.
+const CUT_STEPS: usize = 48;
+/// How far below a row's largest value the cut is looked for: a token further down has
+/// probability e^-10^4, zero in f32 and in f64.
+const CUT_RANGE: f32 = 1e4;
+
 /// Applies temperature, top-k and top-p to `logp` (`[rows, vocab]` log-probs) on its device and
 /// returns normalised log-probs with `-inf` for removed tokens: [`crate::process_logprobs`] row by
 /// row, for a config that [`SamplingConfig::validate`] accepts.
+///
+/// Without a sort (which CubeCL's backends run on the host): the host keeps the next token in
+/// descending order while fewer than k tokens and less than p of the mass come before it, so the
+/// kept tokens are those at or above a cut value, the smallest value `c` at which the tokens
+/// strictly above `c` number fewer than k and weigh less than p (or `c` is the row's largest
+/// value: the most likely token is always kept). That condition only turns true as `c` rises, so
+/// a bisection over values finds `c`: [`CUT_STEPS`] halvings leave a bracket too narrow to hold
+/// two distinct values whenever the cut lies at 2^-7 or more from zero (closer to zero two
+/// distinct values would both be the log-prob of a token more likely than one half, divided by a
+/// temperature of over 88), and the smallest value inside it is `c`. Of the tokens tied at `c`,
+/// the lowest ids are kept, as many as the host's order keeps.
 pub fn process_logprobs_on_device(logp: Tensor<2>, cfg: &SamplingConfig) -> Tensor<2> {
     let x = if cfg.temperature == 1.0 {
         logp
@@ -93,31 +110,49 @@ pub fn process_logprobs_on_device(logp: Tensor<2>, cfg: &SamplingConfig) -> Tens
         return log_softmax(x, 1);
     }
     let [rows, vocab] = x.dims();
-    let device = x.device();
-    // How many tokens to keep: the host keeps a prefix of the descending order, whose length
-    // depends only on the sorted values (tied values have equal probabilities).
-    let sorted = x.clone().sort_descending(1);
-    let rank = ids(rows, vocab, &device);
-    let k = cfg.top_k.unwrap_or(vocab).clamp(1, vocab);
-    let mut keep_sorted: Tensor<2, Bool> = rank.clone().lower_elem(k as i64);
-    if let Some(p) = cfg.top_p {
-        // Mass before each sorted position; a position is kept while that mass is below p (the
-        // host's loop stops once the running mass reaches p − 1e-6), the first always.
-        let probs = log_softmax(sorted.clone(), 1).exp();
-        let before = blocked_cumsum(probs.clone()) - probs;
-        let under = before.lower_elem(p - 1e-6).bool_or(rank.equal_elem(0));
-        keep_sorted = keep_sorted.bool_and(under);
+    let wide = |t: Tensor<2>| t.expand([rows, vocab]);
+    let k = cfg.top_k.unwrap_or(vocab).clamp(1, vocab) as i64;
+    // The host's top-p loop stops once the running mass reaches p − 1e-6.
+    let p = cfg.top_p.map(|p| p - 1e-6);
+    let probs = log_softmax(x.clone(), 1).exp();
+    let mass_where = |mask: Tensor<2, Bool>| probs.clone().mask_fill(mask.bool_not(), 0.0);
+    let top = x.clone().max_dim(1);
+    let holds = |c: Tensor<2>| -> Tensor<2, Bool> {
+        let above = x.clone().greater(wide(c.clone()));
+        let mut holds = above.clone().int().sum_dim(1).lower_elem(k);
+        if let Some(p) = p {
+            holds = holds.bool_and(mass_where(above).sum_dim(1).lower_elem(p));
+        }
+        holds.bool_or(c.greater_equal(top.clone()))
+    };
+    // `holds` is false at `lo` and true at `hi`.
+    let mut hi = top.clone();
+    let mut lo = x.clone().min_dim(1).max_pair(top.clone() - CUT_RANGE) - 1.0;
+    for _ in 0..CUT_STEPS {
+        let mid = (lo.clone() + hi.clone()) / 2.0;
+        let ok = holds(mid.clone());
+        hi = hi.mask_where(ok.clone(), mid.clone());
+        lo = lo.mask_where(ok.bool_not(), mid);
     }
-    let n = keep_sorted.int().sum_dim(1); // [rows, 1], at least 1
-    // The kept set in id order: every token above the n-th value, and of the tokens equal to
-    // it the lowest ids, as many as the prefix holds.
-    let threshold = sorted.gather(1, n.clone() - 1);
-    let above = x.clone().greater(threshold.clone().expand([rows, vocab]));
-    let tied = x.clone().equal(threshold.expand([rows, vocab]));
+    let cut = x
+        .clone()
+        .mask_fill(x.clone().lower_equal(wide(lo)), f32::INFINITY)
+        .min_dim(1);
+    // The kept set in id order: every token above the cut, and of the tokens equal to it the
+    // lowest ids, as many as the host keeps: up to k in all, and while the mass before each is
+    // below p (it is m + t·q before the t-th of them, m the mass above, q their probability).
+    let above = x.clone().greater(wide(cut.clone()));
+    let tied = x.clone().equal(wide(cut));
+    let mut room = (above.clone().int().sum_dim(1).neg() + k).float();
+    if let Some(p) = p {
+        let m = mass_where(above.clone()).sum_dim(1);
+        let q = mass_where(tied.clone()).max_dim(1);
+        room = room.min_pair(((m.neg() + p) / q).ceil());
+    }
+    let room = room.clamp_min(1.0);
     // Counts as floats: exact below 2^24, and the blocked sum avoids a quadratic cumsum.
-    let room = (n - above.clone().int().sum_dim(1)).float();
     let tied_rank = blocked_cumsum(tied.clone().float());
-    let keep = above.bool_or(tied.bool_and(tied_rank.lower_equal(room.expand([rows, vocab]))));
+    let keep = above.bool_or(tied.bool_and(tied_rank.lower_equal(wide(room))));
     log_softmax(x.mask_fill(keep.bool_not(), f32::NEG_INFINITY), 1)
 }
 
@@ -427,6 +462,63 @@ mod tests {
                 assert!((draws.base_logprobs[i] - p[t as usize].ln()).abs() < 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn the_cut_is_the_hosts_on_wide_rows_with_ties_and_low_temperatures() {
+        // 3,001 tokens: rows from flat to sharply peaked, and one whose logits are multiples of
+        // 1/4 (groups of hundreds of tied tokens, so cuts land inside tie groups).
+        let vocab = 3001;
+        let mut rows = random_rows(4, vocab, 7);
+        for (r, row) in rows.iter_mut().enumerate() {
+            let scale = [1.0f32, 4.0, 12.0, 40.0][r];
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        rows.push(
+            (0..vocab)
+                .map(|_| (rng.random_range(0..24) as f32) * 0.25)
+                .collect(),
+        );
+        let mut checked = 0;
+        let mut total = 0;
+        for (top_k, top_p, temperature) in [
+            (Some(1), None, 1.0),
+            (Some(7), None, 1.0),
+            (Some(500), None, 0.7),
+            (Some(vocab), None, 1.0),
+            (None, Some(0.3), 1.0),
+            (None, Some(0.9), 1.0),
+            (None, Some(0.99), 1.3),
+            (None, Some(0.9), 0.05),
+            (Some(40), Some(0.95), 1.0),
+            (None, Some(1.0), 1.0),
+        ] {
+            let cfg = SamplingConfig {
+                top_k,
+                top_p,
+                temperature,
+                ..Default::default()
+            };
+            let got = read_f32(process_logprobs_on_device(tensor(&rows), &cfg)).unwrap();
+            for (row, got) in rows.iter().zip(got.chunks(vocab)) {
+                total += 1;
+                // f32 masses of at most 3,001 terms: off the host's f64 by far less than 1e-5.
+                if top_p_margin(row, &cfg) <= 1e-5 {
+                    continue;
+                }
+                checked += 1;
+                let want = process_logprobs(row, &cfg);
+                let kept = |v: &[f32]| -> Vec<usize> {
+                    (0..vocab).filter(|&i| v[i].is_finite()).collect()
+                };
+                assert_eq!(kept(got), kept(&want), "{cfg:?}");
+            }
+        }
+        assert!(
+            checked * 10 >= total * 8,
+            "{checked} of {total} rows away from the boundary"
+        );
     }
 
     #[test]
