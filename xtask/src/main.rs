@@ -9,6 +9,8 @@
 //! - `cargo xtask demo`: the main job on the shipped model (the `demo` preset).
 //! - `cargo xtask exp <preset>`: an experiment preset (`xtask/presets/*.toml`).
 //! - `cargo xtask ci`: `.ci/run`, the one definition of what CI checks.
+//! - `cargo xtask test-cpu`: the workspace's tests on an emulated CPU (QEMU user mode), to
+//!   check that no tolerance rests on one CPU's rounding.
 //!
 //! Flags are parsed by clap (`cargo xtask <task> --help`).
 
@@ -64,7 +66,23 @@ enum Task {
     Exp(exp::Options),
     /// Point burn's CUDA build at Debian's LLVM 22 (no download).
     CudaLlvm,
+    /// `cargo test --workspace` on an emulated x86-64 CPU (QEMU user mode, Debian's
+    /// `qemu-user`): test binaries and the `infalign` processes they start run on it, so burn and
+    /// the kernels take that CPU's SIMD path (doc tests run natively).
+    TestCpu {
+        /// QEMU's CPU model, with feature flags (`qemu-x86_64 -cpu help`): the default is an
+        /// Intel Haswell (AVX2 and FMA, no AVX-512) without the features QEMU cannot emulate;
+        /// `Nehalem` has SSE4.2 and no AVX.
+        #[arg(long, default_value = HASWELL)]
+        cpu: String,
+        /// Passed on to `cargo test --workspace`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
 }
+
+/// QEMU's Haswell without the features its emulator lacks (each would print a warning).
+const HASWELL: &str = "Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm";
 
 fn main() -> Result<()> {
     match Cli::parse().command {
@@ -76,13 +94,42 @@ fn main() -> Result<()> {
         Task::Demo(a) => demo::run(&root(), &a),
         Task::Exp(o) => exp::run(&root(), &o).map(|_| ()),
         Task::CudaLlvm => cuda_llvm(),
+        Task::TestCpu { cpu, cargo_args } => test_cpu(&cpu, &cargo_args),
     }
 }
 
+fn test_cpu(cpu: &str, cargo_args: &[String]) -> Result<()> {
+    if !cfg!(target_arch = "x86_64") {
+        bail!("test-cpu emulates x86-64 CPUs: run it on an x86-64 machine");
+    }
+    let qemu = "qemu-x86_64";
+    let found = Command::new(qemu).arg("--version").output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        bail!("`{qemu}` was not found: install QEMU's user-mode emulator (Debian: qemu-user)");
+    }
+    let runner = format!("{qemu} -cpu {cpu}");
+    let mut args = vec!["test", "--workspace"];
+    args.extend(cargo_args.iter().map(String::as_str));
+    eprintln!("(test binaries and the infalign processes they start run under `{runner}`)");
+    cargo_with(
+        &args,
+        &[
+            ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", &runner),
+            ("INFALIGN_TEST_RUNNER", &runner),
+        ],
+    )
+}
+
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+/// `cargo args` with environment variables `envs` set.
+fn cargo_with(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(envs.iter().copied())
         .status()
         .context("running cargo")?;
     if !status.success() {

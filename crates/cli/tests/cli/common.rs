@@ -4,9 +4,26 @@
 
 use std::process::{Command, Output};
 
+/// A command that runs `infalign`: directly, or through the runner that the environment
+/// variable `INFALIGN_TEST_RUNNER` names (a program and its arguments, split at spaces), as
+/// `cargo xtask test-cpu` does to run the binary on an emulated CPU.
+pub fn command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_infalign");
+    let runner = std::env::var("INFALIGN_TEST_RUNNER").unwrap_or_default();
+    let mut parts = runner.split_whitespace();
+    match parts.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(parts).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// Runs `infalign` with `args` (RUST_LOG cleared).
 pub fn infalign(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_infalign"))
+    command()
         .args(args)
         .env_remove("RUST_LOG")
         .output()

@@ -1702,7 +1702,7 @@ fn rows_outside_the_models_range_are_refused_naming_the_line() {
     ]);
     assert!(e.contains("invalid `k`") && e.contains("at least 2"), "{e}");
     // Pretraining with the defaults from a directory that has no `assets/`.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infalign"))
+    let out = crate::common::command()
         .args([
             "pretrain",
             "--set",
