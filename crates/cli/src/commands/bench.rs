@@ -109,8 +109,9 @@ fn train(
 
 /// Throughput of the decoding strategies on one model, as ratios to base sampling measured in
 /// the same run: base sampling, best-of-4 and best-of-16 (shared prefill), tokenwise CD and
-/// blockwise CD (K = 4, M = 8) with a scorer the size of the base model. Each time is the
-/// fastest of five runs.
+/// blockwise CD (K = 4, M = 8) with a scorer the size of the base model, and beside best-of-N
+/// the plain sampling of as many rows (its floor: what the machine takes for those rows' tokens
+/// before any strategy work). Each time is the fastest of five runs.
 fn strategies(
     config: &ModelConfig,
     device: &Device,
@@ -149,6 +150,23 @@ fn strategies(
         Ok(())
     })?;
     let mut rows = vec![("base sampling".to_string(), base, 1.0)];
+    // What best-of-N cannot go below on this machine: sampling its N rows per prompt without
+    // scoring or selecting (the rows' forward passes alone).
+    for n in [4, 16] {
+        let many: Vec<String> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), n))
+            .collect();
+        let t = time(&mut || {
+            g.generate(&many, &cfg, Seed(1))?;
+            Ok(())
+        })?;
+        rows.push((
+            format!("sampling {n} rows per prompt, no selection (best-of-{n}'s floor)"),
+            t,
+            t / base,
+        ));
+    }
     let cases = [
         (
             "best-of-4 (time per prompt vs one sample)",
