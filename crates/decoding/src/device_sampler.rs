@@ -529,7 +529,8 @@ mod tests {
         // Rows whose values span far more than their probabilities do: the host keeps tokens of
         // probability zero when top-k reaches them, and so must the device; values of 1e12 and
         // beyond, where a step of 1 is below f32's spacing.
-        let cases: [(Vec<f32>, f32, Option<usize>, Option<f32>); 7] = [
+        type Case = (Vec<f32>, f32, Option<usize>, Option<f32>);
+        let cases: [Case; 7] = [
             (vec![0.0, -150.0], 0.01, Some(2), None),
             (vec![0.0, -150.0, -300.0], 0.01, Some(3), None),
             (vec![-0.67, -0.670_000_1, -9.0], 1e-8, Some(2), None),
