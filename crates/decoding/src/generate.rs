@@ -58,6 +58,30 @@ fn chunk_list(encoded: &[Vec<u32>], chunk: usize, block: usize, n: usize) -> Vec
         .collect()
 }
 
+/// The fewest rows a part of a chunk decodes when [`Generator::split_for_cores`] splits the
+/// chunk's samples: below that, one chunk whose matrix products split their columns over the
+/// cores reads each weight once a step instead of once per core, which is what bounds small
+/// batches of a large model.
+const MIN_ROWS_PER_PART: usize = 8;
+
+/// The samples of `parts` (decoded in that order, each prompt-major within its part) in
+/// prompt-major order over all `prompts`, `n` each.
+fn prompt_major(
+    parts: &[Chunk<'_>],
+    done: Vec<Vec<Sample>>,
+    prompts: usize,
+    n: usize,
+) -> Vec<Sample> {
+    let mut at: Vec<Option<Sample>> = (0..prompts * n).map(|_| None).collect();
+    for ((first, _, samples), part) in parts.iter().zip(done) {
+        let width = samples.len();
+        for (r, sample) in part.into_iter().enumerate() {
+            at[(first + r / width) * n + samples.start + r % width] = Some(sample);
+        }
+    }
+    at.into_iter().flatten().collect()
+}
+
 /// The KV-cache memory a decoding chunk may take when [`GenerationConfig::max_rows`] is 0 (on
 /// the CPU, chunks decode one per core at once: the bound is per chunk).
 pub const KV_BUDGET_BYTES: usize = 2 << 30;
@@ -163,6 +187,9 @@ pub struct Generator<'a> {
     device: Device,
     /// Where tokens are drawn: `None` decides by the device (the host on the CPU).
     device_sampling: Option<bool>,
+    /// The cores a decode splits its samples over: `None` decides by the device and the caller
+    /// ([`Generator::split_for_cores`]).
+    cores: Option<usize>,
 }
 
 /// A step's next-token log-probs, `[rows, vocab]`: read back to the host (row-major), or left
@@ -230,7 +257,16 @@ impl<'a> Generator<'a> {
             lm,
             device,
             device_sampling: None,
+            cores: None,
         }
+    }
+
+    /// Splits a decode's samples over `cores` parts at most ([`Generator::split_for_cores`]),
+    /// instead of the cores the caller may use on the CPU (1 elsewhere). The samples do not
+    /// depend on it: for tests, and to compare the speed of the two ways.
+    pub fn cores(mut self, cores: usize) -> Self {
+        self.cores = Some(cores.max(1));
+        self
     }
 
     /// Draws tokens on the device ([`crate::sample_on_device`]) when `yes`, on the host when not,
@@ -283,11 +319,12 @@ impl<'a> Generator<'a> {
             // Chunks are independent (each sample has its own random stream): on the CPU they
             // decode in parallel, with the same result as one after the other.
             None => {
-                let done = infalign_core::run_on_workers(&self.device, chunks.len(), |c| {
-                    let (first, ids, samples) = &chunks[c];
+                let parts = self.split_for_cores(chunks);
+                let done = infalign_core::run_on_workers(&self.device, parts.len(), |c| {
+                    let (first, ids, samples) = &parts[c];
                     run(*first, ids, samples.clone(), None)
                 })?;
-                out.extend(done.into_iter().flatten());
+                out = prompt_major(&parts, done, prompts.len(), cfg.n);
             }
         }
         Ok(out)
@@ -318,6 +355,44 @@ impl<'a> Generator<'a> {
             }
         }
         Ok(())
+    }
+
+    /// On the CPU, when `chunks` are fewer than the cores the caller may use
+    /// ([`infalign_core::job_threads`], or [`Generator::cores`]), each chunk's samples split into blocks, so that every
+    /// core decodes a part of the rows on its own (single-threaded, as the jobs of
+    /// [`infalign_core::run_on_workers`] run), as long as every part keeps at least
+    /// [`MIN_ROWS_PER_PART`] rows. A chunk's prompts stay together (a prefill's padding changes
+    /// rounding) and every sample keeps its own random stream, so the samples are those of the
+    /// unsplit chunks; [`prompt_major`] puts them back in order.
+    fn split_for_cores<'c>(&self, chunks: Vec<Chunk<'c>>) -> Vec<Chunk<'c>> {
+        let cores = self.cores.unwrap_or_else(|| {
+            if infalign_core::is_flex(&self.device) {
+                infalign_core::job_threads()
+            } else {
+                1
+            }
+        });
+        if chunks.len() >= cores {
+            return chunks;
+        }
+        let per_chunk = cores.div_ceil(chunks.len());
+        chunks
+            .into_iter()
+            .flat_map(|(first, ids, samples)| {
+                let (start, len) = (samples.start, samples.len());
+                let parts = per_chunk
+                    .min(ids.len() * len / MIN_ROWS_PER_PART)
+                    .min(len)
+                    .max(1);
+                (0..parts).map(move |p| {
+                    (
+                        first,
+                        ids,
+                        start + len * p / parts..start + len * (p + 1) / parts,
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Checks the config; the prompts' ids and how they are split: `chunk` prompts per decoding batch, their

@@ -704,6 +704,42 @@ fn sampling_and_tokenwise_cd_do_not_depend_on_batching() {
 }
 
 #[test]
+fn samples_split_over_cores_are_the_samples_of_one_chunk() {
+    // A chunk's samples decoded in parts, one per core, come back as one chunk decodes them, in
+    // prompt-major order: 6 prompts × 4 samples in parts of samples 0, 1 and 2–3 (3 cores, at
+    // least 8 rows each), and one prompt's 16 samples in two halves.
+    let dir = tempfile::tempdir().unwrap();
+    let lm = loaded(3.0, dir.path());
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let one = Generator::new(&lm, device.clone()).cores(1);
+    let split = Generator::new(&lm, device.clone()).cores(3);
+    let ps: Vec<String> = (0..6)
+        .map(|i| format!("the dog {i} {}", "a ".repeat(i)))
+        .collect();
+    for (prompts, n) in [(&ps[..], 4), (&ps[..1], 16)] {
+        let cfg = GenerationConfig {
+            max_new_tokens: 10,
+            n,
+            sampling: infalign_decoding::SamplingConfig {
+                top_p: Some(0.9),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let want = one.generate(prompts, &cfg, Seed(4)).unwrap();
+        let got = split.generate(prompts, &cfg, Seed(4)).unwrap();
+        assert_same_samples(&want, &got);
+        let order: Vec<usize> = got.iter().map(|s| s.prompt_index).collect();
+        let prompt_major: Vec<usize> = (0..prompts.len() * n).map(|r| r / n).collect();
+        assert_eq!(order, prompt_major);
+        assert!(
+            want.windows(2).any(|w| w[0].tokens != w[1].tokens),
+            "samples differ"
+        );
+    }
+}
+
+#[test]
 fn many_samples_decode_in_blocks_with_the_same_samples() {
     // More rows than `max_rows`: one prompt at a time, its samples in blocks; each sample keeps
     // its own random stream, so the samples are those of one prompt at a time, unsplit, for base

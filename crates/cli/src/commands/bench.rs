@@ -110,8 +110,8 @@ fn train(
 /// Throughput of the decoding strategies on one model, as ratios to base sampling measured in
 /// the same run: base sampling, best-of-4 and best-of-16 (shared prefill), tokenwise CD and
 /// blockwise CD (K = 4, M = 8) with a scorer the size of the base model, and beside best-of-N
-/// the plain sampling of as many rows (its floor: what the machine takes for those rows' tokens
-/// before any strategy work). Each time is the fastest of five runs.
+/// the plain sampling of as many rows as separate prompts (what those rows' tokens cost without
+/// the strategy). Each time is the fastest of five runs.
 fn strategies(
     config: &ModelConfig,
     device: &Device,
@@ -150,8 +150,8 @@ fn strategies(
         Ok(())
     })?;
     let mut rows = vec![("base sampling".to_string(), base, 1.0)];
-    // What best-of-N cannot go below on this machine: sampling its N rows per prompt without
-    // scoring or selecting (the rows' forward passes alone).
+    // Best-of-N's rows without the strategy: its N rows per prompt sampled as separate prompts
+    // (no shared prefill, no scoring or selection).
     for n in [4, 16] {
         let many: Vec<String> = prompts
             .iter()
@@ -162,7 +162,9 @@ fn strategies(
             Ok(())
         })?;
         rows.push((
-            format!("sampling {n} rows per prompt, no selection (best-of-{n}'s floor)"),
+            format!(
+                "sampling {n} rows per prompt as separate prompts (best-of-{n} without selection)"
+            ),
             t,
             t / base,
         ));
