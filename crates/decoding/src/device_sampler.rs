@@ -93,7 +93,7 @@ const CUT_STEPS: usize = 48;
 /// value: the most likely token is always kept). That condition only turns true as `c` rises, so
 /// a bisection over values finds `c`. The bracket starts below the row's smallest value (where
 /// the condition is false unless every token is kept) and at its largest (where it is true);
-/// after [`CUT_STEPS`] halvings it is 2^-48 of the row's range wide, narrower than the spacing of
+/// after 48 halvings it is 2^-48 of the row's range wide, narrower than the spacing of
 /// f32 values at the cut unless the cut lies within 2^-24 of that range from zero, where only
 /// the log-prob (over the temperature) of a token more likely than one half can lie, which no
 /// other token shares. So the bracket holds one distinct value, `c`, found as the smallest

@@ -261,9 +261,10 @@ impl<'a> Generator<'a> {
         }
     }
 
-    /// Splits a decode's samples over `cores` parts at most ([`Generator::split_for_cores`]),
-    /// instead of the cores the caller may use on the CPU (1 elsewhere). The samples do not
-    /// depend on it: for tests, and to compare the speed of the two ways.
+    /// Splits a decode's samples over `cores` parts at most (when its prompt chunks are fewer,
+    /// each keeping at least 8 rows), instead of the cores the caller may use on the CPU (1
+    /// elsewhere). The samples do not depend on it: for tests, and to compare the speed of the
+    /// two ways.
     pub fn cores(mut self, cores: usize) -> Self {
         self.cores = Some(cores.max(1));
         self
