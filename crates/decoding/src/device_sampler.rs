@@ -306,6 +306,12 @@ mod tests {
             .collect()
     }
 
+    /// One row processed by the host and by the device: (host, device).
+    fn processed_both_ways(row: &[f32], cfg: &SamplingConfig) -> (Vec<f32>, Vec<f32>) {
+        let device = process_logprobs_on_device(tensor(&[row.to_vec()]), cfg);
+        (process_logprobs(row, cfg), read_f32(device).unwrap())
+    }
+
     /// How far the host's top-p rule is from changing its mind on `row`: the distance of the
     /// running mass from p − 1e-6 at every sorted position (∞ without top-p).
     fn top_p_margin(row: &[f32], cfg: &SamplingConfig) -> f64 {
@@ -546,12 +552,7 @@ mod tests {
                 top_p,
                 ..Default::default()
             };
-            let want = process_logprobs(&row, &cfg);
-            let got = read_f32(process_logprobs_on_device(
-                tensor(std::slice::from_ref(&row)),
-                &cfg,
-            ))
-            .unwrap();
+            let (want, got) = processed_both_ways(&row, &cfg);
             let kept = |v: &[f32]| -> Vec<bool> { v.iter().map(|x| x.is_finite()).collect() };
             assert_eq!(kept(&got), kept(&want), "{row:?} {cfg:?}");
             assert!(got.iter().all(|x| !x.is_nan()), "{row:?} {cfg:?}: {got:?}");
@@ -583,12 +584,7 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            let want = process_logprobs(&row, &cfg);
-            let got = read_f32(process_logprobs_on_device(
-                tensor(std::slice::from_ref(&row)),
-                &cfg,
-            ))
-            .unwrap();
+            let (want, got) = processed_both_ways(&row, &cfg);
             let kept = |v: &[f32]| -> Vec<usize> { (0..6).filter(|&i| v[i].is_finite()).collect() };
             assert_eq!(kept(&got), kept(&want), "{cfg:?}");
         }
