@@ -282,3 +282,31 @@ fn cuda_llvm() -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent_and_test_cpu_passes_arguments_on() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "cargo xtask",
+            "test-cpu",
+            "--cpu",
+            "Nehalem",
+            "--",
+            "--no-fail-fast",
+            "--lib",
+        ])
+        .unwrap();
+        match cli.command {
+            Task::TestCpu { cpu, cargo_args } => {
+                assert_eq!(cpu, "Nehalem");
+                assert_eq!(cargo_args, ["--no-fail-fast", "--lib"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}
