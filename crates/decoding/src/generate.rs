@@ -373,7 +373,7 @@ impl<'a> Generator<'a> {
                 1
             }
         });
-        if chunks.len() >= cores {
+        if chunks.is_empty() || chunks.len() >= cores {
             return chunks;
         }
         let per_chunk = cores.div_ceil(chunks.len());

@@ -737,6 +737,8 @@ fn samples_split_over_cores_are_the_samples_of_one_chunk() {
             "samples differ"
         );
     }
+    let none = split.generate(&[], &GenerationConfig::default(), Seed(4));
+    assert!(none.unwrap().is_empty(), "no prompts, no samples");
 }
 
 #[test]
