@@ -309,13 +309,14 @@ impl<'a> Generator<'a> {
             let prompts = &prompts[first..first + ids.len()];
             self.generate_chunk(prompts, ids, first, samples, cfg, seed, steer)
         };
-        let mut out = Vec::with_capacity(prompts.len() * cfg.n);
         match steer {
             // A steer tracks the rows of one batch: its chunks go one after the other.
             Some(s) => {
+                let mut out = Vec::with_capacity(prompts.len() * cfg.n);
                 for (first, ids, samples) in &chunks {
                     out.extend(run(*first, ids, samples.clone(), Some(&mut *s))?);
                 }
+                Ok(out)
             }
             // Chunks are independent (each sample has its own random stream): on the CPU they
             // decode in parallel, with the same result as one after the other.
@@ -325,10 +326,9 @@ impl<'a> Generator<'a> {
                     let (first, ids, samples) = &parts[c];
                     run(*first, ids, samples.clone(), None)
                 })?;
-                out = prompt_major(&parts, done, prompts.len(), cfg.n);
+                Ok(prompt_major(&parts, done, prompts.len(), cfg.n))
             }
         }
-        Ok(out)
     }
 
     /// Like [`Generator::generate`], handing the samples to `sink` block by block as they are
