@@ -15,7 +15,8 @@
 //! - Grouped-query attention: query head `h` reads key/value head `h / (H / H_kv)`.
 //! - Results agree with an `f64` reference within the rounding of `f32` sums.
 
-use crate::{Isa, LANES, ShapeError, fma, lane_sum, run_parts, split};
+use crate::simd::Simd;
+use crate::{Isa, LANES, ShapeError, lane_sum, run_parts, split};
 
 /// A read-only strided view of a 4-D `f32` array: element `[i, j, k, l]` lies at
 /// `offset + i·strides[0] + j·strides[1] + k·strides[2] + l·strides[3]` in `data`.
@@ -155,17 +156,36 @@ pub(crate) struct AttentionJob<'a> {
     scale: f32,
 }
 
+/// Keys whose scores are computed together, and heads whose outputs are summed together:
+/// independent dependency chains for the processor to overlap (each key's score and each
+/// output's sum is still the same sequence of operations as alone).
+const KEY_GROUP: usize = 4; // `attend_rows` lists the keys of a group one by one
+const HEAD_GROUP: usize = 4;
+
 /// Batch rows `start..end` of [`attention`] into `y` (`(end − start) × L × H·hd`); inlined into
-/// each `#[target_feature]` wrapper.
+/// each `#[target_feature]` wrapper with that instruction set's [`Simd`].
+///
+/// Per query position: every head's scores ([`dots`], [`KEY_GROUP`] keys at a time) and their
+/// softmax weights, then the weighted sums of the values ([`weighted_sums`], [`HEAD_GROUP`]
+/// heads and [`LANES`] columns at a time, the running sums in registers over every key). Each
+/// output element is `(Σ_p w_p·v[p][c]) · (1/Σ_p w_p)`, keys in order, one fused multiply-add per
+/// key.
 #[inline(always)]
-pub(crate) fn attend_rows(job: &AttentionJob<'_>, start: usize, end: usize, y: &mut [f32]) {
+pub(crate) fn attend_rows<S: Simd>(
+    simd: S,
+    job: &AttentionJob<'_>,
+    start: usize,
+    end: usize,
+    y: &mut [f32],
+) {
     let [_, h, l, hd] = job.q.dims;
     let [_, h_kv, t, _] = job.k.dims;
     let group = h / h_kv;
     let mut q_buf = vec![0.0f32; hd];
     let mut row_buf = vec![0.0f32; hd];
-    let mut scores = vec![0.0f32; t];
-    let mut acc = vec![0.0f32; hd];
+    // Every head's weights, head-major, and their sums.
+    let mut weights = vec![0.0f32; h * t];
+    let mut sums = vec![0.0f32; h];
     for b in start..end {
         for i in 0..l {
             for head in 0..h {
@@ -176,10 +196,29 @@ pub(crate) fn attend_rows(job: &AttentionJob<'_>, start: usize, end: usize, y: &
                 }
                 let bias_head = if job.bias.dims[1] == 1 { 0 } else { head };
                 let bias_at = job.bias.at(b, bias_head, i);
-                for (p, s) in scores.iter_mut().enumerate() {
-                    let key = job.k.row(b, kv, p, &mut row_buf);
-                    *s = dot(&q_buf, key) * job.scale
-                        + job.bias.data[bias_at + p * job.bias.strides[3]];
+                let bias = |p: usize| job.bias.data[bias_at + p * job.bias.strides[3]];
+                let scores = &mut weights[head * t..(head + 1) * t];
+                if job.k.strides[3] == 1 {
+                    // Key p's values start `p` key strides after key 0's.
+                    let (first, step) = (job.k.at(b, kv, 0), job.k.strides[2]);
+                    let key = |p: usize| &job.k.data[first + p * step..first + p * step + hd];
+                    let mut p = 0;
+                    while p + KEY_GROUP <= t {
+                        let keys = [key(p), key(p + 1), key(p + 2), key(p + 3)];
+                        let dots = dots::<S, KEY_GROUP>(simd, &q_buf, keys);
+                        for j in 0..KEY_GROUP {
+                            scores[p + j] = dots[j] * job.scale + bias(p + j);
+                        }
+                        p += KEY_GROUP;
+                    }
+                    for (p, score) in scores.iter_mut().enumerate().skip(p) {
+                        *score = dots::<S, 1>(simd, &q_buf, [key(p)])[0] * job.scale + bias(p);
+                    }
+                } else {
+                    for (p, score) in scores.iter_mut().enumerate() {
+                        let key = job.k.row(b, kv, p, &mut row_buf);
+                        *score = dots::<S, 1>(simd, &q_buf, [key])[0] * job.scale + bias(p);
+                    }
                 }
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0f32;
@@ -187,47 +226,114 @@ pub(crate) fn attend_rows(job: &AttentionJob<'_>, start: usize, end: usize, y: &
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                acc.iter_mut().for_each(|a| *a = 0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    let value = job.v.row(b, kv, p, &mut row_buf);
-                    axpy(w, value, &mut acc);
-                }
-                let out = ((b - start) * l + i) * h * hd + head * hd;
+                sums[head] = sum;
+            }
+            let out = ((b - start) * l + i) * h * hd;
+            let out = &mut y[out..out + h * hd];
+            let mut head = 0;
+            while head + HEAD_GROUP <= h {
+                weighted_sums::<S, HEAD_GROUP>(simd, job, b, head, &weights, &mut row_buf, out);
+                head += HEAD_GROUP;
+            }
+            if head + 2 <= h {
+                weighted_sums::<S, 2>(simd, job, b, head, &weights, &mut row_buf, out);
+                head += 2;
+            }
+            if head < h {
+                weighted_sums::<S, 1>(simd, job, b, head, &weights, &mut row_buf, out);
+            }
+            for (o, &sum) in out.chunks_exact_mut(hd).zip(&sums) {
                 let inv = 1.0 / sum;
-                for (o, &a) in y[out..out + hd].iter_mut().zip(&acc) {
-                    *o = a * inv;
+                for x in o {
+                    *x *= inv;
                 }
             }
         }
     }
 }
 
-/// `Σ a[i]·b[i]`: [`LANES`] partial sums with fused multiply-adds, added in a fixed order, then
-/// the tail.
+/// `Σ a[i]·b_j[i]` for each of the `K` vectors `b_j`: per vector, [`LANES`] partial sums with
+/// fused multiply-adds, added in a fixed order, then the tail.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cb = b.chunks_exact(LANES);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        lanes = fma(
-            x.try_into().expect("a full chunk"),
-            y.try_into().expect("a full chunk"),
-            lanes,
-        );
+fn dots<S: Simd, const K: usize>(simd: S, a: &[f32], b: [&[f32]; K]) -> [f32; K] {
+    let full = a.len() / LANES * LANES;
+    let mut lanes = [simd.zero(); K];
+    for c in (0..full).step_by(LANES) {
+        let x = simd.load(&a[c..]);
+        for j in 0..K {
+            lanes[j] = simd.fma(x, simd.load(&b[j][c..]), lanes[j]);
+        }
     }
-    let mut sum = lane_sum(&lanes);
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        sum = x.mul_add(*y, sum);
+    let mut sums = [0.0f32; K];
+    for j in 0..K {
+        let mut sum = lane_sum(&simd.to_array(lanes[j]));
+        for c in full..a.len() {
+            sum = a[c].mul_add(b[j][c], sum);
+        }
+        sums[j] = sum;
     }
-    sum
+    sums
 }
 
-/// `acc += w · x`, element by element, each a fused multiply-add.
+/// For heads `head0..head0 + G` of batch row `b`: `out[head][c] = Σ_p w[head][p]·v[b, kv, p, c]`
+/// (`kv` the head's key/value head), keys in order, one fused multiply-add each; `weights` holds
+/// every head's `T` weights, head-major, and `out` every head's `hd` outputs. The columns go
+/// [`LANES`] at a time with `G` running sums in registers over all keys, then the tail.
 #[inline(always)]
-fn axpy(w: f32, x: &[f32], acc: &mut [f32]) {
-    for (a, &x) in acc.iter_mut().zip(x) {
-        *a = w.mul_add(x, *a);
+fn weighted_sums<S: Simd, const G: usize>(
+    simd: S,
+    job: &AttentionJob<'_>,
+    b: usize,
+    head0: usize,
+    weights: &[f32],
+    buf: &mut [f32],
+    out: &mut [f32],
+) {
+    let [_, h, _, hd] = job.q.dims;
+    let [_, h_kv, t, _] = job.k.dims;
+    let kv: [usize; G] = std::array::from_fn(|g| (head0 + g) / (h / h_kv));
+    let full = hd / LANES * LANES;
+    let contiguous = job.v.strides[3] == 1;
+    for c in (0..full).step_by(LANES) {
+        let mut acc = [simd.zero(); G];
+        if contiguous {
+            // Where key 0's columns `c..` of each head's values start; key p is `p` key
+            // strides further.
+            let first: [usize; G] = std::array::from_fn(|g| job.v.at(b, kv[g], 0) + c);
+            let step = job.v.strides[2];
+            for p in 0..t {
+                for g in 0..G {
+                    let w = simd.splat(weights[(head0 + g) * t + p]);
+                    let value = simd.load(&job.v.data[first[g] + p * step..]);
+                    acc[g] = simd.fma(w, value, acc[g]);
+                }
+            }
+        } else {
+            for p in 0..t {
+                for g in 0..G {
+                    let w = simd.splat(weights[(head0 + g) * t + p]);
+                    let value = simd.load(&job.v.row(b, kv[g], p, buf)[c..]);
+                    acc[g] = simd.fma(w, value, acc[g]);
+                }
+            }
+        }
+        for (g, &acc) in acc.iter().enumerate() {
+            let at = (head0 + g) * hd + c;
+            out[at..at + LANES].copy_from_slice(&simd.to_array(acc));
+        }
+    }
+    if full < hd {
+        for g in 0..G {
+            let o = &mut out[(head0 + g) * hd + full..(head0 + g + 1) * hd];
+            o.fill(0.0);
+            for p in 0..t {
+                let w = weights[(head0 + g) * t + p];
+                let value = job.v.row(b, kv[g], p, buf);
+                for (o, &x) in o.iter_mut().zip(&value[full..]) {
+                    *o = w.mul_add(x, *o);
+                }
+            }
+        }
     }
 }
 
@@ -332,6 +438,66 @@ mod tests {
                 assert!(
                     (f64::from(*g) - w).abs() < 1e-5,
                     "{parts} parts: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_and_grouping_of_heads_gives_the_same_bits() {
+        // Head counts that exercise every grouping (4, 2 and 1 heads at a time), head widths
+        // below, at and past LANES, key counts past a multiple of the key group, and keys and
+        // values stored transposed (their last axis strided), each against the portable lanes
+        // bit for bit and against the definition within f32 rounding.
+        let isas: Vec<Isa> = [Isa::choose(None), Isa::choose(Some("avx2"))]
+            .into_iter()
+            .flatten()
+            .collect();
+        for (h, h_kv, hd, t, transposed) in [
+            (1, 1, 16, 4, false),
+            (2, 1, 40, 11, false),
+            (3, 3, 16, 7, true),
+            (6, 2, 32, 13, false),
+            (7, 7, 8, 5, false),
+            (7, 7, 20, 9, true),
+        ] {
+            let (b, l) = (2, 2);
+            let q = filled(b * h * l * hd, 0.4);
+            let kbuf = filled(b * h_kv * t * hd, 1.1);
+            let vbuf = filled(b * h_kv * t * hd, 2.3);
+            let kv_view = |data| View4 {
+                data,
+                offset: 0,
+                dims: [b, h_kv, t, hd],
+                strides: if transposed {
+                    [h_kv * hd * t, hd * t, 1, t]
+                } else {
+                    [h_kv * t * hd, t * hd, hd, 1]
+                },
+            };
+            let mut bias = vec![0.0f32; b * l * t];
+            bias[t] = -1e9; // row 0, query 1 masks key 0
+            let job = AttentionJob {
+                q: contiguous(&q, [b, h, l, hd]),
+                k: kv_view(&kbuf),
+                v: kv_view(&vbuf),
+                bias: contiguous(&bias, [b, 1, l, t]),
+                scale: 0.3,
+            };
+            let bits = |y: &[f32]| y.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut portable = vec![0.0f32; b * l * h * hd];
+            attend_rows(crate::simd::Portable, &job, 0, b, &mut portable);
+            for isa in &isas {
+                let mut y = vec![0.0f32; b * l * h * hd];
+                isa.attend(&job, 0, b, &mut y);
+                assert_eq!(bits(&y), bits(&portable), "{isa:?}, h {h}, hd {hd}");
+            }
+            let want = reference(&job.q, &job.k, &job.v, &job.bias, 0.3);
+            for (g, w) in portable.iter().zip(&want) {
+                // Values of order 1, at most 13 terms per sum.
+                assert!(
+                    (f64::from(*g) - w).abs() < 1e-5,
+                    "h {h}, hd {hd}: {g} vs {w}"
                 );
             }
         }

@@ -17,8 +17,9 @@
 //! - Results agree with a plain `f64` reference within the rounding of `f32` sums of the compared
 //!   magnitude.
 //!
-//! The only `unsafe` in this crate calls a function compiled with `#[target_feature]` (AVX-512F, or
-//! AVX2 + FMA) after `is_x86_feature_detected!` confirmed the CPU has that feature. On x86 CPUs
+//! The `unsafe` in this crate calls a function compiled with `#[target_feature]` (AVX-512F, or
+//! AVX2 + FMA) after `is_x86_feature_detected!` confirmed the CPU has that feature, and, inside
+//! such functions, SIMD intrinsics on slices checked to hold the lanes they touch. On x86 CPUs
 //! with neither, [`matmul`] returns `None` and the caller keeps its general path. The
 //! environment variable `INFALIGN_SIMD` ([`SIMD_VARIABLE`]) set to `avx2` or `off` narrows the
 //! choice, to compare the paths on one machine.
@@ -28,6 +29,7 @@ use std::sync::OnceLock;
 mod activation;
 mod allocator;
 mod attention;
+mod simd;
 pub use activation::gelu_tanh;
 pub use allocator::keep_freed_memory;
 pub use attention::{View4, attention};
@@ -310,7 +312,7 @@ impl Isa {
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Self::Avx2 => unsafe { attend_avx2(job, start, end, y) },
             #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            Self::Native => attention::attend_rows(job, start, end, y),
+            Self::Native => attention::attend_rows(simd::Portable, job, start, end, y),
         }
     }
 }
@@ -330,13 +332,13 @@ fn gelu_avx2(x: &mut [f32]) {
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx512f,fma")]
 fn attend_avx512(job: &attention::AttentionJob<'_>, start: usize, end: usize, y: &mut [f32]) {
-    attention::attend_rows(job, start, end, y)
+    attention::attend_rows(simd::Avx512::detected(), job, start, end, y)
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma")]
 fn attend_avx2(job: &attention::AttentionJob<'_>, start: usize, end: usize, y: &mut [f32]) {
-    attention::attend_rows(job, start, end, y)
+    attention::attend_rows(simd::Avx2::detected(), job, start, end, y)
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
