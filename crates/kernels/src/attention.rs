@@ -166,8 +166,10 @@ const HEAD_GROUP: usize = 4;
 /// each `#[target_feature]` wrapper with that instruction set's [`Simd`].
 ///
 /// Per query position: every head's scores ([`dots`], [`KEY_GROUP`] keys at a time) and their
-/// softmax weights, then the weighted sums of the values ([`weighted_sums`], [`HEAD_GROUP`]
-/// heads and [`LANES`] columns at a time, the running sums in registers over every key). Each
+/// softmax weights, then the weighted sums of the values, the running sums in registers over
+/// every key: [`weighted_sums_by_key`] for value rows of 16, 32, 64 or 128 contiguous columns
+/// (each row read once, in order), else [`weighted_sums`] ([`HEAD_GROUP`] heads and [`LANES`]
+/// columns at a time). Each
 /// output element is `(Σ_p w_p·v[p][c]) · (1/Σ_p w_p)`, keys in order, one fused multiply-add per
 /// key.
 #[inline(always)]
@@ -230,17 +232,19 @@ pub(crate) fn attend_rows<S: Simd>(
             }
             let out = ((b - start) * l + i) * h * hd;
             let out = &mut y[out..out + h * hd];
-            let mut head = 0;
-            while head + HEAD_GROUP <= h {
-                weighted_sums::<S, HEAD_GROUP>(simd, job, b, head, &weights, &mut row_buf, out);
-                head += HEAD_GROUP;
-            }
-            if head + 2 <= h {
-                weighted_sums::<S, 2>(simd, job, b, head, &weights, &mut row_buf, out);
-                head += 2;
-            }
-            if head < h {
-                weighted_sums::<S, 1>(simd, job, b, head, &weights, &mut row_buf, out);
+            if !weighted_sums_by_key(simd, job, b, &weights, out) {
+                let mut head = 0;
+                while head + HEAD_GROUP <= h {
+                    weighted_sums::<S, HEAD_GROUP>(simd, job, b, head, &weights, &mut row_buf, out);
+                    head += HEAD_GROUP;
+                }
+                if head + 2 <= h {
+                    weighted_sums::<S, 2>(simd, job, b, head, &weights, &mut row_buf, out);
+                    head += 2;
+                }
+                if head < h {
+                    weighted_sums::<S, 1>(simd, job, b, head, &weights, &mut row_buf, out);
+                }
             }
             for (o, &sum) in out.chunks_exact_mut(hd).zip(&sums) {
                 let inv = 1.0 / sum;
@@ -273,6 +277,86 @@ fn dots<S: Simd, const K: usize>(simd: S, a: &[f32], b: [&[f32]; K]) -> [f32; K]
         sums[j] = sum;
     }
     sums
+}
+
+/// Every head's weighted sum of values for batch row `b` (as [`weighted_sums`]) when each value
+/// row is `C·LANES` contiguous columns with `C` one of 1, 2, 4, 8: keys in the outer loop and
+/// all the sums of two heads in registers, so that each value row is read once, in order (the
+/// cache of a long batch is larger than the processor's caches, and is read at memory speed).
+/// Returns false, writing nothing, for other layouts.
+#[inline(always)]
+fn weighted_sums_by_key<S: Simd>(
+    simd: S,
+    job: &AttentionJob<'_>,
+    b: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) -> bool {
+    let hd = job.q.dims[3];
+    if job.v.strides[3] != 1 || !hd.is_multiple_of(LANES) {
+        return false;
+    }
+    match hd / LANES {
+        1 => by_key_heads::<S, 1>(simd, job, b, weights, out),
+        2 => by_key_heads::<S, 2>(simd, job, b, weights, out),
+        4 => by_key_heads::<S, 4>(simd, job, b, weights, out),
+        8 => by_key_heads::<S, 8>(simd, job, b, weights, out),
+        _ => return false,
+    }
+    true
+}
+
+/// [`weighted_sums_by_key`] for `C` vectors per value row: two heads at a time, then the last.
+#[inline(always)]
+fn by_key_heads<S: Simd, const C: usize>(
+    simd: S,
+    job: &AttentionJob<'_>,
+    b: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    let h = job.q.dims[1];
+    let mut head = 0;
+    while head + 2 <= h {
+        by_key::<S, 2, C>(simd, job, b, head, weights, out);
+        head += 2;
+    }
+    if head < h {
+        by_key::<S, 1, C>(simd, job, b, head, weights, out);
+    }
+}
+
+/// Heads `head0..head0 + G` of [`weighted_sums_by_key`], each output `Σ_p w_p·v[p][c]` in key
+/// order, one fused multiply-add per key, as in [`weighted_sums`].
+#[inline(always)]
+fn by_key<S: Simd, const G: usize, const C: usize>(
+    simd: S,
+    job: &AttentionJob<'_>,
+    b: usize,
+    head0: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    let [_, h, _, hd] = job.q.dims;
+    let [_, h_kv, t, _] = job.k.dims;
+    let first: [usize; G] = std::array::from_fn(|g| job.v.at(b, (head0 + g) / (h / h_kv), 0));
+    let step = job.v.strides[2];
+    let mut acc = [[simd.zero(); C]; G];
+    for p in 0..t {
+        for g in 0..G {
+            let w = simd.splat(weights[(head0 + g) * t + p]);
+            let row = &job.v.data[first[g] + p * step..][..C * LANES];
+            for c in 0..C {
+                acc[g][c] = simd.fma(w, simd.load(&row[c * LANES..]), acc[g][c]);
+            }
+        }
+    }
+    for (g, acc) in acc.iter().enumerate() {
+        for (c, &a) in acc.iter().enumerate() {
+            let at = (head0 + g) * hd + c * LANES;
+            out[at..at + LANES].copy_from_slice(&simd.to_array(a));
+        }
+    }
 }
 
 /// For heads `head0..head0 + G` of batch row `b`: `out[head][c] = Σ_p w[head][p]·v[b, kv, p, c]`
@@ -460,6 +544,9 @@ mod tests {
             (6, 2, 32, 13, false),
             (7, 7, 8, 5, false),
             (7, 7, 20, 9, true),
+            (5, 5, 64, 6, false),
+            (3, 1, 128, 5, false),
+            (2, 2, 64, 6, true),
         ] {
             let (b, l) = (2, 2);
             let q = filled(b * h * l * hd, 0.4);
