@@ -102,10 +102,12 @@ pub fn sample_token(logp: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (
         let best = argmax(logp);
         return (best as u32, 0.0);
     }
+    let processed;
     let policy = if cfg.is_identity() {
-        logp.to_vec()
+        logp
     } else {
-        process_logprobs(logp, cfg)
+        processed = process_logprobs(logp, cfg);
+        &processed
     };
     let u: f64 = rng.random();
     let mut acc = 0.0f64;
