@@ -169,9 +169,8 @@ const HEAD_GROUP: usize = 4;
 /// softmax weights, then the weighted sums of the values, the running sums in registers over
 /// every key: [`weighted_sums_by_key`] for value rows of 16, 32, 64 or 128 contiguous columns
 /// (each row read once, in order), else [`weighted_sums`] ([`HEAD_GROUP`] heads and [`LANES`]
-/// columns at a time). Each
-/// output element is `(Σ_p w_p·v[p][c]) · (1/Σ_p w_p)`, keys in order, one fused multiply-add per
-/// key.
+/// columns at a time). Each output element is `(Σ_p w_p·v[p][c]) · (1/Σ_p w_p)`, keys in order,
+/// one fused multiply-add per key.
 #[inline(always)]
 pub(crate) fn attend_rows<S: Simd>(
     simd: S,
