@@ -156,11 +156,9 @@ pub(crate) struct AttentionJob<'a> {
     scale: f32,
 }
 
-/// Keys whose scores are computed together, and heads whose outputs are summed together:
-/// independent dependency chains for the processor to overlap (each key's score and each
-/// output's sum is still the same sequence of operations as alone).
+/// Keys whose scores are computed together: independent dependency chains for the processor to
+/// overlap (each key's score is still the same sequence of operations as alone).
 const KEY_GROUP: usize = 4; // `attend_rows` lists the keys of a group one by one
-const HEAD_GROUP: usize = 4;
 
 /// Batch rows `start..end` of [`attention`] into `y` (`(end − start) × L × H·hd`); inlined into
 /// each `#[target_feature]` wrapper with that instruction set's [`Simd`].
@@ -168,8 +166,8 @@ const HEAD_GROUP: usize = 4;
 /// Per query position: every head's scores ([`dots`], [`KEY_GROUP`] keys at a time) and their
 /// softmax weights, then the weighted sums of the values, the running sums in registers over
 /// every key: [`weighted_sums_by_key`] for value rows of 16, 32, 64 or 128 contiguous columns
-/// (each row read once, in order), else [`weighted_sums`] ([`HEAD_GROUP`] heads and [`LANES`]
-/// columns at a time). Each output element is `(Σ_p w_p·v[p][c]) · (1/Σ_p w_p)`, keys in order,
+/// (each row read once, in order), else [`weighted_sum`] (head by head, [`LANES`] columns at a
+/// time). Each output element is `(Σ_p w_p·v[p][c]) · (1/Σ_p w_p)`, keys in order,
 /// one fused multiply-add per key.
 #[inline(always)]
 pub(crate) fn attend_rows<S: Simd>(
@@ -232,17 +230,9 @@ pub(crate) fn attend_rows<S: Simd>(
             let out = ((b - start) * l + i) * h * hd;
             let out = &mut y[out..out + h * hd];
             if !weighted_sums_by_key(simd, job, b, &weights, out) {
-                let mut head = 0;
-                while head + HEAD_GROUP <= h {
-                    weighted_sums::<S, HEAD_GROUP>(simd, job, b, head, &weights, &mut row_buf, out);
-                    head += HEAD_GROUP;
-                }
-                if head + 2 <= h {
-                    weighted_sums::<S, 2>(simd, job, b, head, &weights, &mut row_buf, out);
-                    head += 2;
-                }
-                if head < h {
-                    weighted_sums::<S, 1>(simd, job, b, head, &weights, &mut row_buf, out);
+                for (head, o) in out.chunks_exact_mut(hd).enumerate() {
+                    let w = &weights[head * t..(head + 1) * t];
+                    weighted_sum(simd, job, (b, head), w, &mut row_buf, o);
                 }
             }
             for (o, &sum) in out.chunks_exact_mut(hd).zip(&sums) {
@@ -278,7 +268,7 @@ fn dots<S: Simd, const K: usize>(simd: S, a: &[f32], b: [&[f32]; K]) -> [f32; K]
     sums
 }
 
-/// Every head's weighted sum of values for batch row `b` (as [`weighted_sums`]) when each value
+/// Every head's weighted sum of values for batch row `b` (as [`weighted_sum`]) when each value
 /// row is `C·LANES` contiguous columns with `C` one of 1, 2, 4, 8: keys in the outer loop and
 /// all the sums of two heads in registers, so that each value row is read once, in order (the
 /// cache of a long batch is larger than the processor's caches, and is read at memory speed).
@@ -326,7 +316,7 @@ fn by_key_heads<S: Simd, const C: usize>(
 }
 
 /// Heads `head0..head0 + G` of [`weighted_sums_by_key`], each output `Σ_p w_p·v[p][c]` in key
-/// order, one fused multiply-add per key, as in [`weighted_sums`].
+/// order, one fused multiply-add per key, as in [`weighted_sum`].
 #[inline(always)]
 fn by_key<S: Simd, const G: usize, const C: usize>(
     simd: S,
@@ -358,63 +348,36 @@ fn by_key<S: Simd, const G: usize, const C: usize>(
     }
 }
 
-/// For heads `head0..head0 + G` of batch row `b`: `out[head][c] = Σ_p w[head][p]·v[b, kv, p, c]`
-/// (`kv` the head's key/value head), keys in order, one fused multiply-add each; `weights` holds
-/// every head's `T` weights, head-major, and `out` every head's `hd` outputs. The columns go
-/// [`LANES`] at a time with `G` running sums in registers over all keys, then the tail.
+/// For head `head` of batch row `b`: `out[c] = Σ_p w[p]·v[b, kv, p, c]` (`kv` the head's
+/// key/value head), keys in order, one fused multiply-add each; `weights` holds the head's `T`
+/// weights and `out` its `hd` outputs. Any layout and width: the columns [`LANES`] at a time
+/// with the running sum in a register over all keys, then the tail.
 #[inline(always)]
-fn weighted_sums<S: Simd, const G: usize>(
+fn weighted_sum<S: Simd>(
     simd: S,
     job: &AttentionJob<'_>,
-    b: usize,
-    head0: usize,
+    (b, head): (usize, usize),
     weights: &[f32],
     buf: &mut [f32],
     out: &mut [f32],
 ) {
     let [_, h, _, hd] = job.q.dims;
-    let [_, h_kv, t, _] = job.k.dims;
-    let kv: [usize; G] = std::array::from_fn(|g| (head0 + g) / (h / h_kv));
+    let kv = head / (h / job.k.dims[1]);
     let full = hd / LANES * LANES;
-    let contiguous = job.v.strides[3] == 1;
     for c in (0..full).step_by(LANES) {
-        let mut acc = [simd.zero(); G];
-        if contiguous {
-            // Where key 0's columns `c..` of each head's values start; key p is `p` key
-            // strides further.
-            let first: [usize; G] = std::array::from_fn(|g| job.v.at(b, kv[g], 0) + c);
-            let step = job.v.strides[2];
-            for p in 0..t {
-                for g in 0..G {
-                    let w = simd.splat(weights[(head0 + g) * t + p]);
-                    let value = simd.load(&job.v.data[first[g] + p * step..]);
-                    acc[g] = simd.fma(w, value, acc[g]);
-                }
-            }
-        } else {
-            for p in 0..t {
-                for g in 0..G {
-                    let w = simd.splat(weights[(head0 + g) * t + p]);
-                    let value = simd.load(&job.v.row(b, kv[g], p, buf)[c..]);
-                    acc[g] = simd.fma(w, value, acc[g]);
-                }
-            }
+        let mut acc = simd.zero();
+        for (p, &w) in weights.iter().enumerate() {
+            let value = simd.load(&job.v.row(b, kv, p, buf)[c..]);
+            acc = simd.fma(simd.splat(w), value, acc);
         }
-        for (g, &acc) in acc.iter().enumerate() {
-            let at = (head0 + g) * hd + c;
-            out[at..at + LANES].copy_from_slice(&simd.to_array(acc));
-        }
+        out[c..c + LANES].copy_from_slice(&simd.to_array(acc));
     }
     if full < hd {
-        for g in 0..G {
-            let o = &mut out[(head0 + g) * hd + full..(head0 + g + 1) * hd];
-            o.fill(0.0);
-            for p in 0..t {
-                let w = weights[(head0 + g) * t + p];
-                let value = job.v.row(b, kv[g], p, buf);
-                for (o, &x) in o.iter_mut().zip(&value[full..]) {
-                    *o = w.mul_add(x, *o);
-                }
+        out[full..].fill(0.0);
+        for (p, &w) in weights.iter().enumerate() {
+            let value = job.v.row(b, kv, p, buf);
+            for (o, &x) in out[full..].iter_mut().zip(&value[full..]) {
+                *o = w.mul_add(x, *o);
             }
         }
     }
