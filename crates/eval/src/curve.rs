@@ -380,6 +380,13 @@ pub fn group_by_method(points: &[CurvePoint]) -> Vec<(String, Vec<&CurvePoint>)>
     groups
 }
 
+/// The plot group of one replicate's curve: its method (with the KL-bound mark of
+/// [`legend`]), so that a method's replicates share a colour and a legend entry.
+fn replicate_group(points: &[&CurvePoint]) -> Option<String> {
+    let first = points.first()?;
+    first.replicate.map(|_| legend(&first.method, points))
+}
+
 fn legend(method: &str, points: &[&CurvePoint]) -> String {
     if points.iter().any(|p| p.kl.kind == KlKind::Bound) {
         format!("{method} (KL bound)")
@@ -412,6 +419,7 @@ pub fn win_rate_plot(points: &[CurvePoint], procedure: Procedure) -> Option<Line
             measured.iter().map(|(k, w)| (*k, w.mean)).collect(),
         );
         s.errors = Some(measured.iter().map(|(_, w)| (w.low, w.high)).collect());
+        s.group = replicate_group(&pts);
         plot.series.push(s);
     }
     if plot.series.is_empty() {
@@ -429,10 +437,12 @@ pub fn win_rate_plot(points: &[CurvePoint], procedure: Procedure) -> Option<Line
 pub fn reward_plot(points: &[CurvePoint]) -> Option<LinePlot> {
     let mut plot = LinePlot::new("Reward against KL", "KL(π ‖ π_ref), nats", "mean reward");
     for (method, pts) in group_by_method(points) {
-        plot.series.push(Series::line(
+        let mut s = Series::line(
             legend(&method, &pts),
             pts.iter().map(|p| (p.kl.value, p.mean_reward)).collect(),
-        ));
+        );
+        s.group = replicate_group(&pts);
+        plot.series.push(s);
     }
     (!plot.series.is_empty()).then_some(plot)
 }

@@ -7,7 +7,9 @@
 //!
 //! Invariants: the same [`LinePlot`] gives the same SVG bytes; files are written to a temporary
 //! name and renamed; an empty plot or a non-finite coordinate is an error naming the series,
-//! never a panic inside the drawing library.
+//! never a panic inside the drawing library; the legend is drawn in a panel beside the plotting
+//! area, never over it, so it cannot hide a point; series of one group (the training replicates
+//! of one method) share a colour and one legend entry.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -53,6 +55,10 @@ pub struct Series {
     pub errors: Option<Vec<(f64, f64)>>,
     /// Drawing style.
     pub style: SeriesStyle,
+    /// Series with the same group (say, the training replicates of one method) share a colour
+    /// and one legend entry, `GROUP (N replicates)`; `None` for a series of its own.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl Series {
@@ -63,6 +69,7 @@ impl Series {
             points,
             errors: None,
             style: SeriesStyle::LinePoints,
+            group: None,
         }
     }
 
@@ -90,8 +97,15 @@ pub struct LinePlot {
     pub y_range: Option<(f64, f64)>,
 }
 
-/// Size of every plot in pixels.
+/// Size of the plotting area (axes included) in pixels; the legend panel is added to its right.
 const SIZE: (u32, u32) = (720, 480);
+/// Legend panel: pixels per entry, per character of a label (DejaVu Sans at 13 px, generous),
+/// and around the entries.
+const LEGEND_ROW: u32 = 20;
+const LEGEND_CHAR: u32 = 7;
+const LEGEND_MARGIN: u32 = 16;
+/// Width of the line sample before a legend label, and the gap after it.
+const LEGEND_SAMPLE: i32 = 22;
 
 /// Colours of the data series (Tableau 10), cycled.
 const COLOURS: [RGBColor; 10] = [
@@ -197,7 +211,8 @@ impl LinePlot {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), EvalError> {
         root.fill(&WHITE).map_err(draw_error)?;
         let ((x0, x1), (y0, y1)) = self.ranges();
-        let mut chart = ChartBuilder::on(root)
+        let (area, legend) = root.split_horizontally(SIZE.0);
+        let mut chart = ChartBuilder::on(&area)
             .caption(&self.title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(44)
@@ -212,19 +227,10 @@ impl LinePlot {
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(draw_error)?;
-        let mut colour = COLOURS.iter().cycle();
-        // References in greys from dark to light, so that several stay apart.
-        let mut grey = [60u8, 150, 200].into_iter().cycle();
-        for s in &self.series {
-            let (c, width) = match s.style {
-                SeriesStyle::Reference => {
-                    let g = grey.next().expect("cycled");
-                    (RGBColor(g, g, g), 2)
-                }
-                _ => (*colour.next().expect("cycled"), 2),
-            };
+        let styles = self.styles();
+        for (s, &(c, width)) in self.series.iter().zip(&styles) {
             let pts = s.points.clone();
-            let anno = match s.style {
+            match s.style {
                 SeriesStyle::Points => chart.draw_series(
                     pts.iter()
                         .map(|&p| Circle::new(p, 4, c.filled()))
@@ -233,9 +239,6 @@ impl LinePlot {
                 _ => chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(width))),
             }
             .map_err(draw_error)?;
-            anno.label(s.name.clone()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(width))
-            });
             if s.style == SeriesStyle::LinePoints {
                 chart
                     .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
@@ -249,15 +252,88 @@ impl LinePlot {
                     .map_err(draw_error)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(draw_error)?;
+        for (i, (label, c, width)) in self.legend(&styles).into_iter().enumerate() {
+            let y = (LEGEND_MARGIN + LEGEND_ROW * i as u32 + LEGEND_ROW / 2) as i32;
+            let x = LEGEND_MARGIN as i32;
+            legend
+                .draw(&PathElement::new(
+                    vec![(x, y), (x + LEGEND_SAMPLE - 4, y)],
+                    c.stroke_width(width),
+                ))
+                .map_err(draw_error)?;
+            let font = ("sans-serif", 13).into_font().color(&BLACK);
+            let style = font.pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Left,
+                plotters::style::text_anchor::VPos::Center,
+            ));
+            legend
+                .draw(&Text::new(label, (x + LEGEND_SAMPLE, y), style))
+                .map_err(draw_error)?;
+        }
         root.present().map_err(draw_error)
+    }
+
+    /// Each series' colour and line width: references in greys from dark to light (so that
+    /// several stay apart), data series in the [`COLOURS`] cycle, one colour per group.
+    fn styles(&self) -> Vec<(RGBColor, u32)> {
+        let mut colour = COLOURS.iter().cycle();
+        let mut grey = [60u8, 150, 200].into_iter().cycle();
+        let mut groups: Vec<(&str, RGBColor)> = Vec::new();
+        self.series
+            .iter()
+            .map(|s| match (s.style, &s.group) {
+                (SeriesStyle::Reference, _) => {
+                    let g = grey.next().expect("cycled");
+                    (RGBColor(g, g, g), 2)
+                }
+                (_, Some(group)) => match groups.iter().find(|(g, _)| g == group) {
+                    Some(&(_, c)) => (c, 2),
+                    None => {
+                        let c = *colour.next().expect("cycled");
+                        groups.push((group, c));
+                        (c, 2)
+                    }
+                },
+                (_, None) => (*colour.next().expect("cycled"), 2),
+            })
+            .collect()
+    }
+
+    /// The legend's entries in series order: a series of its own by its name, a group once, at
+    /// its first series, as `GROUP (N replicates)`.
+    fn legend(&self, styles: &[(RGBColor, u32)]) -> Vec<(String, RGBColor, u32)> {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut out = Vec::new();
+        for (s, &(c, width)) in self.series.iter().zip(styles) {
+            match &s.group {
+                None => out.push((s.name.clone(), c, width)),
+                Some(g) if !seen.contains(&g.as_str()) => {
+                    seen.push(g);
+                    let n = self
+                        .series
+                        .iter()
+                        .filter(|t| t.group.as_ref() == Some(g))
+                        .count();
+                    out.push((format!("{g} ({n} replicates)"), c, width));
+                }
+                Some(_) => {}
+            }
+        }
+        out
+    }
+
+    /// The image size: the plotting area, and beside it a legend panel wide enough for the
+    /// longest label; taller than the plotting area when the legend needs it.
+    fn size(&self) -> (u32, u32) {
+        let entries = self.legend(&self.styles());
+        let longest = entries
+            .iter()
+            .map(|(l, _, _)| l.chars().count() as u32)
+            .max()
+            .unwrap_or(0);
+        let width = 2 * LEGEND_MARGIN + LEGEND_SAMPLE as u32 + LEGEND_CHAR * longest;
+        let height = 2 * LEGEND_MARGIN + LEGEND_ROW * entries.len() as u32;
+        (SIZE.0 + width, SIZE.1.max(height))
     }
 
     /// The plot as an SVG document.
@@ -266,7 +342,7 @@ impl LinePlot {
         register_font();
         let mut svg = String::new();
         {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            let root = SVGBackend::with_string(&mut svg, self.size()).into_drawing_area();
             self.draw(&root)?;
         }
         Ok(svg)
@@ -281,7 +357,7 @@ impl LinePlot {
         // The bitmap backend picks the encoder from the extension: the temporary name keeps it.
         let tmp = dir.join(format!(".{stem}.tmp.png"));
         {
-            let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+            let root = BitMapBackend::new(&tmp, self.size()).into_drawing_area();
             self.draw(&root)?;
         }
         std::fs::rename(&tmp, &png_path).map_err(|e| infalign_core::CoreError::io(&png_path, e))?;
@@ -323,6 +399,53 @@ mod tests {
         ] {
             assert!(a.contains(text), "missing {text}");
         }
+    }
+
+    /// The `x` attribute of the SVG `<text>` element whose content is `label`.
+    fn text_x(svg: &str, label: &str) -> f64 {
+        let at = svg.find(label).unwrap_or_else(|| panic!("no text {label}"));
+        let tag = &svg[svg[..at].rfind("<text").expect("a text element")..at];
+        let x = tag.split("x=\"").nth(1).expect("an x attribute");
+        x[..x.find('"').expect("closing quote")]
+            .parse()
+            .expect("a number")
+    }
+
+    #[test]
+    fn the_legend_stands_beside_the_plot_and_groups_replicates() {
+        let mut p = plot();
+        for r in 0..3 {
+            let mut s = Series::line(
+                format!("CTRL, replicate {r}"),
+                vec![(0.3 * f64::from(r), 0.6), (1.0, 0.7)],
+            );
+            s.group = Some("CTRL".into());
+            p.series.push(s);
+        }
+        let svg = p.to_svg().unwrap();
+        // Every legend label starts right of the plotting area, where no point can be.
+        for label in ["best-of-N (theory)", "tokenwise CD", "CTRL (3 replicates)"] {
+            let x = text_x(&svg, label);
+            assert!(x >= f64::from(SIZE.0), "{label} at x = {x}");
+        }
+        // One entry for the group, none per replicate; the replicates share one colour that
+        // no other data series has.
+        assert!(!svg.contains("CTRL, replicate 1"));
+        assert_eq!(p.legend(&p.styles()).len(), 3);
+        let styles = p.styles();
+        assert!(styles[2..].iter().all(|s| s.0 == styles[2].0));
+        assert_ne!(styles[1].0, styles[2].0);
+        // A legend taller than the plotting area makes the image taller, not the rows overlap.
+        let mut tall = plot();
+        for i in 0..40 {
+            tall.series
+                .push(Series::line(format!("s{i}"), vec![(0.0, 0.5), (1.0, 0.6)]));
+        }
+        let (w, h) = tall.size();
+        assert!(
+            w > SIZE.0 && h >= 2 * LEGEND_MARGIN + 42 * LEGEND_ROW,
+            "{w} x {h}"
+        );
     }
 
     #[test]
