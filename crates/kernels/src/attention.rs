@@ -394,13 +394,18 @@ mod tests {
             .collect()
     }
 
-    fn contiguous(data: &[f32], dims: [usize; 4]) -> View4<'_> {
+    fn strided(data: &[f32], dims: [usize; 4], strides: [usize; 4]) -> View4<'_> {
         View4 {
             data,
             offset: 0,
             dims,
-            strides: [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1],
+            strides,
         }
+    }
+
+    fn contiguous(data: &[f32], dims: [usize; 4]) -> View4<'_> {
+        let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+        strided(data, dims, strides)
     }
 
     /// The same attention in `f64`, straight from the definition.
@@ -451,12 +456,7 @@ mod tests {
         let q = filled(b * h * l * hd, 0.1);
         let kbuf = filled(b * h_kv * cap * hd, 1.7);
         let vbuf = filled(b * h_kv * cap * hd, 2.9);
-        let cached = |data| View4 {
-            data,
-            offset: 0,
-            dims: [b, h_kv, t, hd],
-            strides: [h_kv * cap * hd, cap * hd, hd, 1],
-        };
+        let cached = |data| strided(data, [b, h_kv, t, hd], [h_kv * cap * hd, cap * hd, hd, 1]);
         // Query `q` stored as [B, L, H, hd] and viewed as [B, H, L, hd] (a swap of axes).
         let qv = View4 {
             data: &q,
@@ -514,16 +514,12 @@ mod tests {
             let q = filled(b * h * l * hd, 0.4);
             let kbuf = filled(b * h_kv * t * hd, 1.1);
             let vbuf = filled(b * h_kv * t * hd, 2.3);
-            let kv_view = |data| View4 {
-                data,
-                offset: 0,
-                dims: [b, h_kv, t, hd],
-                strides: if transposed {
-                    [h_kv * hd * t, hd * t, 1, t]
-                } else {
-                    [h_kv * t * hd, t * hd, hd, 1]
-                },
+            let strides = if transposed {
+                [h_kv * hd * t, hd * t, 1, t]
+            } else {
+                [h_kv * t * hd, t * hd, hd, 1]
             };
+            let kv_view = |data| strided(data, [b, h_kv, t, hd], strides);
             let mut bias = vec![0.0f32; b * l * t];
             bias[t] = -1e9; // row 0, query 1 masks key 0
             let job = AttentionJob {
