@@ -157,7 +157,6 @@ fn strategies(
     let mut rows = vec![StrategyRow {
         name: "base sampling".to_string(),
         seconds: base,
-        ratio: 1.0,
         work: 1.0,
     }];
     // Best-of-N's rows without the strategy: its N rows per prompt sampled as separate prompts
@@ -176,7 +175,6 @@ fn strategies(
                 "sampling {n} rows per prompt as separate prompts (best-of-{n} without selection)"
             ),
             seconds: t,
-            ratio: t / base,
             work: n as f64,
         });
     }
@@ -219,7 +217,6 @@ fn strategies(
         rows.push(StrategyRow {
             name: name.to_string(),
             seconds: t,
-            ratio: t / base,
             work,
         });
     }
@@ -230,8 +227,6 @@ fn strategies(
 struct StrategyRow {
     name: String,
     seconds: f64,
-    /// `seconds` over base sampling's.
-    ratio: f64,
     /// Rows through a model of the base's size per row of base sampling.
     work: f64,
 }
@@ -292,14 +287,17 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         shapes[0].0,
         a.new_tokens.min(64)
     );
+    // Every ratio is to base sampling, the first row.
+    let base = strat.first().map_or(f64::NAN, |r| r.seconds);
     for r in &strat {
+        let ratio = r.seconds / base;
         println!(
             "| {} | {:.3} | {:.2} | {:.0} | {:.2} |",
             r.name,
             r.seconds,
-            r.ratio,
+            ratio,
             r.work,
-            r.ratio / r.work
+            ratio / r.work
         );
     }
     let strat_json: Vec<_> = strat
@@ -308,7 +306,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             serde_json::json!({
                 "strategy": r.name,
                 "seconds": r.seconds,
-                "ratio_to_base": r.ratio,
+                "ratio_to_base": r.seconds / base,
                 "model_rows_vs_base": r.work,
             })
         })
