@@ -6,8 +6,9 @@
 //!
 //! `cargo xtask bench --against transformers [--release] [--infalign-bin PATH] [--quick]
 //! [--python PATH] [--prompts N] [--n N] [--max-new-tokens N] [--batch N] [--prompt-tokens N]
-//! [--new-tokens N]` runs the same user tasks in infalign and in Hugging Face transformers
-//! (PyTorch eager, the same thread count, the same weights) in one run, one after the other:
+//! [--new-tokens N] [--device cpu|cuda|cuda:N]` runs the same user tasks in infalign and in
+//! Hugging Face transformers (PyTorch eager, the same thread count, the same weights, the same
+//! kind of device) in one run, one after the other:
 //!
 //! - the shipped model: the first 32 prompts of `assets/prompts.jsonl` × 16 samples × at most 64
 //!   new tokens, sampling at T = 1. infalign: `infalign generate` timed as a whole process (after
@@ -17,9 +18,14 @@
 //! - unless `--quick`: a GPT-2-small shape (random weights) decoding 128 + 128 tokens greedily
 //!   with the KV cache at batch 1 and 16: infalign's rows come from `infalign bench`, the
 //!   transformers rows from `xtask/bench/transformers_bench.py --gpt2-small`; and the
-//!   memory-bandwidth floor of batch-1 decoding: the machine's read bandwidth (measured here: a
-//!   1 GiB buffer summed by 1 thread and by all threads, best of 3; the larger counts) over the
-//!   bytes of f32 weights read per token (params × 4).
+//!   memory-bandwidth floor of batch-1 decoding: the memory's read bandwidth over the bytes of
+//!   f32 weights read per token (params × 4). On the CPU the bandwidth is measured here (a 1 GiB
+//!   buffer summed by 1 thread and by all threads, best of 3; the larger counts); on a GPU the
+//!   Python side measures it (a 4 GiB buffer summed on the device, best of 5).
+//!
+//! On a GPU, infalign's shipped-model time is still its whole process, which there includes
+//! compiling its kernels (cubecl compiles each kernel at first use), while transformers' warm-up
+//! call absorbs its own start-up costs; the table says so.
 //!
 //! It prints one Markdown table (tokens/s and the ratio infalign / transformers) with the
 //! machine, and writes everything to `target/bench/against-transformers.json`.
@@ -49,7 +55,18 @@ pub fn run(root: &Path, o: &Options) -> Result<()> {
             bail!("--baseline-bin {}: no such file", b.display());
         }
         let bin = infalign_binary(root, o)?;
-        crate::training_bench::run(root, &bin, o.baseline_bin.as_deref())
+        let this = crate::training_bench::Build {
+            bin: &bin,
+            device: o.device.as_deref(),
+        };
+        let baseline = o
+            .baseline_bin
+            .as_deref()
+            .map(|b| crate::training_bench::Build {
+                bin: b,
+                device: o.baseline_device.as_deref().or(o.device.as_deref()),
+            });
+        crate::training_bench::run(root, this, baseline)
     } else if o.against.is_some() {
         against(root, o)
     } else {
@@ -127,9 +144,13 @@ pub struct Options {
     /// The infalign binary to measure (default: `INFALIGN_BIN`, else a fresh build).
     #[arg(long)]
     infalign_bin: Option<PathBuf>,
-    /// With --training: an older infalign binary measured in the same run.
+    /// With --training: another infalign binary (an older build, or the same one on another
+    /// device) measured in the same run.
     #[arg(long, requires = "training")]
     baseline_bin: Option<PathBuf>,
+    /// With --baseline-bin: the device the baseline runs on (default: --device).
+    #[arg(long, requires = "baseline_bin")]
+    baseline_device: Option<String>,
     /// Python with torch and transformers (default: `INFALIGN_BENCH_PYTHON`, else a venv
     /// created on first use).
     #[arg(long)]
@@ -155,7 +176,8 @@ pub struct Options {
     /// Without --against: where `infalign bench` writes its JSON.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Without --against: the device `infalign bench` runs on (`cpu`, `wgpu`, `cuda`, ...).
+    /// The device infalign runs on (`cpu`, `wgpu`, `cuda`, `cuda:N`, ...); with --against, the
+    /// other side runs on the same kind of device (`cuda:N` → PyTorch's `cuda:N`).
     #[arg(long)]
     device: Option<String>,
 }
@@ -444,14 +466,19 @@ impl Timing {
 }
 
 /// `infalign generate` on the prompts file, as a whole process; tokens from its JSONL.
-fn infalign_generate(
-    bin: &Path,
-    root: &Path,
-    prompts: &Path,
-    out: &Path,
+/// The sizes of one `infalign generate` run.
+struct GenerateSizes {
     n: usize,
     max_new: usize,
     batch: Option<usize>,
+}
+
+fn infalign_generate(
+    bin: &Path,
+    root: &Path,
+    (prompts, out): (&Path, &Path),
+    GenerateSizes { n, max_new, batch }: GenerateSizes,
+    device: Option<&str>,
 ) -> Result<Timing> {
     let model = root.join("assets/base-model");
     let mut args: Vec<String> = [
@@ -473,6 +500,9 @@ fn infalign_generate(
     .to_vec();
     if let Some(b) = batch {
         args.extend(["--batch".to_string(), b.to_string()]);
+    }
+    if let Some(d) = device {
+        args.extend(["--device".to_string(), d.to_string()]);
     }
     let shown = format!("{} {}", bin.display(), args.join(" "));
     eprintln!("$ {shown}");
@@ -550,12 +580,27 @@ fn f64_field(row: &Value, key: &str, what: &str) -> Result<f64> {
         .with_context(|| format!("{what}: no number `{key}` in {row}"))
 }
 
+/// PyTorch's name for the kind of device infalign's `--device` names, or why there is none.
+fn torch_device(infalign: Option<&str>) -> Result<String> {
+    match infalign.unwrap_or("cpu") {
+        "cpu" | "flex" | "ndarray" => Ok("cpu".into()),
+        d if d == "cuda" || d.starts_with("cuda:") => Ok(d.to_string()),
+        d => bail!(
+            "--against transformers --device {d}: PyTorch has no such device to compare with; use \
+             cpu or cuda[:N]"
+        ),
+    }
+}
+
 /// `cargo xtask bench --against transformers`.
 fn against(root: &Path, o: &Options) -> Result<()> {
     let script = root.join(SCRIPT);
     if !script.is_file() {
         bail!("{} is missing", script.display());
     }
+    let device = o.device.as_deref();
+    let torch_device = torch_device(device)?;
+    let on_gpu = torch_device != "cpu";
     let python = python(o)?;
     let (torch_version, transformers_version) = python_versions(&python)?;
     let bin = infalign_binary(root, o)?;
@@ -580,7 +625,8 @@ fn against(root: &Path, o: &Options) -> Result<()> {
     // prompts; `--batch N` sets both.
     let hf_batch = o.batch.unwrap_or(o.prompts);
 
-    let bw = (!o.quick).then(|| bandwidth(threads));
+    // The CPU's bandwidth is measured here; a GPU's by the Python side.
+    let cpu_bw = (!o.quick && !on_gpu).then(|| bandwidth(threads));
 
     // The shipped model in infalign: a small untimed run warms the page cache, then the task.
     let prompts = dir.join(format!("prompts-{}.jsonl", o.prompts));
@@ -588,17 +634,19 @@ fn against(root: &Path, o: &Options) -> Result<()> {
     let warm_prompts = dir.join("prompts-warm-up.jsonl");
     write_prompts(root, &warm_prompts, o.prompts.min(2))?;
     let samples = dir.join("infalign-samples.jsonl");
-    infalign_generate(&bin, root, &warm_prompts, &samples, 2, 4, None)
+    let warm_up = GenerateSizes {
+        n: 2,
+        max_new: 4,
+        batch: None,
+    };
+    infalign_generate(&bin, root, (&warm_prompts, &samples), warm_up, device)
         .context("the untimed warm-up run")?;
-    let inf_shipped = infalign_generate(
-        &bin,
-        root,
-        &prompts,
-        &samples,
-        o.n,
-        o.max_new_tokens,
-        o.batch,
-    )?;
+    let task = GenerateSizes {
+        n: o.n,
+        max_new: o.max_new_tokens,
+        batch: o.batch,
+    };
+    let inf_shipped = infalign_generate(&bin, root, (&prompts, &samples), task, device)?;
     eprintln!(
         "infalign shipped model: {} tokens in {:.2} s",
         inf_shipped.tokens, inf_shipped.seconds
@@ -627,6 +675,8 @@ fn against(root: &Path, o: &Options) -> Result<()> {
         o.prompt_tokens.to_string(),
         "--new-tokens".into(),
         o.new_tokens.to_string(),
+        "--device".into(),
+        torch_device.clone(),
     ];
     if !o.quick {
         args.push("--gpt2-small".into());
@@ -678,9 +728,17 @@ fn against(root: &Path, o: &Options) -> Result<()> {
     let mut models = Value::Null;
     let mut floor = Value::Null;
     let mut floor_line = None;
+    let bw = match cpu_bw {
+        Some(b) => Some(b),
+        None if !o.quick => {
+            let b = f64_field(&hf, "device_read_bandwidth", "transformers")?;
+            Some((b, b))
+        }
+        None => None,
+    };
     if let Some((bw_one, bw_many)) = bw {
         let out = dir.join("models.json");
-        let bench_args = [
+        let mut bench_args = vec![
             "bench".to_string(),
             "--prompt-tokens".into(),
             o.prompt_tokens.to_string(),
@@ -689,6 +747,9 @@ fn against(root: &Path, o: &Options) -> Result<()> {
             "--out".into(),
             out.display().to_string(),
         ];
+        if let Some(d) = device {
+            bench_args.extend(["--device".to_string(), d.to_string()]);
+        }
         let shown = format!("{} {}", bin.display(), bench_args.join(" "));
         eprintln!("$ {shown}");
         // Its own table goes to stderr: stdout is this command's table.
@@ -743,13 +804,19 @@ fn against(root: &Path, o: &Options) -> Result<()> {
         let floor_tps = best / bytes_per_token;
         let inf1 = rows[1].infalign.tokens_per_s();
         let hf1 = rows[1].transformers.tokens_per_s();
+        let read = if on_gpu {
+            format!("{torch_device} read bandwidth {:.0} GB/s", bw_one / 1e9)
+        } else {
+            format!(
+                "read bandwidth {:.1} GB/s (1 thread), {:.1} GB/s ({threads} threads)",
+                bw_one / 1e9,
+                bw_many / 1e9
+            )
+        };
         floor_line = Some(format!(
-            "Bandwidth floor, GPT-2-small batch 1: read bandwidth {:.1} GB/s (1 thread), {:.1} \
-             GB/s ({threads} threads); {:.1} M params x 4 bytes = {:.0} MB per token; floor {:.1} \
-             tokens/s. infalign {:.1} tokens/s = {:.0}% of the floor; transformers {:.1} \
-             tokens/s = {:.0}%.",
-            bw_one / 1e9,
-            bw_many / 1e9,
+            "Bandwidth floor, GPT-2-small batch 1: {read}; {:.1} M params x 4 bytes = {:.0} MB \
+             per token; floor {:.1} tokens/s. infalign {:.1} tokens/s = {:.0}% of the floor; \
+             transformers {:.1} tokens/s = {:.0}%.",
             params / 1e6,
             bytes_per_token / 1e6,
             floor_tps,
@@ -759,6 +826,7 @@ fn against(root: &Path, o: &Options) -> Result<()> {
             100.0 * hf1 / floor_tps,
         ));
         floor = json!({
+            "device": torch_device,
             "read_bandwidth_bytes_per_s_1_thread": bw_one,
             "read_bandwidth_bytes_per_s_threads": bw_many,
             "bandwidth_threads": threads,
@@ -770,8 +838,11 @@ fn against(root: &Path, o: &Options) -> Result<()> {
         });
     }
 
+    let gpu = hf["gpu"]
+        .as_str()
+        .map_or(String::new(), |g| format!("; device {torch_device}: {g}"));
     let machine = format!(
-        "Machine: {cpu_model}, {cpus} logical CPUs, {threads} threads on both sides; torch \
+        "Machine: {cpu_model}, {cpus} logical CPUs, {threads} threads on both sides{gpu}; torch \
          {torch_version}, transformers {transformers_version} (PyTorch eager, f32); commit \
          {commit}; infalign binary {}; load average {load:.2} before the run.",
         bin.display()
@@ -787,8 +858,13 @@ fn against(root: &Path, o: &Options) -> Result<()> {
     println!();
     println!("{machine}");
     println!(
-        "infalign's shipped-model time is its whole process (model load included); \
-         transformers' is its generate calls after the import, the load and a warm-up call."
+        "infalign's shipped-model time is its whole process (model load{} included); \
+         transformers' is its generate calls after the import, the load and a warm-up call.",
+        if on_gpu {
+            " and kernel compilation"
+        } else {
+            ""
+        }
     );
     if let Some(l) = &floor_line {
         println!("{l}");
@@ -799,6 +875,9 @@ fn against(root: &Path, o: &Options) -> Result<()> {
             "cpu": cpu_model,
             "logical_cpus": cpus,
             "threads": threads,
+            "device": device.unwrap_or("cpu"),
+            "torch_device": torch_device,
+            "gpu": hf["gpu"],
             "load_average_before": load,
             "commit": commit,
             "infalign_bin": bin.display().to_string(),

@@ -1,12 +1,15 @@
-//! `cargo xtask bench --training [--infalign-bin PATH] [--baseline-bin PATH] [--release]`: the
-//! training commands on the shipped model, timed as whole processes, as a user runs them.
+//! `cargo xtask bench --training [--infalign-bin PATH] [--baseline-bin PATH] [--device D]
+//! [--baseline-device D] [--release]`: the training commands on the shipped model, timed as whole
+//! processes, as a user runs them.
 //!
 //! The tasks are the demo's settings at a few steps: reference rollouts (24 prompts × 8), 10
 //! `align` steps with RLOO on the calibrated exp reward and 10 with PPO on the raw reward (6
 //! prompts × 4 samples, 32 new tokens), and 50 `train-scorer` steps of CD-Q (batch 16). With
 //! `--baseline-bin`, another build runs the same tasks right after each task of this one, so the
 //! table's ratios compare two builds on the same machine in the same run (for example the
-//! commit before a change, built into another target directory).
+//! commit before a change, built into another target directory). `--device` runs every task on
+//! that device (default: the CPU); `--baseline-device` runs the baseline's on another (default:
+//! the same), so one binary against itself compares two devices, e.g. CUDA against the CPU.
 //!
 //! Invariant: every number comes from this run; nothing is compared with a figure measured
 //! elsewhere.
@@ -109,14 +112,23 @@ fn tasks() -> Vec<(&'static str, Vec<&'static str>)> {
 }
 
 /// Runs one task with `bin` in a fresh `run` directory; returns its wall time in seconds.
-fn time_task(bin: &Path, args: &[&str], prompts: &Path, run: &Path) -> Result<f64> {
-    let args: Vec<String> = args
+fn time_task(
+    bin: &Path,
+    device: Option<&str>,
+    args: &[&str],
+    prompts: &Path,
+    run: &Path,
+) -> Result<f64> {
+    let mut args: Vec<String> = args
         .iter()
         .map(|a| {
             a.replace("{run}", &run.display().to_string())
                 .replace("{prompts}", &prompts.display().to_string())
         })
         .collect();
+    if let Some(d) = device {
+        args.extend(["--device".to_string(), d.to_string()]);
+    }
     let shown = format!("{} {}", bin.display(), args.join(" "));
     eprintln!("$ {shown}");
     let start = Instant::now();
@@ -135,8 +147,25 @@ fn time_task(bin: &Path, args: &[&str], prompts: &Path, run: &Path) -> Result<f6
     Ok(seconds)
 }
 
+/// One build measured by [`run`]: its binary and the device its tasks run on (`None`: the CPU
+/// default).
+pub struct Build<'a> {
+    pub bin: &'a Path,
+    pub device: Option<&'a str>,
+}
+
+impl Build<'_> {
+    fn shown(&self) -> String {
+        format!(
+            "{} on {}",
+            self.bin.display(),
+            self.device.unwrap_or("the default device (cpu)")
+        )
+    }
+}
+
 /// `cargo xtask bench --training ...`.
-pub fn run(root: &Path, bin: &Path, baseline: Option<&Path>) -> Result<()> {
+pub fn run(root: &Path, this: Build, baseline: Option<Build>) -> Result<()> {
     let dir = root.join("target/bench/training");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -152,8 +181,8 @@ pub fn run(root: &Path, bin: &Path, baseline: Option<&Path>) -> Result<()> {
         .collect();
     std::fs::write(&prompts, first.join("\n") + "\n")
         .with_context(|| format!("writing {}", prompts.display()))?;
-    let builds: Vec<(&str, &Path)> = std::iter::once(("this build", bin))
-        .chain(baseline.map(|b| ("baseline", b)))
+    let builds: Vec<(&str, &Build)> = std::iter::once(("this build", &this))
+        .chain(baseline.as_ref().map(|b| ("baseline", b)))
         .collect();
     let mut rows = Vec::new();
     for (task, args) in tasks() {
@@ -161,7 +190,7 @@ pub fn run(root: &Path, bin: &Path, baseline: Option<&Path>) -> Result<()> {
         for (name, b) in &builds {
             let run: PathBuf = dir.join(name.replace(' ', "-"));
             std::fs::create_dir_all(&run)?;
-            times.push(time_task(b, &args, &prompts, &run)?);
+            times.push(time_task(b.bin, b.device, &args, &prompts, &run)?);
         }
         rows.push((task, times));
     }
@@ -179,13 +208,17 @@ pub fn run(root: &Path, bin: &Path, baseline: Option<&Path>) -> Result<()> {
         }
     }
     println!(
-        "\nWhole processes (model load included), on the shipped model; binaries: {}{}",
-        bin.display(),
-        baseline.map_or(String::new(), |b| format!(" and {}", b.display()))
+        "\nWhole processes (model load included), on the shipped model; this build: {}{}",
+        this.shown(),
+        baseline
+            .as_ref()
+            .map_or(String::new(), |b| format!("; baseline: {}", b.shown()))
     );
     let json = json!({
-        "binary": bin.display().to_string(),
-        "baseline": baseline.map(|b| b.display().to_string()),
+        "binary": this.bin.display().to_string(),
+        "device": this.device,
+        "baseline": baseline.as_ref().map(|b| b.bin.display().to_string()),
+        "baseline_device": baseline.as_ref().map(|b| b.device),
         "rows": rows.iter().map(|(task, t)| json!({"task": task, "seconds": t})).collect::<Vec<_>>(),
     });
     let path = root.join("target/bench/training.json");

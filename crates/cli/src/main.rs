@@ -92,7 +92,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(a) => commands::sweep::run(a, &device()?),
         Command::Report(a) => commands::report::run(a),
         Command::Analytic(a) => commands::analytic::run(a),
-        Command::Bench(a) => commands::bench::run(a, &device()?),
+        Command::Bench(a) => {
+            let compiles_kernels = matches!(spec, DeviceSpec::Wgpu | DeviceSpec::Cuda(_));
+            commands::bench::run(a, &device()?, compiles_kernels)
+        }
     }
 }
 

@@ -1,6 +1,10 @@
 //! `infalign bench`: decoding throughput with the KV cache and training throughput, for a tiny
 //! shape and a GPT-2-small shape with random weights. Run it through `cargo xtask bench`
 //! (release build); it prints a table and writes JSON.
+//!
+//! On a device that compiles its kernels at first use (wgpu, CUDA), each decoding row runs once
+//! untimed first, so that its time holds no kernel compilation or autotuning; on the CPU the
+//! first run is the timed one, as a user's first call would be.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -231,7 +235,9 @@ struct StrategyRow {
     work: f64,
 }
 
-pub fn run(a: Args, device: &Device) -> Result<()> {
+/// `infalign bench` on `device`; `compiles_kernels` says whether the device compiles (and
+/// autotunes) kernels at first use, which an untimed first run then absorbs.
+pub fn run(a: Args, device: &Device, compiles_kernels: bool) -> Result<()> {
     let mut shapes = vec![("tiny (4x256, vocab 4096)", gpt2(4096, 512, 256, 4, 4))];
     if !a.quick {
         shapes.push((
@@ -244,6 +250,9 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
         let m = CausalLm::random(config, Seed(0), device)?;
         let params = m.num_params();
         for batch in [1, 16] {
+            if compiles_kernels {
+                decode(&m, device, batch, a.prompt_tokens, a.new_tokens)?;
+            }
             let t = Instant::now();
             let tps = decode(&m, device, batch, a.prompt_tokens, a.new_tokens)?;
             rows.push(Row {
