@@ -95,13 +95,14 @@ impl DeviceSpec {
             #[cfg(feature = "cuda")]
             Self::Cuda(n) => {
                 // The CUDA backend loads the driver at run time and panics without it.
-                if std::env::var_os("INFALIGN_CUDA_NO_PROBE").is_none() && !cuda_driver_present() {
+                if std::env::var_os("INFALIGN_CUDA_NO_PROBE").is_none()
+                    && let Some(reason) = cuda_driver_problem()
+                {
                     return Err(CoreError::DeviceUnavailable {
                         device: self.to_string(),
-                        reason: "no CUDA driver library (libcuda.so.1) was found in \
-                                 LD_LIBRARY_PATH, the ld.so cache or the usual directories; set \
-                                 INFALIGN_CUDA_NO_PROBE=1 to skip this check"
-                            .into(),
+                        reason: format!(
+                            "{reason}; set INFALIGN_CUDA_NO_PROBE=1 to skip this check"
+                        ),
                     });
                 }
                 Device::cuda(*n)
@@ -120,34 +121,60 @@ impl DeviceSpec {
     }
 }
 
-/// Whether a CUDA driver library can be found where the dynamic loader would look.
+/// Why the CUDA driver library cannot be loaded, as far as the files where the dynamic loader
+/// would look show; `None` when it can.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn cuda_driver_present() -> bool {
-    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+fn cuda_driver_problem() -> Option<String> {
+    let ld_library_path: Vec<std::path::PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
         .map(|v| std::env::split_paths(&v).collect())
         .unwrap_or_default();
-    dirs.extend(
-        [
-            "/usr/lib/x86_64-linux-gnu",
-            "/usr/lib/aarch64-linux-gnu",
-            "/usr/lib64",
-            "/usr/lib",
-            "/usr/local/cuda/lib64",
-            "/usr/local/nvidia/lib64",
-            "/usr/lib/wsl/lib",
-        ]
-        .map(std::path::PathBuf::from),
-    );
-    cuda_driver_in(&dirs, std::fs::read("/etc/ld.so.cache").ok().as_deref())
+    let usual = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/cuda/lib64",
+        "/usr/local/nvidia/lib64",
+        "/usr/lib/wsl/lib",
+    ]
+    .map(std::path::PathBuf::from);
+    cuda_driver_problem_in(
+        &ld_library_path,
+        &usual,
+        std::fs::read("/etc/ld.so.cache").ok().as_deref(),
+    )
 }
 
-/// Whether `libcuda.so.1` (or `libcuda.so`) is in one of `dirs` or named in the ld.so cache.
+/// [`cuda_driver_problem`] over given places: `ld_library_path` in its order, then the `usual`
+/// directories and the ld.so cache. The CUDA toolkit's `stubs` directory holds a `libcuda.so`
+/// that only links programs; found first along LD_LIBRARY_PATH, it is loaded instead of the
+/// driver and every CUDA call fails (CUDA_ERROR_STUB_LIBRARY), so that is a problem too.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn cuda_driver_in(dirs: &[std::path::PathBuf], ld_cache: Option<&[u8]>) -> bool {
+fn cuda_driver_problem_in(
+    ld_library_path: &[std::path::PathBuf],
+    usual: &[std::path::PathBuf],
+    ld_cache: Option<&[u8]>,
+) -> Option<String> {
     let names = ["libcuda.so.1", "libcuda.so"];
-    dirs.iter()
-        .any(|d| names.iter().any(|n| d.join(n).exists()))
-        || ld_cache.is_some_and(|c| c.windows(12).any(|w| w == b"libcuda.so.1"))
+    let holds_driver = |d: &std::path::PathBuf| names.iter().any(|n| d.join(n).exists());
+    if let Some(first) = ld_library_path.iter().find(|d| holds_driver(d)) {
+        if first.components().any(|c| c.as_os_str() == "stubs") {
+            return Some(format!(
+                "LD_LIBRARY_PATH names the CUDA toolkit's stub driver library ({}) before any \
+                 real one: the stub can link programs but not run them \
+                 (CUDA_ERROR_STUB_LIBRARY); remove that directory from LD_LIBRARY_PATH",
+                first.display()
+            ));
+        }
+        return None;
+    }
+    let found = usual.iter().any(holds_driver)
+        || ld_cache.is_some_and(|c| c.windows(12).any(|w| w == b"libcuda.so.1"));
+    (!found).then(|| {
+        "no CUDA driver library (libcuda.so.1) was found in LD_LIBRARY_PATH, the ld.so cache or \
+         the usual directories"
+            .to_string()
+    })
 }
 
 #[cfg(test)]
@@ -183,10 +210,33 @@ mod tests {
     fn cuda_probe_looks_in_the_given_places() {
         let dir = tempfile::tempdir().unwrap();
         let dirs = vec![dir.path().to_path_buf()];
-        assert!(!cuda_driver_in(&dirs, Some(b"libc.so.6 libm.so.6")));
-        assert!(cuda_driver_in(&dirs, Some(b"..libcuda.so.1..")));
+        let missing = cuda_driver_problem_in(&[], &dirs, Some(b"libc.so.6 libm.so.6")).unwrap();
+        assert!(missing.contains("no CUDA driver library"), "{missing}");
+        assert_eq!(
+            cuda_driver_problem_in(&[], &dirs, Some(b"..libcuda.so.1..")),
+            None
+        );
         std::fs::write(dir.path().join("libcuda.so.1"), b"").unwrap();
-        assert!(cuda_driver_in(&dirs, None));
-        let _ = cuda_driver_present(); // never panics, whatever the machine has
+        assert_eq!(cuda_driver_problem_in(&[], &dirs, None), None);
+        assert_eq!(cuda_driver_problem_in(&dirs, &[], None), None);
+        let _ = cuda_driver_problem(); // never panics, whatever the machine has
+    }
+
+    #[test]
+    fn cuda_probe_refuses_the_toolkits_stub_driver_first_on_the_path() {
+        let root = tempfile::tempdir().unwrap();
+        let stubs = root.path().join("cuda/lib64/stubs");
+        let real = root.path().join("driver");
+        for (d, name) in [(&stubs, "libcuda.so"), (&real, "libcuda.so.1")] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join(name), b"").unwrap();
+        }
+        let err = cuda_driver_problem_in(&[stubs.clone(), real.clone()], &[], None).unwrap();
+        assert!(
+            err.contains("stub") && err.contains(&stubs.display().to_string()),
+            "{err}"
+        );
+        // The real driver first: the stub behind it is never loaded.
+        assert_eq!(cuda_driver_problem_in(&[real, stubs], &[], None), None);
     }
 }
