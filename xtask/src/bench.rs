@@ -24,9 +24,10 @@
 //!   Python side measures it (a 4 GiB buffer summed on the device, best of 5).
 //!
 //! On a GPU, infalign's shipped-model task runs twice: cubecl compiles and autotunes each kernel
-//! shape at first use and caches both on disk (`target/environment`), so the first run's time is mostly that work
-//! (printed beside the table); the table has the second, which like transformers' timed call
-//! comes after a run of the same shapes (it still includes the process start and the model load).
+//! shape at first use and caches both on disk (`target/environment`), so the first run's time is
+//! mostly that work (printed beside the table); the table has the second, which like
+//! transformers' timed call comes after a run of the same shapes (it still includes the process
+//! start and the model load).
 //!
 //! It prints one Markdown table (tokens/s and the ratio infalign / transformers) with the
 //! machine, and writes everything to `target/bench/against-transformers.json`.
