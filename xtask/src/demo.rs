@@ -5,8 +5,9 @@
 //!
 //! The preset has two parts. InfAlign, on the sentiment reward: calibrate against base
 //! rollouts; align with CTRL (calibrated reward, exp transform, aimed at best-of-4) at β = 1
-//! and β = 5 (near standard RLHF's KL), with standard RLHF (raw reward; β = 0.05) and with the
-//! calibrated reward alone; evaluate each against the base on held-out prompts. Controlled
+//! and β = 5 (near standard RLHF's KL), with CTRL for worst-of-N (calibrated reward, −exp(−4u))
+//! at β = 0.01 and 0.005, with standard RLHF (raw reward; β = 0.05) and with the calibrated
+//! reward alone; evaluate each against the base on held-out prompts. Controlled
 //! decoding, on CD's length reward: train a CD-Q prefix scorer and check it on held-out
 //! prompts; decode with tokenwise and blockwise CD and best-of-N. The report has a section per
 //! part and `--compare`s their claims paired on the same prompts.
