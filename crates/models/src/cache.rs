@@ -3,9 +3,11 @@
 //!
 //! Invariants: all layers hold the same number of positions as the mask; a row's padded
 //! positions stay masked for the rest of decoding; [`KvCache::repeat_interleave`] lets N samples
-//! of one prompt share its prefill (computed once, then broadcast).
+//! of one prompt share its prefill (computed once, then broadcast); [`KvCache::retain`] keeps
+//! the same values as [`KvCache::select`] of the same rows, moved in place where it can.
 
-use burn::tensor::{Int, Tensor};
+use burn::backend::{Flex, flex::FlexTensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// Keys and values of one layer, `[B, H_kv, capacity, hd]` each, of which the first `len`
 /// positions are filled. Positions are written in place (a uniquely owned tensor is not copied
@@ -71,12 +73,91 @@ impl LayerCache {
         }
     }
 
+    /// Keeps the rows `keep` (strictly increasing) by moving each kept row's filled positions
+    /// down within its own buffers, when both are f32 on the CPU, contiguous and owned by this
+    /// cache alone: no new buffer, no copy of the spare room or of rows that stay where they are.
+    /// Returns whether it did; otherwise nothing changed.
+    fn retain_in_place(&mut self, keep: &[usize]) -> bool {
+        let Some((k, v)) = self.kv.take() else {
+            return false;
+        };
+        let (mut fk, mut fv) = match (owned_flex_f32(k), owned_flex_f32(v)) {
+            (Ok(fk), Ok(fv)) => (fk, fv),
+            (k, v) => {
+                let back = |t: Result<FlexTensor, Box<Tensor<4>>>| t.map_or_else(|t| *t, from_flex);
+                self.kv = Some((back(k), back(v)));
+                return false;
+            }
+        };
+        let dims: [usize; 4] = fk
+            .layout()
+            .shape()
+            .as_slice()
+            .try_into()
+            .unwrap_or_default();
+        let [_, h, cap, d] = dims;
+        let fits = |t: &FlexTensor| {
+            t.layout().shape().as_slice() == dims
+                && t.layout().contiguous_offsets() == Some((0, dims.iter().product()))
+        };
+        let movable = fits(&fk) && fits(&fv) && fk.is_unique() && fv.is_unique();
+        if movable {
+            for t in [&mut fk, &mut fv] {
+                if let Some(data) = t.try_storage_mut::<f32>() {
+                    move_rows_down(data, keep, h, cap * d, self.len * d);
+                }
+            }
+        }
+        let rows = keep.len();
+        let back = |t: FlexTensor| {
+            let t = from_flex(t);
+            if movable { t.narrow(0, 0, rows) } else { t }
+        };
+        self.kv = Some((back(fk), back(fv)));
+        movable
+    }
+
     /// Applies `f` (a reordering or repetition of rows) to the whole buffers, spare room
     /// included, so that decoding after it still writes in place.
     fn map(&self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
         Self {
             kv: self.kv.as_ref().map(|(k, v)| (f(k.clone()), f(v.clone()))),
             len: self.len,
+        }
+    }
+}
+
+/// `t` as burn-flex's f32 tensor, sharing no buffer with a clone of `t` that this call made (the
+/// caller's own clones still count); `t` itself when it is not one.
+fn owned_flex_f32(t: Tensor<4>) -> Result<FlexTensor, Box<Tensor<4>>> {
+    if t.device() != Device::flex() {
+        return Err(Box::new(t));
+    }
+    match t.clone().try_into_primitive::<Flex>() {
+        Ok(f) if f.dtype() == DType::F32 => {
+            drop(t);
+            Ok(f)
+        }
+        _ => Err(Box::new(t)),
+    }
+}
+
+fn from_flex(t: FlexTensor) -> Tensor<4> {
+    Tensor::from_primitive::<Flex>(t)
+}
+
+/// In `data`, rows of `heads` blocks of `block` values each: moves the first `filled` values of
+/// every block of row `keep[i]` to row `i`. `keep` is strictly increasing, so each row moves
+/// down (or stays) and no row is overwritten before it has moved.
+fn move_rows_down(data: &mut [f32], keep: &[usize], heads: usize, block: usize, filled: usize) {
+    let row = heads * block;
+    for (to, &from) in keep.iter().enumerate() {
+        if from == to {
+            continue;
+        }
+        for head in 0..heads {
+            let src = from * row + head * block;
+            data.copy_within(src..src + filled, to * row + head * block);
         }
     }
 }
@@ -156,6 +237,32 @@ impl KvCache {
         }
     }
 
+    /// Keeps the rows `keep` (strictly increasing, as when finished rows leave a batch): the
+    /// same cache as [`KvCache::select`] of them, but on the CPU each layer's rows move down
+    /// within its own buffers instead of being copied, spare room and all, into new ones.
+    ///
+    /// # Panics
+    /// If `keep` is not strictly increasing or names a row the cache does not have.
+    pub fn retain(mut self, keep: &[usize], device: &Device) -> Self {
+        let rows = self.batch_size();
+        assert!(
+            keep.windows(2).all(|w| w[0] < w[1])
+                && keep.last().is_none_or(|&r| self.mask.is_none() || r < rows),
+            "KvCache::retain: rows {keep:?} of {rows} are not strictly increasing"
+        );
+        let indices = || {
+            let ids: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [keep.len()]), device)
+        };
+        for layer in &mut self.layers {
+            if !layer.retain_in_place(keep) {
+                *layer = layer.map(|x| x.select(0, indices()));
+            }
+        }
+        self.mask = self.mask.map(|m| m.select(0, indices()));
+        self
+    }
+
     /// Keeps the rows `indices`, in that order (rows may repeat); spare room is kept.
     pub fn select(&self, indices: Tensor<1, Int>) -> Self {
         Self {
@@ -169,5 +276,57 @@ impl KvCache {
                 .as_ref()
                 .map(|m| m.clone().select(0, indices.clone())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer cache of `[rows, 2, 4, 2]` (capacity 4, `len` filled) whose every value is its
+    /// own index in the buffer, so where a value ends up says where it came from.
+    fn indexed(rows: usize, len: usize) -> LayerCache {
+        let n = rows * 2 * 4 * 2;
+        let t = || {
+            let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            Tensor::<4>::from_data(TensorData::new(values, [rows, 2, 4, 2]), &Device::flex())
+        };
+        LayerCache {
+            kv: Some((t(), t())),
+            len,
+        }
+    }
+
+    #[test]
+    fn rows_move_down_in_their_own_buffer() {
+        let mut layer = indexed(4, 3);
+        assert!(layer.retain_in_place(&[1, 3]));
+        let (k, v) = layer.kv.clone().unwrap();
+        assert_eq!(k.dims(), [2, 2, 4, 2]);
+        let filled = |t: Tensor<4>| -> Vec<f32> {
+            t.narrow(2, 0, 3).into_data().try_to_vec::<f32>().unwrap()
+        };
+        // Row r, head h, position p, dim e sits at ((r * 2 + h) * 4 + p) * 2 + e.
+        let want: Vec<f32> = [1usize, 3]
+            .iter()
+            .flat_map(|&r| {
+                (0..2).flat_map(move |h| {
+                    (0..3).flat_map(move |p| {
+                        (0..2).map(move |e| (((r * 2 + h) * 4 + p) * 2 + e) as f32)
+                    })
+                })
+            })
+            .collect();
+        assert_eq!(filled(k), want);
+        assert_eq!(filled(v), want);
+    }
+
+    #[test]
+    fn shared_buffers_are_not_moved() {
+        let mut layer = indexed(3, 2);
+        let keep_alive = layer.kv.clone();
+        assert!(!layer.retain_in_place(&[0, 2]));
+        assert_eq!(layer.kv.as_ref().unwrap().0.dims(), [3, 2, 4, 2]);
+        drop(keep_alive);
     }
 }

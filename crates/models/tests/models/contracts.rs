@@ -200,6 +200,59 @@ fn repeat_interleave_shares_one_prefill() {
     }
 }
 
+#[test]
+fn retaining_rows_decodes_as_selecting_them() {
+    // Rows leaving a batch: `retain` (in place on the CPU) and `select` (new buffers) must leave
+    // caches that decode the same bits, also after a second retain and steps in between.
+    let dev = device();
+    for (name, config) in configs() {
+        let m = model(&config);
+        let prompts = vec![
+            vec![1u32, 2, 3],
+            vec![7u32, 8],
+            vec![4u32],
+            vec![5u32, 6, 9, 2],
+        ];
+        let prefill = |cache: &mut infalign_models::KvCache| {
+            m.next_token_logprobs(&TokenBatch::left_padded(&prompts, 0, &dev).unwrap(), cache);
+            cache.reserve(6);
+        };
+        let (mut a, mut b) = (m.new_cache(), m.new_cache());
+        prefill(&mut a);
+        prefill(&mut b);
+        let step = |cache: &mut infalign_models::KvCache, tokens: &[u32]| {
+            host(m.next_token_logprobs(&TokenBatch::step(tokens, &dev), cache))
+        };
+        assert_eq!(
+            step(&mut a, &[10, 11, 12, 13]),
+            step(&mut b, &[10, 11, 12, 13])
+        );
+        let indices = |rows: &[i64]| {
+            Tensor::<1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(rows.to_vec(), [rows.len()]),
+                &dev,
+            )
+        };
+        let mut a = a.retain(&[1, 2, 3], &dev);
+        let mut b = b.select(indices(&[1, 2, 3]));
+        assert_eq!(
+            step(&mut a, &[14, 15, 16]),
+            step(&mut b, &[14, 15, 16]),
+            "{name}"
+        );
+        let mut a = a.retain(&[0, 2], &dev);
+        let mut b = b.select(indices(&[0, 2]));
+        for t in [[17u32, 18], [19, 20], [21, 22]] {
+            assert_eq!(step(&mut a, &t), step(&mut b, &t), "{name}: after {t:?}");
+        }
+        // A cache whose buffers are shared (a clone kept elsewhere) is copied, not moved.
+        let shared = a.clone();
+        let mut c = a.retain(&[1], &dev);
+        let mut d = shared.select(indices(&[1]));
+        assert_eq!(step(&mut c, &[23]), step(&mut d, &[23]), "{name}: shared");
+    }
+}
+
 fn tiny_tokenizer(dir: &std::path::Path) -> Tokenizer {
     let text = dir.join("t.txt");
     std::fs::write(&text, "ab ba abc cab bca ".repeat(20)).unwrap();
