@@ -542,7 +542,7 @@ impl<'a> Generator<'a> {
                 break;
             }
             if (live.len() - keep.len()) * 8 >= live.len() {
-                cache = cache.retain(&keep, &self.device);
+                cache.retain(&keep, &self.device);
                 if let Some(s) = steer.as_deref_mut() {
                     s.select(&keep);
                 }

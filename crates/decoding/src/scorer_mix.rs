@@ -244,11 +244,11 @@ impl<'a> ScorerMix<'a> {
         // Rows leaving a batch (strictly increasing) move within the cache's own buffers.
         let leaving = rows.windows(2).all(|w| w[0] < w[1]);
         for t in &mut self.tracks {
-            t.cache = if leaving {
-                std::mem::replace(&mut t.cache, KvCache::new(0)).retain(rows, &self.device)
+            if leaving {
+                t.cache.retain(rows, &self.device);
             } else {
-                t.cache.select(idx.clone())
-            };
+                t.cache = t.cache.select(idx.clone());
+            }
             t.hidden = t.hidden.take().map(|h| h.select(0, idx.clone()));
             t.next_t = t.next_t.take().map(|n| n.select(0, idx.clone()));
             for h in &mut t.pending {

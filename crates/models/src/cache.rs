@@ -100,14 +100,17 @@ impl LayerCache {
             t.layout().shape().as_slice() == dims
                 && t.layout().contiguous_offsets() == Some((0, dims.iter().product()))
         };
-        let movable = fits(&fk) && fits(&fv) && fk.is_unique() && fv.is_unique();
-        if movable {
-            for t in [&mut fk, &mut fv] {
-                if let Some(data) = t.try_storage_mut::<f32>() {
-                    move_rows_down(data, keep, h, cap * d, self.len * d);
+        // Both buffers writable, or neither is touched: a half-moved pair would be wrong.
+        let movable = fits(&fk)
+            && fits(&fv)
+            && match (fk.try_storage_mut::<f32>(), fv.try_storage_mut::<f32>()) {
+                (Some(kd), Some(vd)) => {
+                    move_rows_down(kd, keep, h, cap * d, self.len * d);
+                    move_rows_down(vd, keep, h, cap * d, self.len * d);
+                    true
                 }
-            }
-        }
+                _ => false,
+            };
         let rows = keep.len();
         let back = |t: FlexTensor| {
             let t = from_flex(t);
@@ -142,6 +145,7 @@ fn owned_flex_f32(t: Tensor<4>) -> Result<FlexTensor, Box<Tensor<4>>> {
     }
 }
 
+/// `t` as a burn tensor again (the inverse of [`owned_flex_f32`]).
 fn from_flex(t: FlexTensor) -> Tensor<4> {
     Tensor::from_primitive::<Flex>(t)
 }
@@ -237,30 +241,40 @@ impl KvCache {
         }
     }
 
-    /// Keeps the rows `keep` (strictly increasing, as when finished rows leave a batch): the
-    /// same cache as [`KvCache::select`] of them, but on the CPU each layer's rows move down
-    /// within its own buffers instead of being copied, spare room and all, into new ones.
+    /// Keeps the rows `keep` (strictly increasing, as when finished rows leave a batch),
+    /// leaving the same cache as [`KvCache::select`] of them; on the CPU each layer's rows move
+    /// down within its own buffers instead of being copied, spare room and all, into new ones.
+    /// Returns whether every layer moved its rows in place (`false`: some were copied, because
+    /// their buffers are shared with a clone, live on another device or `keep` is empty).
     ///
     /// # Panics
-    /// If `keep` is not strictly increasing or names a row the cache does not have.
-    pub fn retain(mut self, keep: &[usize], device: &Device) -> Self {
+    /// If `keep` is not strictly increasing, or names a row at or past the cache's batch size.
+    pub fn retain(&mut self, keep: &[usize], device: &Device) -> bool {
         let rows = self.batch_size();
         assert!(
             keep.windows(2).all(|w| w[0] < w[1])
                 && keep.last().is_none_or(|&r| self.mask.is_none() || r < rows),
-            "KvCache::retain: rows {keep:?} of {rows} are not strictly increasing"
+            "KvCache::retain: rows {keep:?} are not strictly increasing rows below {rows}"
         );
-        let indices = || {
-            let ids: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [keep.len()]), device)
+        let mut indices: Option<Tensor<1, Int>> = None;
+        let mut indices = || {
+            indices
+                .get_or_insert_with(|| {
+                    let ids: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+                    Tensor::<1, Int>::from_data(TensorData::new(ids, [keep.len()]), device)
+                })
+                .clone()
         };
+        let mut moved = true;
         for layer in &mut self.layers {
-            if !layer.retain_in_place(keep) {
-                *layer = layer.map(|x| x.select(0, indices()));
+            if keep.is_empty() || !layer.retain_in_place(keep) {
+                let idx = indices();
+                *layer = layer.map(|x| x.select(0, idx.clone()));
+                moved = false;
             }
         }
-        self.mask = self.mask.map(|m| m.select(0, indices()));
-        self
+        self.mask = self.mask.take().map(|m| m.select(0, indices()));
+        moved
     }
 
     /// Keeps the rows `indices`, in that order (rows may repeat); spare room is kept.
