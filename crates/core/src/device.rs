@@ -147,8 +147,11 @@ fn cuda_driver_problem() -> Option<String> {
 
 /// [`cuda_driver_problem`] over given places: `ld_library_path` in its order, then the `usual`
 /// directories and the ld.so cache. The CUDA toolkit's `stubs` directory holds a `libcuda.so`
-/// that only links programs; found first along LD_LIBRARY_PATH, it is loaded instead of the
-/// driver and every CUDA call fails (CUDA_ERROR_STUB_LIBRARY), so that is a problem too.
+/// that only links programs. The CUDA bindings open `libcuda.so` before `libcuda.so.1`, and the
+/// loader searches LD_LIBRARY_PATH before anything else, so when the first LD_LIBRARY_PATH
+/// directory holding a `libcuda.so` is a stubs directory, the stub is loaded instead of the
+/// driver (even with the driver's `libcuda.so.1` earlier on the path) and every CUDA call fails
+/// (CUDA_ERROR_STUB_LIBRARY): that is a problem too.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn cuda_driver_problem_in(
     ld_library_path: &[std::path::PathBuf],
@@ -157,18 +160,21 @@ fn cuda_driver_problem_in(
 ) -> Option<String> {
     let names = ["libcuda.so.1", "libcuda.so"];
     let holds_driver = |d: &std::path::PathBuf| names.iter().any(|n| d.join(n).exists());
-    if let Some(first) = ld_library_path.iter().find(|d| holds_driver(d)) {
-        if first.components().any(|c| c.as_os_str() == "stubs") {
-            return Some(format!(
-                "LD_LIBRARY_PATH names the CUDA toolkit's stub driver library ({}) before any \
-                 real one: the stub can link programs but not run them \
-                 (CUDA_ERROR_STUB_LIBRARY); remove that directory from LD_LIBRARY_PATH",
-                first.display()
-            ));
-        }
-        return None;
+    let opened_first = ld_library_path
+        .iter()
+        .find(|d| d.join("libcuda.so").exists());
+    if let Some(dir) = opened_first
+        && dir.components().any(|c| c.as_os_str() == "stubs")
+    {
+        return Some(format!(
+            "LD_LIBRARY_PATH names the CUDA toolkit's stub driver library ({}) before any real \
+             libcuda.so: the stub can link programs but not run them \
+             (CUDA_ERROR_STUB_LIBRARY); remove that directory from LD_LIBRARY_PATH",
+            dir.display()
+        ));
     }
-    let found = usual.iter().any(holds_driver)
+    let found = ld_library_path.iter().any(holds_driver)
+        || usual.iter().any(holds_driver)
         || ld_cache.is_some_and(|c| c.windows(12).any(|w| w == b"libcuda.so.1"));
     (!found).then(|| {
         "no CUDA driver library (libcuda.so.1) was found in LD_LIBRARY_PATH, the ld.so cache or \
@@ -231,12 +237,19 @@ mod tests {
             std::fs::create_dir_all(d).unwrap();
             std::fs::write(d.join(name), b"").unwrap();
         }
-        let err = cuda_driver_problem_in(&[stubs.clone(), real.clone()], &[], None).unwrap();
-        assert!(
-            err.contains("stub") && err.contains(&stubs.display().to_string()),
-            "{err}"
-        );
-        // The real driver first: the stub behind it is never loaded.
+        let refused = |path: &[std::path::PathBuf]| {
+            let err = cuda_driver_problem_in(path, &[], None).unwrap();
+            assert!(
+                err.contains("stub") && err.contains(&stubs.display().to_string()),
+                "{err}"
+            );
+        };
+        refused(&[stubs.clone(), real.clone()]);
+        // The driver's libcuda.so.1 first is not enough: `libcuda.so` is opened first, and the
+        // stub is the first one on the path.
+        refused(&[real.clone(), stubs.clone()]);
+        // A real libcuda.so before the stubs is what gets loaded.
+        std::fs::write(real.join("libcuda.so"), b"").unwrap();
         assert_eq!(cuda_driver_problem_in(&[real, stubs], &[], None), None);
     }
 }
