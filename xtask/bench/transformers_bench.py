@@ -14,7 +14,8 @@ count, the tasks that xtask times in infalign:
 
 With --device cuda[:N] the models and inputs live on that GPU, each timing ends with
 torch.cuda.synchronize(), and with --gpt2-small the GPU's read bandwidth is measured too (a 4 GiB
-f32 buffer summed on the device, best of 5 after one warm-up) for the bandwidth floor.
+f32 buffer, or a quarter of the free memory, summed on the device, best of 5 after one warm-up)
+for the bandwidth floor.
 
 Timings exclude the Python import, the model load and one untimed warm-up generate call per model
 (transformers' first generate calls are much slower than the later ones). Prints one JSON object on
@@ -138,8 +139,15 @@ def gpt2_small():
 
 
 def gpu_read_bandwidth():
-    """Bytes per second of a 4 GiB f32 buffer summed on the GPU: the best of 5 after a warm-up."""
-    x = torch.ones(1 << 30, dtype=torch.float32, device=device)
+    """Bytes per second of an f32 buffer summed on the GPU (4 GiB, or a quarter of the free
+    memory when that is less): the best of 5 after a warm-up; None when it cannot be allocated."""
+    free, _ = torch.cuda.mem_get_info(device)
+    n = min(1 << 30, free // 16)
+    try:
+        x = torch.ones(n, dtype=torch.float32, device=device)
+    except torch.OutOfMemoryError as e:
+        log(f"{a.device} read bandwidth not measured: {e}")
+        return None
     best = float("inf")
     for i in range(6):
         sync()
@@ -150,7 +158,7 @@ def gpu_read_bandwidth():
             best = min(best, secs)
     del x
     torch.cuda.empty_cache()
-    bw = 4 * (1 << 30) / best
+    bw = 4 * n / best
     log(f"{a.device} read bandwidth: {bw / 1e9:.0f} GB/s")
     return bw
 
