@@ -15,7 +15,7 @@ use infalign_models::{LoadedModel, TokenBatch, weights::read_f32};
 use serde::{Deserialize, Serialize};
 
 use crate::device_sampler::sample_on_device;
-use crate::sampler::{SamplingConfig, kl_divergence, process_logprobs, sample_token};
+use crate::sampler::{SamplingConfig, process_logprobs, sample_token, sample_token_with_kl};
 use crate::{DecodingError, Finish, Sample};
 
 /// What to generate.
@@ -628,13 +628,12 @@ impl<'a> Generator<'a> {
                     processed = process_logprobs(dist, &cfg.sampling);
                     &processed
                 };
-                let (tok, l) = sample_token(policy, &SamplingConfig::default(), &mut row.rng);
-                let kl = if identity && steered.is_none() {
-                    0.0
+                if identity && steered.is_none() {
+                    let (tok, l) = sample_token(policy, &SamplingConfig::default(), &mut row.rng);
+                    (tok, l, 0.0)
                 } else {
-                    kl_divergence(policy, lp)
-                };
-                (tok, l, kl)
+                    sample_token_with_kl(policy, lp, &mut row.rng)
+                }
             };
             Ok((tok, policy_lp, lp[tok as usize], kl as f32))
         })

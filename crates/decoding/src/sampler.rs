@@ -126,6 +126,35 @@ pub fn sample_token(logp: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (
     (last_kept as u32, policy[last_kept])
 }
 
+/// [`sample_token`] from `policy` with no processing, and [`kl_divergence`]`(policy, base)`, in
+/// one pass that takes each token's probability once (a steered step needs both): the same
+/// token, log-prob and KL to the bit, since each is summed over the same terms in the same
+/// order.
+pub fn sample_token_with_kl(policy: &[f32], base: &[f32], rng: &mut impl Rng) -> (u32, f32, f64) {
+    let u: f64 = rng.random();
+    let (mut acc, mut kl) = (0.0f64, -0.0f64); // `f64::sum` starts from -0.0
+    let (mut drawn, mut last_kept) = (None, 0);
+    for (i, (&p, &q)) in policy.iter().zip(base).enumerate() {
+        // `sample_token` passes over -inf, `kl_divergence` over every non-finite value; a
+        // normalised log-prob is finite or -inf, where the two agree.
+        if !p.is_finite() {
+            continue;
+        }
+        let prob = f64::from(p).exp();
+        if drawn.is_none() {
+            last_kept = i;
+            acc += prob;
+            if u < acc {
+                drawn = Some(i);
+            }
+        }
+        kl += prob * (f64::from(p) - f64::from(q));
+    }
+    // Rounding left a sliver of mass past the end: it belongs to the last kept token.
+    let tok = drawn.unwrap_or(last_kept);
+    (tok as u32, policy[tok], kl)
+}
+
 /// Exact KL(p ‖ q) between two next-token distributions given as normalised log-probs; tokens
 /// that `p` excludes (`-inf`) contribute nothing.
 pub fn kl_divergence(logp: &[f32], logq: &[f32]) -> f64 {
@@ -223,6 +252,49 @@ mod tests {
             })
             .sum();
         assert!(chi2 < 16.27, "chi2 = {chi2}, counts = {counts:?}");
+    }
+
+    #[test]
+    fn one_pass_draw_and_kl_equal_the_two_separate_ones_to_the_bit() {
+        let mut gen_rng = rand::rngs::StdRng::seed_from_u64(5);
+        for case in 0..200 {
+            let vocab = 1 + case % 37;
+            let raw: Vec<f32> = (0..vocab)
+                .map(|_| gen_rng.random_range(-8.0f32..4.0))
+                .collect();
+            let base = normalise_for_test(&raw);
+            // Steered: another distribution, some tokens excluded (as top-k leaves them).
+            let mut steered: Vec<f32> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    if i % 5 == 3 {
+                        f32::NEG_INFINITY
+                    } else {
+                        x * 1.7 + 0.3
+                    }
+                })
+                .collect();
+            if steered.iter().all(|x| !x.is_finite()) {
+                steered[0] = 0.0;
+            }
+            let steered = normalise_for_test(&steered);
+            let seed = case as u64;
+            let mut a = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut b = rand::rngs::StdRng::seed_from_u64(seed);
+            let (tok, lp) = sample_token(&steered, &SamplingConfig::default(), &mut a);
+            let kl = kl_divergence(&steered, &base);
+            let (tok2, lp2, kl2) = sample_token_with_kl(&steered, &base, &mut b);
+            assert_eq!(
+                (tok, lp.to_bits(), kl.to_bits()),
+                (tok2, lp2.to_bits(), kl2.to_bits())
+            );
+        }
+    }
+
+    fn normalise_for_test(x: &[f32]) -> Vec<f32> {
+        let lse = log_sum_exp(x);
+        x.iter().map(|&v| v - lse).collect()
     }
 
     #[test]
