@@ -226,7 +226,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     point.replicate = a.replicate;
     super::common::Measures::load(&a.measure, device)?.record(&pol, &mut point)?;
     point.sample_stats = Some(SampleStats::of(pol.iter().map(|s| s.tokens.len()), &rp));
-    point.base_sample_stats = Some(SampleStats::of(base_lengths.into_iter(), &rb));
+    point.base_sample_stats = Some(SampleStats::of(base_lengths, &rb));
     let mut report = Report::new("Evaluation");
     report.paragraph(format!(
         "Policy `{}` against base `{}`, reward `{}`, {} prompts x {} samples each.",
