@@ -1109,6 +1109,51 @@ fn sweep_eval_and_report_draw_curves() {
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     assert!(err(&["report", "--run", empty.to_str().unwrap()]).contains("no points.jsonl"));
+    // A policy judged against the sweep's own base samples: its base side is the sweep's, to
+    // the reward (the same rows, scored by the same reward).
+    let base_file = bon.join("base.jsonl");
+    let eval_against = |samples: &str, out: &str| {
+        vec![
+            "eval".to_string(),
+            "--policy".into(),
+            m.into(),
+            "--base".into(),
+            m.into(),
+            "--prompt".into(),
+            "the cat".into(),
+            "--prompt".into(),
+            "a dog".into(),
+            "--prompt".into(),
+            "on the".into(),
+            "--reward".into(),
+            "length(t_max=8)".into(),
+            "--samples".into(),
+            samples.into(),
+            "--eval-n".into(),
+            "2".into(),
+            "--max-new-tokens".into(),
+            "8".into(),
+            "--base-samples".into(),
+            base_file.to_str().unwrap().into(),
+            "--out".into(),
+            dir.path().join(out).to_str().unwrap().into(),
+        ]
+    };
+    ok(&strs(&eval_against("4", "paired-eval")));
+    let eval: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("paired-eval/eval.json")).unwrap(),
+    )
+    .unwrap();
+    let swept = read_points(&bon.join("points.jsonl"))[0]["base_mean_reward"]
+        .as_f64()
+        .unwrap();
+    let judged = eval["mean_reward_base"].as_f64().unwrap();
+    assert!((swept - judged).abs() < 1e-12, "{swept} vs {judged}");
+    let e = err(&strs(&eval_against("2", "paired-eval-2")));
+    assert!(
+        e.contains("base.jsonl") && e.contains("has 4 rows") && e.contains("--samples 2"),
+        "{e}"
+    );
 }
 
 #[test]
