@@ -109,21 +109,8 @@ pub fn sample_token(logp: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (
         processed = process_logprobs(logp, cfg);
         &processed
     };
-    let u: f64 = rng.random();
-    let mut acc = 0.0f64;
-    let mut last_kept = 0;
-    for (i, &l) in policy.iter().enumerate() {
-        if l == f32::NEG_INFINITY {
-            continue;
-        }
-        last_kept = i;
-        acc += f64::from(l).exp();
-        if u < acc {
-            return (i as u32, l);
-        }
-    }
-    // Rounding left a sliver of mass past the end: it belongs to the last kept token.
-    (last_kept as u32, policy[last_kept])
+    let (tok, _) = draw(policy, None, rng.random());
+    (tok as u32, policy[tok])
 }
 
 /// [`sample_token`] from `policy` with no processing, and [`kl_divergence`]`(policy, base)`, in
@@ -131,13 +118,18 @@ pub fn sample_token(logp: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (
 /// token, log-prob and KL to the bit, since each is summed over the same terms in the same
 /// order.
 pub fn sample_token_with_kl(policy: &[f32], base: &[f32], rng: &mut impl Rng) -> (u32, f32, f64) {
-    let u: f64 = rng.random();
+    let (tok, kl) = draw(policy, Some(base), rng.random());
+    (tok as u32, policy[tok], kl)
+}
+
+/// The inverse-CDF draw at `u` from normalised log-probs `policy` (`-inf` tokens passed over),
+/// and, when `base` is given, KL(policy ‖ base) summed in the same pass (as [`kl_divergence`]
+/// sums it: finite terms, in order, from -0.0); without `base` it stops at the drawn token.
+fn draw(policy: &[f32], base: Option<&[f32]>, u: f64) -> (usize, f64) {
     let (mut acc, mut kl) = (0.0f64, -0.0f64); // `f64::sum` starts from -0.0
     let (mut drawn, mut last_kept) = (None, 0);
-    for (i, (&p, &q)) in policy.iter().zip(base).enumerate() {
-        // `sample_token` passes over -inf, `kl_divergence` over every non-finite value; a
-        // normalised log-prob is finite or -inf, where the two agree.
-        if !p.is_finite() {
+    for (i, &p) in policy.iter().enumerate() {
+        if p == f32::NEG_INFINITY {
             continue;
         }
         let prob = f64::from(p).exp();
@@ -148,11 +140,15 @@ pub fn sample_token_with_kl(policy: &[f32], base: &[f32], rng: &mut impl Rng) ->
                 drawn = Some(i);
             }
         }
-        kl += prob * (f64::from(p) - f64::from(q));
+        match base {
+            Some(base) if p.is_finite() => kl += prob * (f64::from(p) - f64::from(base[i])),
+            Some(_) => {}
+            None if drawn.is_some() => break,
+            None => {}
+        }
     }
     // Rounding left a sliver of mass past the end: it belongs to the last kept token.
-    let tok = drawn.unwrap_or(last_kept);
-    (tok as u32, policy[tok], kl)
+    (drawn.unwrap_or(last_kept), kl)
 }
 
 /// Exact KL(p ‖ q) between two next-token distributions given as normalised log-probs; tokens
