@@ -9,8 +9,10 @@
 //! at β = 0.01 and 0.005, with standard RLHF (raw reward; β = 0.05) and with the calibrated
 //! reward alone; evaluate each against the base on held-out prompts. Controlled
 //! decoding, on CD's length reward: train a CD-Q prefix scorer and check it on held-out
-//! prompts; decode with tokenwise and blockwise CD and best-of-N. The report has a section per
-//! part and `--compare`s their claims paired on the same prompts.
+//! prompts; decode with tokenwise and blockwise CD and best-of-N; train PPO and online DPO on
+//! the same reward and evaluate them on the best-of-N sweep's base samples, so that tokenwise
+//! CD is compared with them at equal KL on the same base. The report has a section per part
+//! and `--compare`s their claims paired on the same prompts.
 
 use std::path::Path;
 use std::time::Instant;
