@@ -488,7 +488,13 @@ pub fn average_replicates(points: &[&CurvePoint]) -> Result<CurvePoint, EvalErro
             None => first.method.clone(),
         }
     };
-    avg.method = format!("{method} (mean of {} replicates)", points.len());
+    // A point that every replicate of the other side shares (a decoder, not trained with the
+    // seeds) stands for itself, not for a mean.
+    avg.method = if points.iter().all(|p| p.replicate.is_none()) {
+        method
+    } else {
+        format!("{method} (mean of {} replicates)", points.len())
+    };
     avg.replicate = None;
     avg.inference.clear();
     avg.measures.clear();
@@ -787,13 +793,20 @@ pub fn add_paired_at_kl(
     let rows = paired_rows_of(pairs, |a, b| {
         let mut matched = Vec::new();
         for b in find_replicates(points, b)? {
-            // Replicate r of A's path against replicate r of B.
-            let path: Vec<&CurvePoint> = points
-                .iter()
-                .filter(|p| p.method == a.trim() && p.replicate == b.replicate)
-                .collect();
+            // Replicate r of A's path against replicate r of B; a path with no replicates (a
+            // decoder's, not trained with the seeds) against every replicate of B.
+            let of = |replicate: Option<u64>| -> Vec<&CurvePoint> {
+                points
+                    .iter()
+                    .filter(|p| p.method == a.trim() && p.replicate == replicate)
+                    .collect()
+            };
+            let mut path = of(b.replicate);
+            if path.is_empty() && b.replicate.is_some() {
+                path = of(None);
+            }
             let mut at = interpolate_at_kl(&path, b)?;
-            at.replicate = b.replicate;
+            at.replicate = path.first().and_then(|p| p.replicate);
             matched.push((at, b.clone()));
         }
         replicated_rows(&matched, seed)
@@ -806,8 +819,9 @@ pub fn add_paired_at_kl(
              linearly between the two that bracket it, then differenced with B on the same \
              prompts with a 95% percentile-bootstrap interval over prompts. The interpolation \
              assumes the outcome changes linearly in KL between the two points. Methods trained \
-             with several seeds are compared seed by seed, then by their mean, whose interval \
-             resamples the seeds as well as the prompts.",
+             with several seeds are compared seed by seed (a method without seeds, such as a \
+             decoder, against each of them), then by their mean, whose interval resamples the \
+             seeds as well as the prompts.",
             rows,
         );
     }
@@ -854,22 +868,31 @@ pub fn add_paired(
             find_replicates(points, a_sel)?,
             find_replicates(points, b_sel)?,
         );
-        let matched = a
-            .iter()
-            .map(|a| {
-                let b = b
-                    .iter()
-                    .find(|b| b.replicate == a.replicate)
-                    .ok_or_else(|| EvalError::Invalid {
-                        field: "compare",
-                        message: format!(
-                            "`{a_sel}`'s replicate {:?} has no counterpart in `{b_sel}`",
-                            a.replicate
-                        ),
+        // One side with no replicates (a decoder, not trained with the seeds) is compared with
+        // every replicate of the other.
+        let shared = |side: &[&CurvePoint]| match side {
+            [one] if one.replicate.is_none() => Some((*one).clone()),
+            _ => None,
+        };
+        let matched = match (shared(&a), shared(&b)) {
+            (Some(a), _) => b.iter().map(|b| (a.clone(), (*b).clone())).collect(),
+            (None, Some(b)) => a.iter().map(|a| ((*a).clone(), b.clone())).collect(),
+            (None, None) => a
+                .iter()
+                .map(|a| {
+                    let b = b.iter().find(|b| b.replicate == a.replicate).ok_or_else(|| {
+                        EvalError::Invalid {
+                            field: "compare",
+                            message: format!(
+                                "`{a_sel}`'s replicate {:?} has no counterpart in `{b_sel}`",
+                                a.replicate
+                            ),
+                        }
                     })?;
-                Ok(((*a).clone(), (*b).clone()))
-            })
-            .collect::<Result<Vec<_>, EvalError>>()?;
+                    Ok(((*a).clone(), (*b).clone()))
+                })
+                .collect::<Result<Vec<_>, EvalError>>()?,
+        };
         replicated_rows(&matched, seed)
     })?;
     if rows.is_empty() {
@@ -881,8 +904,8 @@ pub fn add_paired(
         "A − B on the same prompts: the difference of the two methods' per-prompt outcomes, with \
          a 95% percentile-bootstrap interval over prompts that resamples the same prompts for \
          both. Methods trained with several seeds are compared seed by seed (replicate r of A \
-         against replicate r of B), then by their mean, whose interval resamples the seeds as \
-         well as the prompts. \"inconclusive\" when the interval contains 0. Each side's KL is in its name: a \
+         against replicate r of B; a method without seeds, such as a decoder, against each), \
+         then by their mean, whose interval resamples the seeds as well as the prompts. \"inconclusive\" when the interval contains 0. Each side's KL is in its name: a \
          difference between points at different KL mixes how well each method spends its KL \
          with how far it moved, so compare at similar KL to compare the methods.",
         rows,
@@ -1141,6 +1164,63 @@ mod tests {
         assert!(rows[4][0].contains("mean of 2 replicates"), "{:?}", rows[4]);
         assert_eq!(rows[4][3], "+1.000 [-2.000, +4.000]");
         assert_eq!(rows[4][4], "inconclusive");
+    }
+
+    #[test]
+    fn a_method_without_replicates_meets_every_replicate_of_the_other() {
+        let unreplicated = |mut p: CurvePoint| {
+            p.replicate = None;
+            p
+        };
+        // A decoder (no replicates) 1 above the base on every prompt; B trained twice: 4 above
+        // and 2 below. A − B is −3 in replicate 1 and +3 in replicate 2: mean 0, and the
+        // two-level interval [−3, +3] (the seed draw decides, whatever the prompts).
+        let a = unreplicated(replicate_point("a", &|_| 1.0, 2.0, None, 0));
+        let b1 = replicate_point("b", &|_| 4.0, 2.0, None, 1);
+        let b2 = replicate_point("b", &|_| -2.0, 2.0, None, 2);
+        let points = vec![a.clone(), b1.clone(), b2.clone()];
+        let table = |report: &Report| match report.blocks.last() {
+            Some(Block::Table(_, rows)) => rows.clone(),
+            other => panic!("{other:?}"),
+        };
+        let mut report = Report::new("r");
+        add_paired(&mut report, &points, &[("a".into(), "b".into())], 1).unwrap();
+        let rows = table(&report);
+        assert_eq!(rows.len(), 6, "{rows:?}");
+        assert_eq!(rows[0][3], "-3.000 [-3.000, -3.000]");
+        assert_eq!(rows[2][3], "+3.000 [+3.000, +3.000]");
+        assert_eq!(rows[4][3], "+0.000 [-3.000, +3.000]");
+        // The shared side is named as itself, not as a mean of replicates; B as its mean.
+        assert!(!rows[4][0].starts_with("a (mean"), "{:?}", rows[4]);
+        assert!(rows[4][0].contains("b (mean of 2 replicates)"), "{:?}", rows[4]);
+        // The other way round: B − A, the signs flip.
+        let mut report = Report::new("r");
+        add_paired(&mut report, &points, &[("b".into(), "a".into())], 1).unwrap();
+        assert_eq!(table(&report)[0][3], "+3.000 [+3.000, +3.000]");
+        // At matched KL: A's path (1 above the base at KL 1, 3 above at KL 3) interpolated at
+        // each replicate's KL of 2 is 2 above the base: −2 and +4 against B, mean +1.
+        let path = vec![
+            unreplicated(replicate_point("a", &|_| 1.0, 1.0, Some(2.0), 0)),
+            unreplicated(replicate_point("a", &|_| 3.0, 3.0, Some(1.0), 0)),
+            b1,
+            b2,
+        ];
+        let mut report = Report::new("r");
+        add_paired_at_kl(&mut report, &path, &[("a".into(), "b".into())], 1).unwrap();
+        let rows = table(&report);
+        assert_eq!(rows.len(), 6, "{rows:?}");
+        assert_eq!(rows[0][3], "-2.000 [-2.000, -2.000]");
+        assert_eq!(rows[2][3], "+4.000 [+4.000, +4.000]");
+        assert_eq!(rows[4][3], "+1.000 [-2.000, +4.000]");
+        // Two seeds of A against one B with no replicates: still one pair per seed.
+        let mut report = Report::new("r");
+        let two_a = vec![
+            replicate_point("a", &|_| 4.0, 2.0, None, 1),
+            replicate_point("a", &|_| -2.0, 2.0, None, 2),
+            unreplicated(replicate_point("b", &|_| 1.0, 2.0, None, 0)),
+        ];
+        add_paired(&mut report, &two_a, &[("a".into(), "b".into())], 1).unwrap();
+        assert_eq!(table(&report)[4][3], "+0.000 [-3.000, +3.000]");
     }
 
     use super::*;
