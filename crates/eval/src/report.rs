@@ -420,7 +420,10 @@ pub fn find_replicates<'a>(
 }
 
 /// The point whose per-prompt outcomes are the mean of `points`' (replicates of one method,
-/// evaluated on the same prompts), prompt by prompt; its KL is their mean.
+/// evaluated on the same prompts), prompt by prompt; its KL is their mean. Named "(mean of N
+/// replicates)"; points without replicates (one side shared by every replicate of the other)
+/// keep their method's name, with "(mean at N replicates' KLs)" when they were interpolated at
+/// different KLs.
 pub fn average_replicates(points: &[&CurvePoint]) -> Result<CurvePoint, EvalError> {
     use crate::curve::ProcedureOutcomes;
     let Some(first) = points.first() else {
@@ -488,12 +491,15 @@ pub fn average_replicates(points: &[&CurvePoint]) -> Result<CurvePoint, EvalErro
             None => first.method.clone(),
         }
     };
-    // A point that every replicate of the other side shares (a decoder, not trained with the
-    // seeds) stands for itself, not for a mean.
-    avg.method = if points.iter().all(|p| p.replicate.is_none()) {
+    // Points without replicates are one side shared by every replicate of the other (a
+    // decoder, not trained with the seeds): one point stands for itself; one path interpolated
+    // at each replicate's KL is a mean at those KLs.
+    avg.method = if points.iter().any(|p| p.replicate.is_some()) {
+        format!("{method} (mean of {} replicates)", points.len())
+    } else if points.iter().all(|p| p.kl.value == first.kl.value) {
         method
     } else {
-        format!("{method} (mean of {} replicates)", points.len())
+        format!("{method} (mean at {} replicates' KLs)", points.len())
     };
     avg.replicate = None;
     avg.inference.clear();
@@ -630,7 +636,8 @@ pub fn paired_rows(
 }
 
 /// The rows of a comparison between two methods trained several times: one comparison per
-/// replicate (replicate r of A against replicate r of B, on the same prompts), then the
+/// replicate (replicate r of A against replicate r of B, on the same prompts, or a side without
+/// replicates against each replicate of the other), then the
 /// comparison of their means ([`average_replicates`] names the two sides). The mean's
 /// difference is over all replicates and prompts, and its interval the two-level (seeds ×
 /// prompts) bootstrap of [`replicated_difference`], which carries the seed-to-seed variation as
@@ -783,7 +790,10 @@ pub fn interpolate_at_kl(a: &[&CurvePoint], b: &CurvePoint) -> Result<CurvePoint
 }
 
 /// Adds a table of paired comparisons at matched KL: for each `(A, B)`, every point of method
-/// `A` (its KL path) interpolated at `B`'s KL ([`interpolate_at_kl`]) against `B`.
+/// `A` (its KL path) interpolated at `B`'s KL ([`interpolate_at_kl`]) against `B`. With
+/// replicates on both sides, replicate r of A's path meets replicate r of B (an error names a
+/// missing one); a side without replicates (a decoder's path, or one B) meets every replicate
+/// of the other. The choice is made once per comparison, never replicate by replicate.
 pub fn add_paired_at_kl(
     report: &mut Report,
     points: &[CurvePoint],
@@ -791,23 +801,51 @@ pub fn add_paired_at_kl(
     seed: u64,
 ) -> Result<(), EvalError> {
     let rows = paired_rows_of(pairs, |a, b| {
+        let path: Vec<&CurvePoint> = points.iter().filter(|p| p.method == a.trim()).collect();
+        let mut seeds: Vec<u64> = path.iter().filter_map(|p| p.replicate).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        let of = |replicate: Option<u64>| -> Vec<&CurvePoint> {
+            path.iter()
+                .copied()
+                .filter(|p| p.replicate == replicate)
+                .collect()
+        };
+        if !seeds.is_empty() && !of(None).is_empty() {
+            return Err(EvalError::Invalid {
+                field: "compare",
+                message: format!(
+                    "`{a}` has points with and without replicates: name one kind per method"
+                ),
+            });
+        }
         let mut matched = Vec::new();
         for b in find_replicates(points, b)? {
-            // Replicate r of A's path against replicate r of B; a path with no replicates (a
-            // decoder's, not trained with the seeds) against every replicate of B.
-            let of = |replicate: Option<u64>| -> Vec<&CurvePoint> {
-                points
-                    .iter()
-                    .filter(|p| p.method == a.trim() && p.replicate == replicate)
-                    .collect()
+            // A's path for each of its replicates when B has none; the replicate of B's own
+            // seed when both have them; A's one path when A has none.
+            let paths: Vec<Vec<&CurvePoint>> = match (b.replicate, seeds.is_empty()) {
+                (None, false) => seeds.iter().map(|&r| of(Some(r))).collect(),
+                (Some(r), false) => {
+                    let own = of(Some(r));
+                    if own.is_empty() {
+                        return Err(EvalError::Invalid {
+                            field: "compare",
+                            message: format!(
+                                "`{a}` has no replicate {r} to meet replicate {r} of `{}` \
+                                 (its replicates: {seeds:?})",
+                                b.method
+                            ),
+                        });
+                    }
+                    vec![own]
+                }
+                (_, true) => vec![of(None)],
             };
-            let mut path = of(b.replicate);
-            if path.is_empty() && b.replicate.is_some() {
-                path = of(None);
+            for path in paths {
+                let mut at = interpolate_at_kl(&path, b)?;
+                at.replicate = path.first().and_then(|p| p.replicate);
+                matched.push((at, b.clone()));
             }
-            let mut at = interpolate_at_kl(&path, b)?;
-            at.replicate = path.first().and_then(|p| p.replicate);
-            matched.push((at, b.clone()));
         }
         replicated_rows(&matched, seed)
     })?;
@@ -815,13 +853,13 @@ pub fn add_paired_at_kl(
         paired_table(
             report,
             "Paired comparisons at matched KL",
-            "A's points (one training run per β) interpolated at B's KL, prompt by prompt, \
-             linearly between the two that bracket it, then differenced with B on the same \
-             prompts with a 95% percentile-bootstrap interval over prompts. The interpolation \
-             assumes the outcome changes linearly in KL between the two points. Methods trained \
-             with several seeds are compared seed by seed (a method without seeds, such as a \
-             decoder, against each of them), then by their mean, whose interval resamples the \
-             seeds as well as the prompts.",
+            "A's points along its KL path (one per setting) interpolated at B's KL, prompt by \
+             prompt, linearly between the two that bracket it, then differenced with B on the \
+             same prompts with a 95% percentile-bootstrap interval over prompts. The \
+             interpolation assumes the outcome changes linearly in KL between the two points. \
+             Methods trained with several seeds are compared seed by seed (a side without seeds, \
+             such as a decoder, against each seed of the other), then by their mean, whose \
+             interval resamples the seeds as well as the prompts.",
             rows,
         );
     }
@@ -1191,8 +1229,11 @@ mod tests {
         assert_eq!(rows[2][3], "+3.000 [+3.000, +3.000]");
         assert_eq!(rows[4][3], "+0.000 [-3.000, +3.000]");
         // The shared side is named as itself, not as a mean of replicates; B as its mean.
-        assert!(!rows[4][0].starts_with("a (mean"), "{:?}", rows[4]);
-        assert!(rows[4][0].contains("b (mean of 2 replicates)"), "{:?}", rows[4]);
+        assert!(
+            rows[4][0].starts_with("a (KL 2.00) − b (mean of 2 replicates"),
+            "{:?}",
+            rows[4]
+        );
         // The other way round: B − A, the signs flip.
         let mut report = Report::new("r");
         add_paired(&mut report, &points, &[("b".into(), "a".into())], 1).unwrap();
@@ -1212,6 +1253,55 @@ mod tests {
         assert_eq!(rows[0][3], "-2.000 [-2.000, -2.000]");
         assert_eq!(rows[2][3], "+4.000 [+4.000, +4.000]");
         assert_eq!(rows[4][3], "+1.000 [-2.000, +4.000]");
+        // Every replicate of B is at KL 2, so the shared path is one point, named as itself.
+        assert!(rows[4][0].starts_with("a interpolated"), "{:?}", rows[4]);
+        let a_side = rows[4][0].split(" − ").next().unwrap();
+        assert!(!a_side.contains("mean"), "{:?}", rows[4]);
+        // B's replicates at different KLs: the shared path's mean is a mean at those KLs.
+        let mut apart = path.clone();
+        apart[3].kl.value = 2.5;
+        let mut report = Report::new("r");
+        add_paired_at_kl(&mut report, &apart, &[("a".into(), "b".into())], 1).unwrap();
+        let rows = table(&report);
+        assert!(
+            rows[4][0]
+                .split(" − ")
+                .next()
+                .is_some_and(|a| a.ends_with("(mean at 2 replicates' KLs) (KL 2.25)")),
+            "{:?}",
+            rows[4]
+        );
+        // Replicated paths of A against one B without replicates: each seed's path at B's KL.
+        let seeded = |p: CurvePoint, r: u64| CurvePoint {
+            replicate: Some(r),
+            ..p
+        };
+        let swapped = vec![
+            seeded(unreplicated(replicate_point("a", &|_| 1.0, 1.0, Some(2.0), 0)), 1),
+            seeded(unreplicated(replicate_point("a", &|_| 3.0, 3.0, Some(1.0), 0)), 1),
+            seeded(unreplicated(replicate_point("a", &|_| -3.0, 1.0, Some(2.0), 0)), 2),
+            seeded(unreplicated(replicate_point("a", &|_| -1.0, 3.0, Some(1.0), 0)), 2),
+            unreplicated(replicate_point("b", &|_| 0.0, 2.0, None, 0)),
+        ];
+        let mut report = Report::new("r");
+        add_paired_at_kl(&mut report, &swapped, &[("a".into(), "b".into())], 1).unwrap();
+        let rows = table(&report);
+        assert_eq!(rows.len(), 6, "{rows:?}");
+        assert_eq!(rows[0][3], "+2.000 [+2.000, +2.000]");
+        assert_eq!(rows[2][3], "-2.000 [-2.000, -2.000]");
+        assert_eq!(rows[4][3], "+0.000 [-2.000, +2.000]");
+        assert!(rows[4][0].contains("(mean of 2 replicates"), "{:?}", rows[4]);
+        // A path with and without replicates, or a seed of B that A lacks: an error, never a
+        // silent mix of the two pairings.
+        let mut mixed = swapped.clone();
+        mixed.push(unreplicated(replicate_point("a", &|_| 0.0, 1.5, Some(1.5), 0)));
+        let mut report = Report::new("r");
+        let e = add_paired_at_kl(&mut report, &mixed, &[("a".into(), "b".into())], 1);
+        assert!(format!("{}", e.unwrap_err()).contains("with and without replicates"));
+        let mut missing = swapped[..4].to_vec();
+        missing.push(replicate_point("b", &|_| 0.0, 2.0, None, 3));
+        let e = add_paired_at_kl(&mut report, &missing, &[("a".into(), "b".into())], 1);
+        assert!(format!("{}", e.unwrap_err()).contains("no replicate 3"));
         // Two seeds of A against one B with no replicates: still one pair per seed.
         let mut report = Report::new("r");
         let two_a = vec![
