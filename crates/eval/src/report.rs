@@ -918,15 +918,16 @@ pub fn add_paired(
             (None, None) => a
                 .iter()
                 .map(|a| {
-                    let b = b.iter().find(|b| b.replicate == a.replicate).ok_or_else(|| {
-                        EvalError::Invalid {
+                    let b = b
+                        .iter()
+                        .find(|b| b.replicate == a.replicate)
+                        .ok_or_else(|| EvalError::Invalid {
                             field: "compare",
                             message: format!(
                                 "`{a_sel}`'s replicate {:?} has no counterpart in `{b_sel}`",
                                 a.replicate
                             ),
-                        }
-                    })?;
+                        })?;
                     Ok(((*a).clone(), (*b).clone()))
                 })
                 .collect::<Result<Vec<_>, EvalError>>()?,
@@ -1277,10 +1278,22 @@ mod tests {
             ..p
         };
         let swapped = vec![
-            seeded(unreplicated(replicate_point("a", &|_| 1.0, 1.0, Some(2.0), 0)), 1),
-            seeded(unreplicated(replicate_point("a", &|_| 3.0, 3.0, Some(1.0), 0)), 1),
-            seeded(unreplicated(replicate_point("a", &|_| -3.0, 1.0, Some(2.0), 0)), 2),
-            seeded(unreplicated(replicate_point("a", &|_| -1.0, 3.0, Some(1.0), 0)), 2),
+            seeded(
+                unreplicated(replicate_point("a", &|_| 1.0, 1.0, Some(2.0), 0)),
+                1,
+            ),
+            seeded(
+                unreplicated(replicate_point("a", &|_| 3.0, 3.0, Some(1.0), 0)),
+                1,
+            ),
+            seeded(
+                unreplicated(replicate_point("a", &|_| -3.0, 1.0, Some(2.0), 0)),
+                2,
+            ),
+            seeded(
+                unreplicated(replicate_point("a", &|_| -1.0, 3.0, Some(1.0), 0)),
+                2,
+            ),
             unreplicated(replicate_point("b", &|_| 0.0, 2.0, None, 0)),
         ];
         let mut report = Report::new("r");
@@ -1290,11 +1303,21 @@ mod tests {
         assert_eq!(rows[0][3], "+2.000 [+2.000, +2.000]");
         assert_eq!(rows[2][3], "-2.000 [-2.000, -2.000]");
         assert_eq!(rows[4][3], "+0.000 [-2.000, +2.000]");
-        assert!(rows[4][0].contains("(mean of 2 replicates"), "{:?}", rows[4]);
+        assert!(
+            rows[4][0].contains("(mean of 2 replicates"),
+            "{:?}",
+            rows[4]
+        );
         // A path with and without replicates, or a seed of B that A lacks: an error, never a
         // silent mix of the two pairings.
         let mut mixed = swapped.clone();
-        mixed.push(unreplicated(replicate_point("a", &|_| 0.0, 1.5, Some(1.5), 0)));
+        mixed.push(unreplicated(replicate_point(
+            "a",
+            &|_| 0.0,
+            1.5,
+            Some(1.5),
+            0,
+        )));
         let mut report = Report::new("r");
         let e = add_paired_at_kl(&mut report, &mixed, &[("a".into(), "b".into())], 1);
         assert!(format!("{}", e.unwrap_err()).contains("with and without replicates"));
