@@ -842,7 +842,22 @@ pub fn add_paired_at_kl(
                 (_, true) => vec![of(None)],
             };
             for path in paths {
-                let mut at = interpolate_at_kl(&path, b)?;
+                let mut at = interpolate_at_kl(&path, b).map_err(|e| match e {
+                    // Name the comparison and the point whose KL the path does not reach.
+                    EvalError::OutOfRange { value, low, high, .. } => EvalError::Invalid {
+                        field: "compare",
+                        message: format!(
+                            "`{a}`'s KL path{} spans [{low:.3}, {high:.3}], which does not \
+                             reach the KL {value:.3} of {}: extend the path or compare at \
+                             another point",
+                            path.first()
+                                .and_then(|p| p.replicate)
+                                .map_or_else(String::new, |r| format!(" (replicate {r})")),
+                            point_name(b)
+                        ),
+                    },
+                    e => e,
+                })?;
                 at.replicate = path.first().and_then(|p| p.replicate);
                 matched.push((at, b.clone()));
             }
@@ -1321,6 +1336,16 @@ mod tests {
         let mut report = Report::new("r");
         let e = add_paired_at_kl(&mut report, &mixed, &[("a".into(), "b".into())], 1);
         assert!(format!("{}", e.unwrap_err()).contains("with and without replicates"));
+        // A point beyond the path's KLs: the error names the comparison and that point.
+        let mut far = swapped[..4].to_vec();
+        far.push(unreplicated(replicate_point("b", &|_| 0.0, 3.5, None, 0)));
+        let e = add_paired_at_kl(&mut report, &far, &[("a".into(), "b".into())], 1);
+        let message = format!("{}", e.unwrap_err());
+        assert!(
+            message.contains("`a`'s KL path (replicate 1) spans [1.000, 3.000]")
+                && message.contains("KL 3.500 of b (KL 3.50)"),
+            "{message}"
+        );
         let mut missing = swapped[..4].to_vec();
         missing.push(replicate_point("b", &|_| 0.0, 2.0, None, 3));
         let e = add_paired_at_kl(&mut report, &missing, &[("a".into(), "b".into())], 1);
