@@ -59,20 +59,36 @@ fn with_job_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
 }
 
 /// Runs `a` on this thread and `b` beside it, on a helper thread, when the current job may use
-/// at least two cores ([`job_threads`]), each then given half of them; otherwise one after the
-/// other. The helper is a one-thread pool, so `b`'s burn operations run single-threaded as a
-/// job's do, and the results are the same whichever way they ran. For two independent forwards
-/// of one decoding step (the base model's and a prefix scorer's), which inside a job would
-/// otherwise run one after the other.
+/// at least two cores ([`job_threads`]) and the helper is free, each then given half of them;
+/// otherwise one after the other. The helper is a one-thread pool, so `b`'s burn operations run
+/// single-threaded as a job's do, and the results are the same whichever way they ran. For two
+/// independent pieces of one decoding step (the base model's forward and a prefix scorer's; two
+/// halves of the rows' draws), which inside a job would otherwise run one after the other. A
+/// call that finds the helper busy (another worker's, or one nested inside `b`) runs both on
+/// its own thread rather than queue behind it.
 pub fn beside<A: Send, B: Send>(
     a: impl FnOnce() -> A + Send,
     b: impl FnOnce() -> B + Send,
 ) -> (A, B) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Whether a `beside` call holds the helper; released when dropped, a panic included.
+    struct Held(&'static AtomicBool);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+    static BUSY: AtomicBool = AtomicBool::new(false);
     let threads = job_threads();
     let pool = if threads >= 2 { helper_pool() } else { None };
-    let Some(pool) = pool else {
+    let held = pool.filter(|_| {
+        BUSY.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    });
+    let Some(pool) = held else {
         return (a(), b());
     };
+    let _held = Held(&BUSY);
     let half = threads / 2;
     let mut from_b = None;
     let from_a = pool.in_place_scope(|s| {
@@ -192,8 +208,12 @@ mod tests {
         assert_eq!(e.to_string(), "could not start a worker thread: job 3");
     }
 
+    /// The helper is one per process: tests that look at where `beside` ran take turns.
+    static HELPER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn beside_returns_both_results_and_splits_the_job_cores() {
+        let _turn = HELPER.lock().unwrap_or_else(|e| e.into_inner());
         let device = Device::flex();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let out = run_on_workers(&device, 1, |_| {
@@ -215,5 +235,45 @@ mod tests {
         })
         .unwrap();
         assert!(busy.iter().all(|&(a, b)| a == 1 && b == 1), "{busy:?}");
+    }
+
+    #[test]
+    fn beside_runs_on_its_own_thread_when_the_helper_is_taken() {
+        let _turn = HELPER.lock().unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let me = || std::thread::current().id();
+        // Nested inside `b` (on the helper), a second `beside` finds the helper taken and runs
+        // both of its functions on the helper's thread instead of queueing behind itself.
+        let out = run_on_workers(&device, 1, |_| {
+            Ok::<_, CoreError>(beside(
+                || 1,
+                || {
+                    let outer = me();
+                    let (x, y) = beside(me, me);
+                    (outer, x, y)
+                },
+            ))
+        })
+        .unwrap();
+        let (one, (outer, x, y)) = out[0];
+        assert_eq!(one, 1);
+        assert_eq!((x, y), (outer, outer));
+        // Once released, the helper is free again: with two cores, `b` runs on another thread.
+        if cores >= 2 {
+            let out = run_on_workers(&device, 1, |_| Ok::<_, CoreError>(beside(me, me))).unwrap();
+            assert_ne!(out[0].0, out[0].1);
+        }
+        // A panic in `b` releases the helper too.
+        let caught = std::panic::catch_unwind(|| {
+            run_on_workers(&device, 1, |_| {
+                Ok::<_, CoreError>(beside(|| 0, || -> i32 { panic!("b fails") }))
+            })
+        });
+        assert!(caught.is_err());
+        if cores >= 2 {
+            let out = run_on_workers(&device, 1, |_| Ok::<_, CoreError>(beside(me, me))).unwrap();
+            assert_ne!(out[0].0, out[0].1);
+        }
     }
 }

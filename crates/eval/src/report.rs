@@ -844,12 +844,14 @@ pub fn add_paired_at_kl(
             for path in paths {
                 let mut at = interpolate_at_kl(&path, b).map_err(|e| match e {
                     // Name the comparison and the point whose KL the path does not reach.
-                    EvalError::OutOfRange { value, low, high, .. } => EvalError::Invalid {
+                    EvalError::OutOfRange {
+                        value, low, high, ..
+                    } => EvalError::Invalid {
                         field: "compare",
                         message: format!(
-                            "`{a}`'s KL path{} spans [{low:.3}, {high:.3}], which does not \
-                             reach the KL {value:.3} of {}: extend the path or compare at \
-                             another point",
+                            "`{a}`'s KL path{} spans [{low}, {high}], which does not cover \
+                             the KL {value} of {}: extend the path or compare at another \
+                             point",
                             path.first()
                                 .and_then(|p| p.replicate)
                                 .map_or_else(String::new, |r| format!(" (replicate {r})")),
@@ -1342,8 +1344,8 @@ mod tests {
         let e = add_paired_at_kl(&mut report, &far, &[("a".into(), "b".into())], 1);
         let message = format!("{}", e.unwrap_err());
         assert!(
-            message.contains("`a`'s KL path (replicate 1) spans [1.000, 3.000]")
-                && message.contains("KL 3.500 of b (KL 3.50)"),
+            message.contains("`a`'s KL path (replicate 1) spans [1, 3]")
+                && message.contains("cover the KL 3.5 of b (KL 3.50)"),
             "{message}"
         );
         let mut missing = swapped[..4].to_vec();
