@@ -149,9 +149,11 @@ impl Steer for TokenwiseCd<'_> {
         if self.mix.is_vocab_wide() {
             return Ok(());
         }
-        let k = self
-            .top_k
-            .expect("checked in new: scalar scorers need top_k");
+        // `new` refuses a scalar scorer without one, but `top_k` is a public field.
+        let k = self.top_k.ok_or_else(|| DecodingError::InvalidParameter {
+            field: "cd-top-k",
+            message: "tokenwise CD with a scalar scorer needs a candidate restriction".into(),
+        })?;
         let ids: Vec<Vec<u32>> = base_logp.chunks(vocab).map(|r| top_k_ids(r, k)).collect();
         let values = self.mix.candidate_values(&ids)?;
         self.candidates = ids.into_iter().zip(values).collect();
