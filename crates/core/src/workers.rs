@@ -62,8 +62,8 @@ fn with_job_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
 /// at least two cores ([`job_threads`]) and the helper is free, each then given half of them;
 /// otherwise one after the other. The helper is a one-thread pool, so `b`'s burn operations run
 /// single-threaded as a job's do, and the results are the same whichever way they ran. For two
-/// independent pieces of one decoding step (the base model's forward and a prefix scorer's; two
-/// halves of the rows' draws), which inside a job would otherwise run one after the other. A
+/// independent forwards of one decoding step (the base model's and a prefix scorer's), which
+/// inside a job would otherwise run one after the other. A
 /// call that finds the helper busy (another worker's, or one nested inside `b`) runs both on
 /// its own thread rather than queue behind it.
 pub fn beside<A: Send, B: Send>(

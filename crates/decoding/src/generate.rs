@@ -101,7 +101,7 @@ impl Default for GenerationConfig {
 
 /// Adjusts the base model's next-token log-probs step by step (tokenwise controlled decoding).
 /// It sees the same prompt batch and the same chosen tokens as the base model, row for row.
-pub trait Steer: Send + Sync {
+pub trait Steer: Send {
     /// Called once per prompt chunk with the prompts' ids; each will be repeated `repeat`
     /// times, prompt-major.
     fn prefill(
@@ -595,10 +595,7 @@ impl<'a> Generator<'a> {
 
     /// One step on the host: every live row's token drawn from its log-probs (`logp`, one
     /// `vocab`-long row per batch position), steered when a steer is given; returns the tokens
-    /// to feed (padding for finished rows). With several unfinished rows and two cores for the
-    /// job ([`infalign_core::beside`]), the two halves of the rows are drawn side by side: each
-    /// row's draw reads only its log-probs and its own random stream, so the tokens are the same
-    /// either way.
+    /// to feed (padding for finished rows).
     fn draw_on_host(
         &self,
         logp: &[f32],
@@ -611,37 +608,34 @@ impl<'a> Generator<'a> {
         if let Some(s) = steer.as_deref_mut() {
             s.prepare(logp, vocab)?;
         }
-        let steer = steer.as_deref();
-        let draw_all = |part: &mut [(usize, &mut rand_chacha::ChaCha8Rng)]| {
-            part.iter_mut()
-                .map(|(i, rng)| draw_row(&logp[*i * vocab..(*i + 1) * vocab], steer, *i, cfg, rng))
-                .collect::<Result<Vec<_>, DecodingError>>()
-        };
-        let draws = {
-            // The unfinished rows' streams, in batch order; `live` holds distinct rows.
-            let mut streams: Vec<Option<&mut Row>> = rows.iter_mut().map(Some).collect();
-            let mut pending: Vec<(usize, &mut rand_chacha::ChaCha8Rng)> = live
-                .iter()
-                .enumerate()
-                .filter_map(|(i, &r)| {
-                    let row = streams[r].take().expect("live rows are distinct");
-                    row.finish.is_none().then_some((i, &mut row.rng))
-                })
-                .collect();
-            if pending.len() >= 2 {
-                let half = pending.len() / 2;
-                let (first, second) = pending.split_at_mut(half);
-                let (a, b) = infalign_core::beside(|| draw_all(first), || draw_all(second));
-                let mut a = a?;
-                a.extend(b?);
-                a
+        self.each_unfinished(live, rows, cfg, |i, row| {
+            let lp = &logp[i * vocab..(i + 1) * vocab];
+            // The distribution this token is drawn from, and its exact KL to the base.
+            let steered = match steer.as_deref() {
+                Some(s) => Some(s.adjust(i, lp)?),
+                None => None,
+            };
+            let dist = steered.as_deref().unwrap_or(lp);
+            let (tok, policy_lp, kl) = if cfg.sampling.greedy {
+                let (tok, _) = sample_token(dist, &cfg.sampling, &mut row.rng);
+                (tok, 0.0, -f64::from(lp[tok as usize]))
             } else {
-                draw_all(&mut pending)?
-            }
-        };
-        let mut draws = draws.into_iter();
-        self.each_unfinished(live, rows, cfg, |_, _| {
-            Ok(draws.next().expect("one draw per unfinished row"))
+                let identity = cfg.sampling.is_identity();
+                let processed;
+                let policy = if identity {
+                    dist
+                } else {
+                    processed = process_logprobs(dist, &cfg.sampling);
+                    &processed
+                };
+                if identity && steered.is_none() {
+                    let (tok, l) = sample_token(policy, &SamplingConfig::default(), &mut row.rng);
+                    (tok, l, 0.0)
+                } else {
+                    sample_token_with_kl(policy, lp, &mut row.rng)
+                }
+            };
+            Ok((tok, policy_lp, lp[tok as usize], kl as f32))
         })
     }
 
@@ -767,43 +761,6 @@ impl<'a> Generator<'a> {
     pub fn device(&self) -> &Device {
         &self.device
     }
-}
-
-/// One row's draw from its base log-probs `lp` (steered by `steer` when given): the token, its
-/// policy and base log-probs, and the step's exact KL to the base.
-fn draw_row(
-    lp: &[f32],
-    steer: Option<&(dyn Steer + '_)>,
-    row: usize,
-    cfg: &GenerationConfig,
-    rng: &mut rand_chacha::ChaCha8Rng,
-) -> Result<(u32, f32, f32, f32), DecodingError> {
-    // The distribution this token is drawn from, and its exact KL to the base.
-    let steered = match steer {
-        Some(s) => Some(s.adjust(row, lp)?),
-        None => None,
-    };
-    let dist = steered.as_deref().unwrap_or(lp);
-    let (tok, policy_lp, kl) = if cfg.sampling.greedy {
-        let (tok, _) = sample_token(dist, &cfg.sampling, rng);
-        (tok, 0.0, -f64::from(lp[tok as usize]))
-    } else {
-        let identity = cfg.sampling.is_identity();
-        let processed;
-        let policy = if identity {
-            dist
-        } else {
-            processed = process_logprobs(dist, &cfg.sampling);
-            &processed
-        };
-        if identity && steered.is_none() {
-            let (tok, l) = sample_token(policy, &SamplingConfig::default(), rng);
-            (tok, l, 0.0)
-        } else {
-            sample_token_with_kl(policy, lp, rng)
-        }
-    };
-    Ok((tok, policy_lp, lp[tok as usize], kl as f32))
 }
 
 #[cfg(test)]
