@@ -99,7 +99,9 @@ impl PrefixScorer {
     /// sentiment reward, 0.467 with `prior` 0 against 0.521 with the mean reward (both near
     /// chance, 1,779 pairs); on the length reward `ln(T/32)`, 0.970 with 0 (the reward of a
     /// completion that reaches the budget) against 0.803 with the mean, and blockwise CD's win
-    /// rate 0.674 against 0.540.
+    /// rate 0.674 against 0.540. On the calibrated length reward, 0.49–0.56 with 0, 0.79–0.82
+    /// with the mean and 0.88–0.94 with its maximum 1: a start at the largest reward (an
+    /// optimistic one) is what lets such a scorer learn.
     pub fn from_base_with_prior(
         base: CausalLm,
         layout: ScorerLayout,

@@ -80,15 +80,31 @@ pub struct ScorerTrainConfig {
     /// Start every value at the mean reward of the training rollouts instead of `value_prior`
     /// (see `PrefixScorer::from_base_with_prior` for what each choice does).
     pub value_prior_from_data: bool,
+    /// Start every value at the largest reward of the training rollouts instead: an optimistic
+    /// start, which a continuation the rollouts never tried keeps until the data lowers it (for
+    /// `ln(T/T_max)` it is 0, the default's value; for a calibrated reward about 1).
+    pub value_prior_from_max: bool,
 }
 
 impl ScorerTrainConfig {
-    /// The starting value of a fresh scorer trained on `data`.
-    pub fn prior(&self, data: &[ScorerRollout]) -> f64 {
-        if self.value_prior_from_data {
-            data.iter().map(|r| r.reward).sum::<f64>() / data.len().max(1) as f64
-        } else {
-            self.value_prior
+    /// The starting value of a fresh scorer trained on `data`; an error when both data-derived
+    /// starts are asked for, or a data-derived start from no rollouts.
+    pub fn prior(&self, data: &[ScorerRollout]) -> Result<f64, RlError> {
+        let invalid = |message: &str| RlError::InvalidParameter {
+            field: "value_prior_from_max",
+            message: message.into(),
+        };
+        match (self.value_prior_from_data, self.value_prior_from_max) {
+            (true, true) => Err(invalid(
+                "value_prior_from_data and value_prior_from_max both set: choose one start",
+            )),
+            (false, false) => Ok(self.value_prior),
+            _ if data.is_empty() => Err(invalid("a start from the data needs training rollouts")),
+            (true, false) => Ok(data.iter().map(|r| r.reward).sum::<f64>() / data.len() as f64),
+            (false, true) => Ok(data
+                .iter()
+                .map(|r| r.reward)
+                .fold(f64::NEG_INFINITY, f64::max)),
         }
     }
 }
@@ -109,6 +125,7 @@ impl Default for ScorerTrainConfig {
             halt_after: 0,
             value_prior: 0.0,
             value_prior_from_data: false,
+            value_prior_from_max: false,
         }
     }
 }
@@ -294,7 +311,34 @@ pub fn train_scorer(
 
 #[cfg(test)]
 mod tests {
-    use super::accuracy_interval;
+    use super::{ScorerRollout, ScorerTrainConfig, accuracy_interval};
+
+    #[test]
+    fn a_scorer_starts_at_the_chosen_value() {
+        let rollout = |reward| ScorerRollout {
+            prompt_ids: vec![1],
+            tokens: vec![2],
+            reward,
+            terminal: true,
+        };
+        let data = vec![rollout(-2.0), rollout(0.5), rollout(-0.5)];
+        let cfg = |mean, max| ScorerTrainConfig {
+            value_prior: 0.25,
+            value_prior_from_data: mean,
+            value_prior_from_max: max,
+            ..Default::default()
+        };
+        assert_eq!(cfg(false, false).prior(&data).unwrap(), 0.25);
+        assert!((cfg(true, false).prior(&data).unwrap() - (-2.0 / 3.0)).abs() < 1e-12);
+        assert_eq!(cfg(false, true).prior(&data).unwrap(), 0.5);
+        // Both data-derived starts, or one from no rollouts: an error naming the field.
+        for (c, d) in [(cfg(true, true), &data[..]), (cfg(false, true), &[][..])] {
+            let e = c.prior(d).unwrap_err().to_string();
+            assert!(e.contains("value_prior_from_max"), "{e}");
+        }
+        // The fixed start needs no rollouts.
+        assert_eq!(cfg(false, false).prior(&[]).unwrap(), 0.25);
+    }
 
     #[test]
     fn the_accuracy_interval_holds_the_estimate_and_shrinks_with_more_prompts() {

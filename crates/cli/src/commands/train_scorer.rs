@@ -115,8 +115,9 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
     let ad = device.clone().autodiff();
     let backbone = LoadedModel::load(&lm.dir, &ad)
         .with_context(|| format!("loading {} for training", lm.dir.display()))?;
-    // Every value starts at `value_prior` (0), or with `value_prior_from_data` at the mean reward.
-    let prior = cfg.prior(&data);
+    // Every value starts at `value_prior` (0), or at the mean reward (`value_prior_from_data`),
+    // or at the largest (`value_prior_from_max`).
+    let prior = cfg.prior(&data)?;
     let init = PrefixScorer::from_base_with_prior(
         backbone.model,
         ScorerLayout::VocabWide,
