@@ -79,6 +79,11 @@ pub struct Args {
     /// is a k1 estimate with its standard error).
     #[arg(long)]
     pub base: Option<PathBuf>,
+    /// Which of several training runs of `--model` (different seeds) this decodes from, as
+    /// `eval --replicate` says of a policy: the report compares replicates one by one and then
+    /// their mean (CD on top of each seed's DPO policy).
+    #[arg(long)]
+    pub replicate: Option<u64>,
     /// Samples per prompt on each side (at least the largest inference-time N).
     #[arg(long, default_value_t = 8, value_parser = super::common::positive_count)]
     pub samples: usize,
@@ -354,6 +359,7 @@ pub fn run(a: Args, device: &Device) -> Result<()> {
             &base_rewards,
         ));
         measures.record(&samples, &mut point)?;
+        point.replicate = a.replicate;
         eprintln!(
             "{name}: reward {:.4} (base {:.4}), win rate {:.3}, KL {}",
             point.mean_reward,

@@ -1013,6 +1013,8 @@ fn sweep_eval_and_report_draw_curves() {
             "1",
             "--base",
             m,
+            "--replicate",
+            "2",
         ],
     );
     assert_eq!(
@@ -1020,6 +1022,8 @@ fn sweep_eval_and_report_draw_curves() {
         read(bon.join("base.jsonl"))
     );
     let p = &read_points(&on_other.join("points.jsonl"))[0];
+    // Decoding from one seed's policy: the points carry that replicate for the report.
+    assert_eq!(p["replicate"], 2, "{p}");
     assert_eq!(p["kl"]["kind"], "bound");
     assert!(p["kl"]["stderr"].as_f64().unwrap() > 0.0, "{p}");
     // Temperature: exact per-token KL, zero at T = 1 and positive at T = 0.5.
