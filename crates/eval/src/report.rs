@@ -1235,13 +1235,21 @@ mod tests {
         let b1 = replicate_point("b", &|_| 4.0, 2.0, None, 1);
         let b2 = replicate_point("b", &|_| -2.0, 2.0, None, 2);
         let points = vec![a.clone(), b1.clone(), b2.clone()];
-        let table = |report: &Report| match report.blocks.last() {
-            Some(Block::Table(_, rows)) => rows.clone(),
-            other => panic!("{other:?}"),
+        // The rows of one comparison of `a` with `b` (paired, or at matched KL), or its error.
+        let compare = |at_kl: bool, points: &[CurvePoint], a: &str, b: &str| {
+            let mut report = Report::new("r");
+            let pair = [(a.to_string(), b.to_string())];
+            if at_kl {
+                add_paired_at_kl(&mut report, points, &pair, 1)?;
+            } else {
+                add_paired(&mut report, points, &pair, 1)?;
+            }
+            Ok::<_, EvalError>(match report.blocks.last() {
+                Some(Block::Table(_, rows)) => rows.clone(),
+                other => panic!("{other:?}"),
+            })
         };
-        let mut report = Report::new("r");
-        add_paired(&mut report, &points, &[("a".into(), "b".into())], 1).unwrap();
-        let rows = table(&report);
+        let rows = compare(false, &points, "a", "b").unwrap();
         assert_eq!(rows.len(), 6, "{rows:?}");
         assert_eq!(rows[0][3], "-3.000 [-3.000, -3.000]");
         assert_eq!(rows[2][3], "+3.000 [+3.000, +3.000]");
@@ -1253,9 +1261,10 @@ mod tests {
             rows[4]
         );
         // The other way round: B − A, the signs flip.
-        let mut report = Report::new("r");
-        add_paired(&mut report, &points, &[("b".into(), "a".into())], 1).unwrap();
-        assert_eq!(table(&report)[0][3], "+3.000 [+3.000, +3.000]");
+        assert_eq!(
+            compare(false, &points, "b", "a").unwrap()[0][3],
+            "+3.000 [+3.000, +3.000]"
+        );
         // At matched KL: A's path (1 above the base at KL 1, 3 above at KL 3) interpolated at
         // each replicate's KL of 2 is 2 above the base: −2 and +4 against B, mean +1.
         let path = vec![
@@ -1264,9 +1273,7 @@ mod tests {
             b1,
             b2,
         ];
-        let mut report = Report::new("r");
-        add_paired_at_kl(&mut report, &path, &[("a".into(), "b".into())], 1).unwrap();
-        let rows = table(&report);
+        let rows = compare(true, &path, "a", "b").unwrap();
         assert_eq!(rows.len(), 6, "{rows:?}");
         assert_eq!(rows[0][3], "-2.000 [-2.000, -2.000]");
         assert_eq!(rows[2][3], "+4.000 [+4.000, +4.000]");
@@ -1278,9 +1285,7 @@ mod tests {
         // B's replicates at different KLs: the shared path's mean is a mean at those KLs.
         let mut apart = path.clone();
         apart[3].kl.value = 2.5;
-        let mut report = Report::new("r");
-        add_paired_at_kl(&mut report, &apart, &[("a".into(), "b".into())], 1).unwrap();
-        let rows = table(&report);
+        let rows = compare(true, &apart, "a", "b").unwrap();
         assert!(
             rows[4][0]
                 .split(" − ")
@@ -1290,32 +1295,14 @@ mod tests {
             rows[4]
         );
         // Replicated paths of A against one B without replicates: each seed's path at B's KL.
-        let seeded = |p: CurvePoint, r: u64| CurvePoint {
-            replicate: Some(r),
-            ..p
-        };
         let swapped = vec![
-            seeded(
-                unreplicated(replicate_point("a", &|_| 1.0, 1.0, Some(2.0), 0)),
-                1,
-            ),
-            seeded(
-                unreplicated(replicate_point("a", &|_| 3.0, 3.0, Some(1.0), 0)),
-                1,
-            ),
-            seeded(
-                unreplicated(replicate_point("a", &|_| -3.0, 1.0, Some(2.0), 0)),
-                2,
-            ),
-            seeded(
-                unreplicated(replicate_point("a", &|_| -1.0, 3.0, Some(1.0), 0)),
-                2,
-            ),
+            replicate_point("a", &|_| 1.0, 1.0, Some(2.0), 1),
+            replicate_point("a", &|_| 3.0, 3.0, Some(1.0), 1),
+            replicate_point("a", &|_| -3.0, 1.0, Some(2.0), 2),
+            replicate_point("a", &|_| -1.0, 3.0, Some(1.0), 2),
             unreplicated(replicate_point("b", &|_| 0.0, 2.0, None, 0)),
         ];
-        let mut report = Report::new("r");
-        add_paired_at_kl(&mut report, &swapped, &[("a".into(), "b".into())], 1).unwrap();
-        let rows = table(&report);
+        let rows = compare(true, &swapped, "a", "b").unwrap();
         assert_eq!(rows.len(), 6, "{rows:?}");
         assert_eq!(rows[0][3], "+2.000 [+2.000, +2.000]");
         assert_eq!(rows[2][3], "-2.000 [-2.000, -2.000]");
@@ -1335,13 +1322,12 @@ mod tests {
             Some(1.5),
             0,
         )));
-        let mut report = Report::new("r");
-        let e = add_paired_at_kl(&mut report, &mixed, &[("a".into(), "b".into())], 1);
+        let e = compare(true, &mixed, "a", "b");
         assert!(format!("{}", e.unwrap_err()).contains("with and without replicates"));
         // A point beyond the path's KLs: the error names the comparison and that point.
         let mut far = swapped[..4].to_vec();
         far.push(unreplicated(replicate_point("b", &|_| 0.0, 3.5, None, 0)));
-        let e = add_paired_at_kl(&mut report, &far, &[("a".into(), "b".into())], 1);
+        let e = compare(true, &far, "a", "b");
         let message = format!("{}", e.unwrap_err());
         assert!(
             message.contains("`a`'s KL path (replicate 1) spans [1, 3]")
@@ -1350,17 +1336,18 @@ mod tests {
         );
         let mut missing = swapped[..4].to_vec();
         missing.push(replicate_point("b", &|_| 0.0, 2.0, None, 3));
-        let e = add_paired_at_kl(&mut report, &missing, &[("a".into(), "b".into())], 1);
+        let e = compare(true, &missing, "a", "b");
         assert!(format!("{}", e.unwrap_err()).contains("no replicate 3"));
         // Two seeds of A against one B with no replicates: still one pair per seed.
-        let mut report = Report::new("r");
         let two_a = vec![
             replicate_point("a", &|_| 4.0, 2.0, None, 1),
             replicate_point("a", &|_| -2.0, 2.0, None, 2),
             unreplicated(replicate_point("b", &|_| 1.0, 2.0, None, 0)),
         ];
-        add_paired(&mut report, &two_a, &[("a".into(), "b".into())], 1).unwrap();
-        assert_eq!(table(&report)[4][3], "+0.000 [-3.000, +3.000]");
+        assert_eq!(
+            compare(false, &two_a, "a", "b").unwrap()[4][3],
+            "+0.000 [-3.000, +3.000]"
+        );
     }
 
     use super::*;

@@ -90,8 +90,14 @@ impl ScorerTrainConfig {
     /// The starting value of a fresh scorer trained on `data`; an error when both data-derived
     /// starts are asked for, or a data-derived start from no rollouts.
     pub fn prior(&self, data: &[ScorerRollout]) -> Result<f64, RlError> {
+        // The field that asked for the start that cannot be had.
+        let field = if self.value_prior_from_max {
+            "value_prior_from_max"
+        } else {
+            "value_prior_from_data"
+        };
         let invalid = |message: &str| RlError::InvalidParameter {
-            field: "value_prior_from_max",
+            field,
             message: message.into(),
         };
         match (self.value_prior_from_data, self.value_prior_from_max) {
