@@ -563,13 +563,6 @@ fn write_prompts(root: &Path, path: &Path, count: usize) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn write_json_atomic(path: &Path, value: &Value) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
-}
-
 /// A row of the comparison table.
 struct Compared {
     task: String,
@@ -937,7 +930,7 @@ fn against(root: &Path, o: &Options) -> Result<()> {
         "infalign_bench": models,
     });
     let path = dir.join("against-transformers.json");
-    write_json_atomic(&path, &report)?;
+    crate::write_atomic(&path, &(serde_json::to_string_pretty(&report)? + "\n"))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -36,6 +36,7 @@ pub fn run(root: &Path, a: &Args) -> Result<()> {
         &crate::exp::Options {
             preset: "demo".into(),
             fresh: !a.keep,
+            run: None,
             flags: a.flags.clone(),
         },
     )?;

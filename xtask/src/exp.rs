@@ -1,5 +1,6 @@
-//! `cargo xtask exp <preset> [--scale cpu|gpu] [--set key=value]... [--fresh] [--release]`: runs an
-//! experiment preset, `xtask/presets/<preset>.toml`, into `runs/<preset>/`.
+//! `cargo xtask exp <preset> [--scale cpu|gpu] [--set key=value]... [--run DIR] [--fresh]
+//! [--release]`: runs an experiment preset, `xtask/presets/<preset>.toml`, into `runs/<preset>/`
+//! (or `--run DIR`).
 //!
 //! A preset is data: a description, the paper's claim it tests, variables per scale
 //! (`[scales.cpu]`, `[scales.gpu]`: model, prompts, steps, samples, device), and steps, each an
@@ -10,9 +11,14 @@
 //! `assets/prompts.jsonl`) and `eval_prompts_file` (the next `eval_prompts`, held out).
 //!
 //! Invariants: a step whose `creates` path exists is skipped, so an interrupted experiment
-//! continues where it stopped (`--fresh` starts over); every step's command line, duration
-//! and status go to `runs/<preset>/steps.jsonl`; the binary is built once, up front, and then
-//! run directly (`INFALIGN_BIN` names another one).
+//! continues where it stopped (`--fresh` starts over); a run directory keeps the preset, scale
+//! and variables it was started with (`settings.json`), and a later call that changes one of
+//! them is refused before anything runs, so finished steps of one setting are never mixed with
+//! another's (a variable a preset adds later is allowed); `--fresh` removes only a run
+//! directory (one holding `settings.json` or `steps.jsonl`, or an empty one), never a symbolic
+//! link; every step's command line, duration and status go to `steps.jsonl` in the run
+//! directory; the binary is built once, up front, and then run directly (`INFALIGN_BIN` names
+//! another one).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -183,6 +189,10 @@ pub struct Options {
     /// Start over: remove the run directory first (finished steps are otherwise kept).
     #[arg(long)]
     pub fresh: bool,
+    /// The run directory (default `runs/<preset>`), e.g. to run another scale or other
+    /// `--set` values beside an earlier run.
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<PathBuf>,
     #[command(flatten)]
     pub flags: RunFlags,
 }
@@ -218,8 +228,86 @@ fn write_prompts(root: &Path, run: &Path, first: usize, count: usize, name: &str
             rows.len()
         );
     }
-    std::fs::write(run.join(name), rows.join("\n") + "\n")?;
-    Ok(())
+    crate::write_atomic(&run.join(name), &(rows.join("\n") + "\n"))
+}
+
+/// What a run directory is started with: the preset, the scale and the scale's variables after
+/// `--set`, as recorded in its `settings.json`.
+fn settings(preset: &str, scale: &str, vars: &Vars) -> serde_json::Value {
+    let vars: serde_json::Map<String, serde_json::Value> = vars
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Var::One(s) => serde_json::json!(s),
+                Var::Many(items) => serde_json::json!(items),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    serde_json::json!({ "preset": preset, "scale": scale, "vars": vars })
+}
+
+/// Readies `run` for `settings`. With `fresh`, removes it first, but only a run directory (one
+/// holding `settings.json` or `steps.jsonl`, or an empty one) and never a symbolic link.
+/// Otherwise, a directory started before must have been started with the same preset, scale
+/// and values of every variable both settings have (a preset may add variables later);
+/// anything else is an error that names each difference. Then records `settings`.
+fn prepare_run_dir(run: &Path, fresh: bool, settings: &serde_json::Value) -> Result<()> {
+    let record = run.join("settings.json");
+    if fresh && std::fs::symlink_metadata(run).is_ok() {
+        if std::fs::symlink_metadata(run)?.file_type().is_symlink() {
+            bail!(
+                "{} is a symbolic link: --fresh removes run directories, not links (remove what \
+                 it points to by hand, or pass --run with another directory)",
+                run.display()
+            );
+        }
+        let empty = std::fs::read_dir(run)
+            .with_context(|| format!("reading {}", run.display()))?
+            .next()
+            .is_none();
+        if !(empty || record.is_file() || run.join("steps.jsonl").is_file()) {
+            bail!(
+                "{} is not a run directory (no settings.json or steps.jsonl): --fresh will not \
+                 remove it",
+                run.display()
+            );
+        }
+        std::fs::remove_dir_all(run).with_context(|| format!("removing {}", run.display()))?;
+    }
+    std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+    if record.is_file() {
+        let text = std::fs::read_to_string(&record)
+            .with_context(|| format!("reading {}", record.display()))?;
+        let before: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not the JSON this task writes", record.display()))?;
+        let mut differences = Vec::new();
+        for key in ["preset", "scale"] {
+            if before[key] != settings[key] {
+                differences.push(format!(
+                    "{key} {} there, {} now",
+                    before[key], settings[key]
+                ));
+            }
+        }
+        if let (Some(old), Some(new)) = (before["vars"].as_object(), settings["vars"].as_object()) {
+            for (k, v) in new {
+                if let Some(was) = old.get(k).filter(|was| *was != v) {
+                    differences.push(format!("`{k}` = {was} there, {v} now"));
+                }
+            }
+        }
+        if !differences.is_empty() {
+            bail!(
+                "{} was started with other settings ({}): its finished steps would be mixed \
+                 with this call's. Pass --fresh to start it over, or --run DIR for a separate \
+                 run directory",
+                run.display(),
+                differences.join("; ")
+            );
+        }
+    }
+    crate::write_atomic(&record, &(serde_json::to_string_pretty(settings)? + "\n"))
 }
 
 /// A step that runs again (its `creates` is missing) into an output directory an interrupted
@@ -313,11 +401,12 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
             preset.scales.keys().cloned().collect::<Vec<_>>().join(", ")
         )
     })?;
-    let run = root.join("runs").join(&o.preset);
-    if o.fresh && run.exists() {
-        std::fs::remove_dir_all(&run)?;
-    }
-    std::fs::create_dir_all(&run)?;
+    let run = match &o.run {
+        Some(dir) => {
+            std::path::absolute(dir).with_context(|| format!("--run {}", dir.display()))?
+        }
+        None => root.join("runs").join(&o.preset),
+    };
     let mut vars: Vars = BTreeMap::new();
     for (k, v) in scale {
         vars.insert(k.clone(), var(v)?);
@@ -325,6 +414,7 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
     for (k, v) in &o.flags.sets {
         vars.insert(k.clone(), Var::One(v.clone()));
     }
+    prepare_run_dir(&run, o.fresh, &settings(&o.preset, &o.flags.scale, &vars))?;
     let count = |name: &str| -> Result<usize> {
         match vars.get(name) {
             Some(Var::One(v)) => v
@@ -558,6 +648,63 @@ mod tests {
             with_rerun_flag(root.path(), &pretrain).last().unwrap(),
             "--resume"
         );
+    }
+
+    #[test]
+    fn a_run_directory_keeps_its_settings_and_fresh_removes_only_run_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("run");
+        let with = |scale: &str, steps: &str, extra: Option<&str>| {
+            let mut v = vars();
+            v.insert("steps".into(), Var::One(steps.into()));
+            if let Some(x) = extra {
+                v.insert("snap".into(), Var::Many(vec![x.into()]));
+            }
+            settings("p", scale, &v)
+        };
+        prepare_run_dir(&run, false, &with("cpu", "40", None)).unwrap();
+        assert!(run.join("settings.json").is_file());
+        std::fs::write(run.join("steps.jsonl"), "{}\n").unwrap();
+        // The same settings continue; a variable the preset added since is allowed.
+        prepare_run_dir(&run, false, &with("cpu", "40", None)).unwrap();
+        prepare_run_dir(&run, false, &with("cpu", "40", Some("10"))).unwrap();
+        // Another scale or value is refused, naming each difference, and nothing is removed.
+        let e = prepare_run_dir(&run, false, &with("gpu", "400", Some("10")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#"scale "cpu" there, "gpu" now"#), "{e}");
+        assert!(e.contains(r#"`steps` = "40" there, "400" now"#), "{e}");
+        let e = prepare_run_dir(&run, false, &with("cpu", "40", Some("20")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#"`snap` = ["10"] there, ["20"] now"#), "{e}");
+        assert!(run.join("steps.jsonl").is_file());
+        // --fresh starts a run directory over with the new settings.
+        prepare_run_dir(&run, true, &with("gpu", "400", None)).unwrap();
+        assert!(!run.join("steps.jsonl").exists());
+        let now: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("settings.json")).unwrap())
+                .unwrap();
+        assert_eq!(now["scale"], "gpu");
+        // --fresh leaves a directory alone that this task did not make, and a link.
+        let other = root.path().join("mine");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "keep").unwrap();
+        let e = prepare_run_dir(&other, true, &with("cpu", "40", None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a run directory"), "{e}");
+        assert!(other.join("notes.txt").is_file());
+        #[cfg(unix)]
+        {
+            let link = root.path().join("link");
+            std::os::unix::fs::symlink(&run, &link).unwrap();
+            let e = prepare_run_dir(&link, true, &with("gpu", "400", None))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("symbolic link"), "{e}");
+            assert!(run.join("settings.json").is_file());
+        }
     }
 
     #[test]
