@@ -13,10 +13,11 @@
 //! Invariants: a step whose `creates` path exists is skipped, so an interrupted experiment
 //! continues where it stopped (`--fresh` starts over); a run directory keeps the preset, scale
 //! and variables it was started with (`settings.json`), and a later call that changes one of
-//! them is refused before anything runs, so finished steps of one setting are never mixed with
-//! another's (a variable a preset adds later is allowed); `--fresh` removes only a run
-//! directory (one holding `settings.json` or `steps.jsonl`, or an empty one), never a symbolic
-//! link; every step's command line, duration and status go to `steps.jsonl` in the run
+//! them is refused before anything is built or written, so finished steps of one setting are
+//! never mixed with another's (a variable a preset adds later is allowed); `--fresh` removes
+//! only a run directory of the same preset (its `settings.json` says so, or it is an empty
+//! directory, or `runs/<preset>` from before runs recorded settings), never a symbolic link,
+//! and renames it aside first so an interrupted removal leaves no half run; every step's command line, duration and status go to `steps.jsonl` in the run
 //! directory; the binary is built once, up front, and then run directly (`INFALIGN_BIN` names
 //! another one).
 
@@ -186,11 +187,12 @@ pub struct RunFlags {
 pub struct Options {
     /// The preset: a file `xtask/presets/<preset>.toml`.
     pub preset: String,
-    /// Start over: remove the run directory first (finished steps are otherwise kept).
+    /// Start over: remove the run directory first (finished steps are otherwise kept); only a
+    /// run directory of this preset, never a symbolic link.
     #[arg(long)]
     pub fresh: bool,
-    /// The run directory (default `runs/<preset>`), e.g. to run another scale or other
-    /// `--set` values beside an earlier run.
+    /// The run directory (default `runs/<preset>`; a relative DIR is taken from the current
+    /// directory), e.g. to run another scale or other `--set` values beside an earlier run.
     #[arg(long, value_name = "DIR")]
     pub run: Option<PathBuf>,
     #[command(flatten)]
@@ -218,17 +220,20 @@ pub fn presets(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn write_prompts(root: &Path, run: &Path, first: usize, count: usize, name: &str) -> Result<()> {
-    let all = std::fs::read_to_string(root.join("assets/prompts.jsonl"))?;
+/// The text of a prompts file: `count` prompts of `assets/prompts.jsonl` after the first `first`.
+fn prompts_text(root: &Path, first: usize, count: usize) -> Result<String> {
+    let path = root.join("assets/prompts.jsonl");
+    let all =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let rows: Vec<&str> = all.lines().skip(first).take(count).collect();
     if rows.len() < count {
         bail!(
             "{} has {} prompts after the first {first}; {count} asked",
-            root.join("assets/prompts.jsonl").display(),
+            path.display(),
             rows.len()
         );
     }
-    crate::write_atomic(&run.join(name), &(rows.join("\n") + "\n"))
+    Ok(rows.join("\n") + "\n")
 }
 
 /// What a run directory is started with: the preset, the scale and the scale's variables after
@@ -247,40 +252,110 @@ fn settings(preset: &str, scale: &str, vars: &Vars) -> serde_json::Value {
     serde_json::json!({ "preset": preset, "scale": scale, "vars": vars })
 }
 
-/// Readies `run` for `settings`. With `fresh`, removes it first, but only a run directory (one
-/// holding `settings.json` or `steps.jsonl`, or an empty one) and never a symbolic link.
-/// Otherwise, a directory started before must have been started with the same preset, scale
-/// and values of every variable both settings have (a preset may add variables later);
-/// anything else is an error that names each difference. Then records `settings`.
-fn prepare_run_dir(run: &Path, fresh: bool, settings: &serde_json::Value) -> Result<()> {
+/// The settings recorded in `run`, if it has a record; an error names a record this task did not
+/// write.
+fn recorded_settings(run: &Path) -> Result<Option<serde_json::Value>> {
     let record = run.join("settings.json");
-    if fresh && std::fs::symlink_metadata(run).is_ok() {
-        if std::fs::symlink_metadata(run)?.file_type().is_symlink() {
-            bail!(
-                "{} is a symbolic link: --fresh removes run directories, not links (remove what \
-                 it points to by hand, or pass --run with another directory)",
-                run.display()
-            );
-        }
-        let empty = std::fs::read_dir(run)
-            .with_context(|| format!("reading {}", run.display()))?
-            .next()
-            .is_none();
-        if !(empty || record.is_file() || run.join("steps.jsonl").is_file()) {
-            bail!(
-                "{} is not a run directory (no settings.json or steps.jsonl): --fresh will not \
-                 remove it",
-                run.display()
-            );
-        }
-        std::fs::remove_dir_all(run).with_context(|| format!("removing {}", run.display()))?;
+    if !record.is_file() {
+        return Ok(None);
     }
+    let text = std::fs::read_to_string(&record)
+        .with_context(|| format!("reading {}", record.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .ok()
+        .filter(|v: &serde_json::Value| {
+            v["preset"].is_string() && v["scale"].is_string() && v["vars"].is_object()
+        })
+        .with_context(|| {
+            format!(
+                "{}: not the record of settings `xtask exp` writes (preset, scale, vars)",
+                record.display()
+            )
+        })?;
+    Ok(Some(value))
+}
+
+/// Removes `run` for `--fresh`, but only a run directory of `preset` and never a symbolic link:
+/// one whose `settings.json` names `preset`, or (made before runs recorded their settings) the
+/// default directory `default` holding `steps.jsonl` or both prompts files, or an empty one.
+/// The directory is first renamed to a hidden sibling, so a removal cut short leaves no half
+/// run directory behind, only that sibling (removed by the next `--fresh`).
+fn remove_run_dir(run: &Path, preset: &str, default: &Path) -> Result<()> {
+    let tombstone = tombstone(run)?;
+    if tombstone.is_dir() {
+        std::fs::remove_dir_all(&tombstone)
+            .with_context(|| format!("removing {}", tombstone.display()))?;
+    }
+    if !removable(run, preset, default)? {
+        return Ok(());
+    }
+    std::fs::rename(run, &tombstone)
+        .with_context(|| format!("renaming {} to {}", run.display(), tombstone.display()))?;
+    std::fs::remove_dir_all(&tombstone).with_context(|| format!("removing {}", tombstone.display()))
+}
+
+/// The hidden sibling a run directory is renamed to while it is removed.
+fn tombstone(run: &Path) -> Result<PathBuf> {
+    let name = run
+        .file_name()
+        .with_context(|| format!("{}: not a directory name", run.display()))?;
+    Ok(run.with_file_name(format!(".{}.removing", name.to_string_lossy())))
+}
+
+/// Whether `run` exists, for [`remove_run_dir`]; an error if it may not be removed.
+fn removable(run: &Path, preset: &str, default: &Path) -> Result<bool> {
+    let Ok(meta) = std::fs::symlink_metadata(run) else {
+        return Ok(false);
+    };
+    if meta.file_type().is_symlink() {
+        bail!(
+            "{} is a symbolic link: --fresh removes run directories, not links (remove what it \
+             points to by hand, or pass --run with another directory)",
+            run.display()
+        );
+    }
+    let empty = std::fs::read_dir(run)
+        .with_context(|| format!("reading {}", run.display()))?
+        .next()
+        .is_none();
+    let ours = match recorded_settings(run)? {
+        Some(before) => before["preset"] == preset,
+        None => {
+            run == default
+                && (run.join("steps.jsonl").is_file()
+                    || (run.join("prompts.jsonl").is_file()
+                        && run.join("eval-prompts.jsonl").is_file()))
+        }
+    };
+    if !(empty || ours) {
+        bail!(
+            "{} is not a run directory of `{preset}` (its settings.json names another preset, \
+             or it has none): --fresh will not remove it; remove it by hand if it should go",
+            run.display()
+        );
+    }
+    Ok(true)
+}
+
+/// Readies `run` for `settings` (after `--fresh` has removed it, if asked): a directory started
+/// before must have been started with the same preset and scale and the same value of every
+/// variable both have (a preset may add variables later); anything else is an error that names
+/// each difference and changes nothing. Then records the settings, keeping variables the record
+/// has and this call does not.
+fn prepare_run_dir(run: &Path, settings: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
-    if record.is_file() {
-        let text = std::fs::read_to_string(&record)
-            .with_context(|| format!("reading {}", record.display()))?;
-        let before: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not the JSON this task writes", record.display()))?;
+    let record = settings_to_record(run, settings)?;
+    crate::write_atomic(
+        &run.join("settings.json"),
+        &(serde_json::to_string_pretty(&record)? + "\n"),
+    )
+}
+
+/// What [`prepare_run_dir`] records in `run` for `settings`, or the error that refuses them;
+/// reads only.
+fn settings_to_record(run: &Path, settings: &serde_json::Value) -> Result<serde_json::Value> {
+    let mut record = settings.clone();
+    if let Some(before) = recorded_settings(run)? {
         let mut differences = Vec::new();
         for key in ["preset", "scale"] {
             if before[key] != settings[key] {
@@ -290,24 +365,28 @@ fn prepare_run_dir(run: &Path, fresh: bool, settings: &serde_json::Value) -> Res
                 ));
             }
         }
-        if let (Some(old), Some(new)) = (before["vars"].as_object(), settings["vars"].as_object()) {
-            for (k, v) in new {
-                if let Some(was) = old.get(k).filter(|was| *was != v) {
-                    differences.push(format!("`{k}` = {was} there, {v} now"));
-                }
+        let (old, new) = (&before["vars"], &settings["vars"]);
+        for (k, v) in new.as_object().into_iter().flatten() {
+            if let Some(was) = old.get(k).filter(|was| *was != v) {
+                differences.push(format!("`{k}` = {was} there, {v} now"));
             }
         }
         if !differences.is_empty() {
             bail!(
                 "{} was started with other settings ({}): its finished steps would be mixed \
-                 with this call's. Pass --fresh to start it over, or --run DIR for a separate \
-                 run directory",
+                 with this call's. Start it over (`--fresh`; `xtask demo` without `--keep`) or \
+                 give this call its own directory (`--run DIR`)",
                 run.display(),
                 differences.join("; ")
             );
         }
+        for (k, v) in old.as_object().into_iter().flatten() {
+            if !new.as_object().is_some_and(|n| n.contains_key(k)) {
+                record["vars"][k] = v.clone();
+            }
+        }
     }
-    crate::write_atomic(&record, &(serde_json::to_string_pretty(settings)? + "\n"))
+    Ok(record)
 }
 
 /// A step that runs again (its `creates` is missing) into an output directory an interrupted
@@ -414,7 +493,6 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
     for (k, v) in &o.flags.sets {
         vars.insert(k.clone(), Var::One(v.clone()));
     }
-    prepare_run_dir(&run, o.fresh, &settings(&o.preset, &o.flags.scale, &vars))?;
     let count = |name: &str| -> Result<usize> {
         match vars.get(name) {
             Some(Var::One(v)) => v
@@ -428,8 +506,11 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
         }
     };
     let (train, held_out) = (count("prompts")?, count("eval_prompts")?);
-    write_prompts(root, &run, 0, train, "prompts.jsonl")?;
-    write_prompts(root, &run, train, held_out, "eval-prompts.jsonl")?;
+    let prompts = [
+        ("prompts.jsonl", prompts_text(root, 0, train)?),
+        ("eval-prompts.jsonl", prompts_text(root, train, held_out)?),
+    ];
+    let settings = settings(&o.preset, &o.flags.scale, &vars);
     vars.insert("run".into(), Var::One(run.display().to_string()));
     vars.insert(
         "prompts_file".into(),
@@ -468,7 +549,21 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
         plan.len(),
         run.display()
     );
+    // Whatever refuses this call does so before the build and before the run directory changes.
+    let default = root.join("runs").join(&o.preset);
+    if o.fresh {
+        removable(&run, &o.preset, &default)?;
+    } else {
+        settings_to_record(&run, &settings)?;
+    }
     let bin = binary(root, device.as_deref(), o.flags.release)?;
+    if o.fresh {
+        remove_run_dir(&run, &o.preset, &default)?;
+    }
+    prepare_run_dir(&run, &settings)?;
+    for (name, text) in &prompts {
+        crate::write_atomic(&run.join(name), text)?;
+    }
     let start = Instant::now();
     let log = run.join("steps.jsonl");
     for (i, (name, args, creates)) in plan.iter().enumerate() {
@@ -654,56 +749,78 @@ mod tests {
     fn a_run_directory_keeps_its_settings_and_fresh_removes_only_run_directories() {
         let root = tempfile::tempdir().unwrap();
         let run = root.path().join("run");
-        let with = |scale: &str, steps: &str, extra: Option<&str>| {
+        let with = |preset: &str, scale: &str, steps: &str, snap: Option<&str>| {
             let mut v = vars();
             v.insert("steps".into(), Var::One(steps.into()));
-            if let Some(x) = extra {
+            if let Some(x) = snap {
                 v.insert("snap".into(), Var::Many(vec![x.into()]));
             }
-            settings("p", scale, &v)
+            settings(preset, scale, &v)
         };
-        prepare_run_dir(&run, false, &with("cpu", "40", None)).unwrap();
-        assert!(run.join("settings.json").is_file());
+        let record = || std::fs::read_to_string(run.join("settings.json")).unwrap();
+        prepare_run_dir(&run, &with("p", "cpu", "40", Some("10"))).unwrap();
         std::fs::write(run.join("steps.jsonl"), "{}\n").unwrap();
-        // The same settings continue; a variable the preset added since is allowed.
-        prepare_run_dir(&run, false, &with("cpu", "40", None)).unwrap();
-        prepare_run_dir(&run, false, &with("cpu", "40", Some("10"))).unwrap();
-        // Another scale or value is refused, naming each difference, and nothing is removed.
-        let e = prepare_run_dir(&run, false, &with("gpu", "400", Some("10")))
-            .unwrap_err()
-            .to_string();
+        // The same settings continue; a variable the preset added since is allowed, and one the
+        // call no longer has stays in the record.
+        prepare_run_dir(&run, &with("p", "cpu", "40", Some("10"))).unwrap();
+        prepare_run_dir(&run, &with("p", "cpu", "40", None)).unwrap();
+        assert!(record().contains("snap"), "{}", record());
+        // Another preset, scale or value is refused, naming each difference; the record stays.
+        let kept = record();
+        let refused = |s: serde_json::Value| prepare_run_dir(&run, &s).unwrap_err().to_string();
+        let e = refused(with("p", "gpu", "400", None));
         assert!(e.contains(r#"scale "cpu" there, "gpu" now"#), "{e}");
         assert!(e.contains(r#"`steps` = "40" there, "400" now"#), "{e}");
-        let e = prepare_run_dir(&run, false, &with("cpu", "40", Some("20")))
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("--run DIR"), "{e}");
+        let e = refused(with("p", "cpu", "40", Some("20")));
         assert!(e.contains(r#"`snap` = ["10"] there, ["20"] now"#), "{e}");
-        assert!(run.join("steps.jsonl").is_file());
-        // --fresh starts a run directory over with the new settings.
-        prepare_run_dir(&run, true, &with("gpu", "400", None)).unwrap();
-        assert!(!run.join("steps.jsonl").exists());
-        let now: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("settings.json")).unwrap())
-                .unwrap();
-        assert_eq!(now["scale"], "gpu");
-        // --fresh leaves a directory alone that this task did not make, and a link.
-        let other = root.path().join("mine");
-        std::fs::create_dir_all(&other).unwrap();
-        std::fs::write(other.join("notes.txt"), "keep").unwrap();
-        let e = prepare_run_dir(&other, true, &with("cpu", "40", None))
+        let e = refused(with("q", "cpu", "40", None));
+        assert!(e.contains(r#"preset "p" there, "q" now"#), "{e}");
+        assert_eq!(record(), kept);
+        // A record this task did not write is named, not trusted.
+        let odd = root.path().join("odd");
+        std::fs::create_dir_all(&odd).unwrap();
+        std::fs::write(odd.join("settings.json"), r#"{"theme": "dark"}"#).unwrap();
+        let e = prepare_run_dir(&odd, &with("p", "cpu", "40", None))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a run directory"), "{e}");
-        assert!(other.join("notes.txt").is_file());
+        assert!(e.contains("odd/settings.json"), "{e}");
+        // --fresh removes this preset's run directory (renamed aside first: nothing is left
+        // beside it), but not another preset's, nor a directory without a record.
+        let default = root.path().join("runs/p");
+        let e = remove_run_dir(&run, "q", &default).unwrap_err().to_string();
+        assert!(e.contains("not a run directory of `q`"), "{e}");
+        assert!(run.join("steps.jsonl").is_file());
+        remove_run_dir(&run, "p", &default).unwrap();
+        assert!(!run.exists() && !root.path().join(".run.removing").exists());
+        remove_run_dir(&run, "p", &default).unwrap();
+        let e = remove_run_dir(&odd, "p", &default).unwrap_err().to_string();
+        assert!(e.contains("odd/settings.json: not the record"), "{e}");
+        assert!(odd.join("settings.json").is_file());
+        // A run directory from before records: only as the preset's default directory.
+        std::fs::create_dir_all(&default).unwrap();
+        std::fs::write(default.join("prompts.jsonl"), "").unwrap();
+        std::fs::write(default.join("eval-prompts.jsonl"), "").unwrap();
+        let moved = root.path().join("moved");
+        std::fs::create_dir_all(&moved).unwrap();
+        std::fs::write(moved.join("steps.jsonl"), "").unwrap();
+        assert!(remove_run_dir(&moved, "p", &default).is_err());
+        remove_run_dir(&default, "p", &default).unwrap();
+        assert!(!default.exists());
+        // An empty directory goes; a link is refused, and its target keeps its files.
+        std::fs::create_dir_all(&run).unwrap();
+        remove_run_dir(&run, "p", &default).unwrap();
+        assert!(!run.exists());
         #[cfg(unix)]
         {
+            prepare_run_dir(&run, &with("p", "cpu", "40", None)).unwrap();
             let link = root.path().join("link");
             std::os::unix::fs::symlink(&run, &link).unwrap();
-            let e = prepare_run_dir(&link, true, &with("gpu", "400", None))
+            let e = remove_run_dir(&link, "p", &default)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("symbolic link"), "{e}");
-            assert!(run.join("settings.json").is_file());
+            assert!(link.exists() && run.join("settings.json").is_file());
         }
     }
 

@@ -30,10 +30,17 @@ use clap::{Parser, Subcommand};
 /// `path`.
 pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+    let written = std::fs::write(&tmp, text)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The project's automation.
@@ -72,7 +79,7 @@ enum Task {
     },
     /// The main job on the shipped model: runs/demo/report.{md,html}.
     Demo(demo::Args),
-    /// An experiment preset of `xtask/presets` into `runs/<preset>/`.
+    /// An experiment preset of `xtask/presets` into `runs/<preset>/` (or `--run DIR`).
     Exp(exp::Options),
     /// Point burn's CUDA build at Debian's LLVM 22 (no download).
     CudaLlvm,
