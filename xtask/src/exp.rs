@@ -294,6 +294,36 @@ fn remove_run_dir(run: &Path, preset: &str, default: &Path) -> Result<()> {
     std::fs::remove_dir_all(&tombstone).with_context(|| format!("removing {}", tombstone.display()))
 }
 
+/// Claims `run` for this process (creating it): an OS lock on its `.exp.lock`, released by the
+/// system when the process ends however it ends, so a second `xtask exp` into the same
+/// directory is refused while the first runs.
+fn lock_run_dir(run: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+    let path = run.join(".exp.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another `xtask exp` (process {}) is running into {}: wait for it to finish",
+            std::fs::read_to_string(&path).unwrap_or_default().trim(),
+            run.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => bail!("locking {}: {e}", path.display()),
+    }
+    use std::io::{Seek, Write};
+    file.set_len(0)
+        .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
 /// The hidden sibling a run directory is renamed to while it is removed.
 fn tombstone(run: &Path) -> Result<PathBuf> {
     let name = run
@@ -314,10 +344,11 @@ fn removable(run: &Path, preset: &str, default: &Path) -> Result<bool> {
             run.display()
         );
     }
+    // This process's lock file does not make a directory a run.
     let empty = std::fs::read_dir(run)
         .with_context(|| format!("reading {}", run.display()))?
-        .next()
-        .is_none();
+        .filter_map(|e| e.ok())
+        .all(|e| e.file_name() == ".exp.lock");
     let ours = match recorded_settings(run)? {
         Some(before) => before["preset"] == preset,
         None => {
@@ -551,6 +582,7 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
     );
     // Whatever refuses this call does so before the build and before the run directory changes.
     let default = root.join("runs").join(&o.preset);
+    let mut lock = lock_run_dir(&run)?;
     if o.fresh {
         removable(&run, &o.preset, &default)?;
     } else {
@@ -559,7 +591,10 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
     let bin = binary(root, device.as_deref(), o.flags.release)?;
     if o.fresh {
         remove_run_dir(&run, &o.preset, &default)?;
+        // The lock went with the directory (another call would have found it held).
+        lock = lock_run_dir(&run)?;
     }
+    let _lock = lock;
     prepare_run_dir(&run, &settings)?;
     for (name, text) in &prompts {
         crate::write_atomic(&run.join(name), text)?;
@@ -807,10 +842,18 @@ mod tests {
         assert!(remove_run_dir(&moved, "p", &default).is_err());
         remove_run_dir(&default, "p", &default).unwrap();
         assert!(!default.exists());
-        // An empty directory goes; a link is refused, and its target keeps its files.
-        std::fs::create_dir_all(&run).unwrap();
+        // An empty directory goes, also while this process holds its lock; a second claim of a
+        // held directory is refused until the first is released.
+        let held = lock_run_dir(&run).unwrap();
+        let e = lock_run_dir(&run).unwrap_err().to_string();
+        assert!(e.contains("another `xtask exp`"), "{e}");
         remove_run_dir(&run, "p", &default).unwrap();
         assert!(!run.exists());
+        drop(held);
+        drop(lock_run_dir(&run).unwrap());
+        drop(lock_run_dir(&run).unwrap());
+        std::fs::remove_dir_all(&run).unwrap();
+        // A link is refused, and its target keeps its files.
         #[cfg(unix)]
         {
             prepare_run_dir(&run, &with("p", "cpu", "40", None)).unwrap();
