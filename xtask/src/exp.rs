@@ -300,13 +300,13 @@ fn remove_run_dir(run: &Path, preset: &str, default: &Path) -> Result<()> {
 fn lock_run_dir(run: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
     let path = run.join(".exp.lock");
-    let mut file = std::fs::OpenOptions::new()
+    // Opened without truncating: a held lock's file keeps its holder's process id.
+    let opened = std::fs::File::options()
         .create(true)
         .truncate(false)
-        .read(true)
         .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .open(&path);
+    let mut file = opened.with_context(|| format!("opening {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => bail!(
