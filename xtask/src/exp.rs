@@ -11,13 +11,17 @@
 //! `assets/prompts.jsonl`) and `eval_prompts_file` (the next `eval_prompts`, held out).
 //!
 //! Invariants: a step whose `creates` path exists is skipped, so an interrupted experiment
-//! continues where it stopped (`--fresh` starts over); a run directory keeps the preset, scale
-//! and variables it was started with (`settings.json`), and a later call that changes one of
-//! them is refused before anything is built or written, so finished steps of one setting are
-//! never mixed with another's (a variable a preset adds later is allowed); `--fresh` removes
-//! only a run directory of the same preset (its `settings.json` says so, or it is an empty
-//! directory, or `runs/<preset>` from before runs recorded settings), never a symbolic link,
-//! and renames it aside first so an interrupted removal leaves no half run; every step's command line, duration and status go to `steps.jsonl` in the run
+//! continues where it stopped (`--fresh` starts over); a run directory keeps the preset's name,
+//! the scale and the variables it was started with (`settings.json`), and a later call that
+//! changes one of them is refused before anything is built or written but the directory's lock,
+//! so finished steps of one setting are never mixed with another's (a variable a preset adds
+//! later is allowed; edits to a preset's steps are not detected); a directory holding files but
+//! no record is refused, except `runs/<preset>` from before runs recorded settings; `--fresh`
+//! removes only a run directory of the same preset (its `settings.json` says so, or it is an
+//! empty directory, or such an older `runs/<preset>`), never a symbolic link, and renames it
+//! aside first so an interrupted removal leaves no half run; one `xtask exp` at a time holds a
+//! run directory (the lock is this process's: a step it started keeps running if it alone is
+//! killed); every step's command line, duration and status go to `steps.jsonl` in the run
 //! directory; the binary is built once, up front, and then run directly (`INFALIGN_BIN` names
 //! another one).
 
@@ -268,7 +272,8 @@ fn recorded_settings(run: &Path) -> Result<Option<serde_json::Value>> {
         })
         .with_context(|| {
             format!(
-                "{}: not the record of settings `xtask exp` writes (preset, scale, vars)",
+                "{}: not the record of settings `xtask exp` writes (preset, scale, vars); \
+                 remove the directory by hand, or pass --run with another one",
                 record.display()
             )
         })?;
@@ -296,7 +301,8 @@ fn remove_run_dir(run: &Path, preset: &str, default: &Path) -> Result<()> {
 
 /// Claims `run` for this process (creating it): an OS lock on its `.exp.lock`, released by the
 /// system when the process ends however it ends, so a second `xtask exp` into the same
-/// directory is refused while the first runs.
+/// directory is refused while the first runs. The lock is this process's: an `infalign` step it
+/// started keeps running if `xtask` alone is killed.
 fn lock_run_dir(run: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
     let path = run.join(".exp.lock");
@@ -344,21 +350,11 @@ fn removable(run: &Path, preset: &str, default: &Path) -> Result<bool> {
             run.display()
         );
     }
-    // This process's lock file does not make a directory a run.
-    let empty = std::fs::read_dir(run)
-        .with_context(|| format!("reading {}", run.display()))?
-        .filter_map(|e| e.ok())
-        .all(|e| e.file_name() == ".exp.lock");
     let ours = match recorded_settings(run)? {
         Some(before) => before["preset"] == preset,
-        None => {
-            run == default
-                && (run.join("steps.jsonl").is_file()
-                    || (run.join("prompts.jsonl").is_file()
-                        && run.join("eval-prompts.jsonl").is_file()))
-        }
+        None => older_run(run, default),
     };
-    if !(empty || ours) {
+    if !(holds_nothing(run)? || ours) {
         bail!(
             "{} is not a run directory of `{preset}` (its settings.json names another preset, \
              or it has none): --fresh will not remove it; remove it by hand if it should go",
@@ -368,14 +364,32 @@ fn removable(run: &Path, preset: &str, default: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether `run` holds nothing but this task's lock file (which does not make it a run).
+fn holds_nothing(run: &Path) -> Result<bool> {
+    let mut entries =
+        std::fs::read_dir(run).with_context(|| format!("reading {}", run.display()))?;
+    entries.try_fold(true, |nothing, e| {
+        let e = e.with_context(|| format!("reading {}", run.display()))?;
+        Ok(nothing && e.file_name() == ".exp.lock")
+    })
+}
+
+/// Whether `run` is the preset's default directory `default`, made by a run from before runs
+/// recorded their settings (it holds `steps.jsonl` or both prompts files, and no record).
+fn older_run(run: &Path, default: &Path) -> bool {
+    run == default
+        && (run.join("steps.jsonl").is_file()
+            || (run.join("prompts.jsonl").is_file() && run.join("eval-prompts.jsonl").is_file()))
+}
+
 /// Readies `run` for `settings` (after `--fresh` has removed it, if asked): a directory started
 /// before must have been started with the same preset and scale and the same value of every
 /// variable both have (a preset may add variables later); anything else is an error that names
 /// each difference and changes nothing. Then records the settings, keeping variables the record
 /// has and this call does not.
-fn prepare_run_dir(run: &Path, settings: &serde_json::Value) -> Result<()> {
+fn prepare_run_dir(run: &Path, settings: &serde_json::Value, default: &Path) -> Result<()> {
     std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
-    let record = settings_to_record(run, settings)?;
+    let record = settings_to_record(run, settings, default)?;
     crate::write_atomic(
         &run.join("settings.json"),
         &(serde_json::to_string_pretty(&record)? + "\n"),
@@ -383,10 +397,31 @@ fn prepare_run_dir(run: &Path, settings: &serde_json::Value) -> Result<()> {
 }
 
 /// What [`prepare_run_dir`] records in `run` for `settings`, or the error that refuses them;
-/// reads only.
-fn settings_to_record(run: &Path, settings: &serde_json::Value) -> Result<serde_json::Value> {
+/// reads only. A directory without a record is accepted when it does not exist, holds nothing,
+/// or is an older run of the preset's default directory `default` (whose settings cannot be
+/// checked: a warning says so).
+fn settings_to_record(
+    run: &Path,
+    settings: &serde_json::Value,
+    default: &Path,
+) -> Result<serde_json::Value> {
     let mut record = settings.clone();
-    if let Some(before) = recorded_settings(run)? {
+    let recorded = recorded_settings(run)?;
+    if recorded.is_none() && run.exists() && !holds_nothing(run)? {
+        if !older_run(run, default) {
+            bail!(
+                "{} holds files but no settings.json, so it is not a run directory of \
+                 `xtask exp`: pass --run with another directory, or remove it by hand",
+                run.display()
+            );
+        }
+        eprintln!(
+            "[exp] {} was started before run directories recorded their settings: whether its \
+             finished steps used the same scale and variables cannot be checked",
+            run.display()
+        );
+    }
+    if let Some(before) = recorded {
         let mut differences = Vec::new();
         for key in ["preset", "scale"] {
             if before[key] != settings[key] {
@@ -403,10 +438,15 @@ fn settings_to_record(run: &Path, settings: &serde_json::Value) -> Result<serde_
             }
         }
         if !differences.is_empty() {
+            let remedy = if before["preset"] == settings["preset"] {
+                "Start it over (`--fresh`; `xtask demo` without `--keep`) or give this call its \
+                 own directory (`--run DIR`)"
+            } else {
+                "Give this call its own directory (`--run DIR`)"
+            };
             bail!(
                 "{} was started with other settings ({}): its finished steps would be mixed \
-                 with this call's. Start it over (`--fresh`; `xtask demo` without `--keep`) or \
-                 give this call its own directory (`--run DIR`)",
+                 with this call's. {remedy}",
                 run.display(),
                 differences.join("; ")
             );
@@ -511,12 +551,24 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
             preset.scales.keys().cloned().collect::<Vec<_>>().join(", ")
         )
     })?;
-    let run = match &o.run {
-        Some(dir) => {
-            std::path::absolute(dir).with_context(|| format!("--run {}", dir.display()))?
-        }
+    let run: PathBuf = match &o.run {
+        // Normalised (`./`, a trailing `/`), so a link named with a trailing slash is still seen
+        // as a link and the directory's own name is its last component.
+        Some(dir) => std::path::absolute(dir)
+            .with_context(|| format!("--run {}", dir.display()))?
+            .components()
+            .collect(),
         None => root.join("runs").join(&o.preset),
     };
+    if !matches!(
+        run.components().next_back(),
+        Some(std::path::Component::Normal(_))
+    ) {
+        bail!(
+            "--run {}: a run directory needs a name of its own (not `/` or `..`)",
+            run.display()
+        );
+    }
     let mut vars: Vars = BTreeMap::new();
     for (k, v) in scale {
         vars.insert(k.clone(), var(v)?);
@@ -586,7 +638,7 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
     if o.fresh {
         removable(&run, &o.preset, &default)?;
     } else {
-        settings_to_record(&run, &settings)?;
+        settings_to_record(&run, &settings, &default)?;
     }
     let bin = binary(root, device.as_deref(), o.flags.release)?;
     if o.fresh {
@@ -595,7 +647,7 @@ pub fn run(root: &Path, o: &Options) -> Result<PathBuf> {
         lock = lock_run_dir(&run)?;
     }
     let _lock = lock;
-    prepare_run_dir(&run, &settings)?;
+    prepare_run_dir(&run, &settings, &default)?;
     for (name, text) in &prompts {
         crate::write_atomic(&run.join(name), text)?;
     }
@@ -792,17 +844,19 @@ mod tests {
             }
             settings(preset, scale, &v)
         };
+        let default = root.path().join("runs/p");
+        let prepare = |dir: &Path, s: serde_json::Value| prepare_run_dir(dir, &s, &default);
         let record = || std::fs::read_to_string(run.join("settings.json")).unwrap();
-        prepare_run_dir(&run, &with("p", "cpu", "40", Some("10"))).unwrap();
+        prepare(&run, with("p", "cpu", "40", Some("10"))).unwrap();
         std::fs::write(run.join("steps.jsonl"), "{}\n").unwrap();
         // The same settings continue; a variable the preset added since is allowed, and one the
         // call no longer has stays in the record.
-        prepare_run_dir(&run, &with("p", "cpu", "40", Some("10"))).unwrap();
-        prepare_run_dir(&run, &with("p", "cpu", "40", None)).unwrap();
+        prepare(&run, with("p", "cpu", "40", Some("10"))).unwrap();
+        prepare(&run, with("p", "cpu", "40", None)).unwrap();
         assert!(record().contains("snap"), "{}", record());
         // Another preset, scale or value is refused, naming each difference; the record stays.
         let kept = record();
-        let refused = |s: serde_json::Value| prepare_run_dir(&run, &s).unwrap_err().to_string();
+        let refused = |s: serde_json::Value| prepare(&run, s).unwrap_err().to_string();
         let e = refused(with("p", "gpu", "400", None));
         assert!(e.contains(r#"scale "cpu" there, "gpu" now"#), "{e}");
         assert!(e.contains(r#"`steps` = "40" there, "400" now"#), "{e}");
@@ -811,18 +865,35 @@ mod tests {
         assert!(e.contains(r#"`snap` = ["10"] there, ["20"] now"#), "{e}");
         let e = refused(with("q", "cpu", "40", None));
         assert!(e.contains(r#"preset "p" there, "q" now"#), "{e}");
+        assert!(
+            !e.contains("--fresh"),
+            "another preset's directory: only --run helps: {e}"
+        );
         assert_eq!(record(), kept);
         // A record this task did not write is named, not trusted.
         let odd = root.path().join("odd");
         std::fs::create_dir_all(&odd).unwrap();
         std::fs::write(odd.join("settings.json"), r#"{"theme": "dark"}"#).unwrap();
-        let e = prepare_run_dir(&odd, &with("p", "cpu", "40", None))
+        let e = prepare(&odd, with("p", "cpu", "40", None))
             .unwrap_err()
             .to_string();
         assert!(e.contains("odd/settings.json"), "{e}");
+        // A directory with files but no record is not adopted (its files stay), except an older
+        // run in the preset's default directory.
+        let notes = root.path().join("notes");
+        std::fs::create_dir_all(&notes).unwrap();
+        std::fs::write(notes.join("prompts.jsonl"), "mine").unwrap();
+        let e = prepare(&notes, with("p", "cpu", "40", None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no settings.json"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(notes.join("prompts.jsonl")).unwrap(),
+            "mine"
+        );
+        assert!(!notes.join("settings.json").exists());
         // --fresh removes this preset's run directory (renamed aside first: nothing is left
         // beside it), but not another preset's, nor a directory without a record.
-        let default = root.path().join("runs/p");
         let e = remove_run_dir(&run, "q", &default).unwrap_err().to_string();
         assert!(e.contains("not a run directory of `q`"), "{e}");
         assert!(run.join("steps.jsonl").is_file());
@@ -840,23 +911,26 @@ mod tests {
         std::fs::create_dir_all(&moved).unwrap();
         std::fs::write(moved.join("steps.jsonl"), "").unwrap();
         assert!(remove_run_dir(&moved, "p", &default).is_err());
+        assert!(moved.join("steps.jsonl").is_file());
+        prepare(&default, with("p", "cpu", "40", None)).unwrap();
+        assert!(default.join("settings.json").is_file());
+        std::fs::remove_file(default.join("settings.json")).unwrap();
         remove_run_dir(&default, "p", &default).unwrap();
         assert!(!default.exists());
-        // An empty directory goes, also while this process holds its lock; a second claim of a
-        // held directory is refused until the first is released.
+        // A second claim of a held directory is refused until the first is released.
         let held = lock_run_dir(&run).unwrap();
         let e = lock_run_dir(&run).unwrap_err().to_string();
         assert!(e.contains("another `xtask exp`"), "{e}");
+        drop(held);
+        let held = lock_run_dir(&run).unwrap();
+        // A directory holding only its lock is empty: --fresh removes it while it is held.
         remove_run_dir(&run, "p", &default).unwrap();
         assert!(!run.exists());
         drop(held);
-        drop(lock_run_dir(&run).unwrap());
-        drop(lock_run_dir(&run).unwrap());
-        std::fs::remove_dir_all(&run).unwrap();
         // A link is refused, and its target keeps its files.
         #[cfg(unix)]
         {
-            prepare_run_dir(&run, &with("p", "cpu", "40", None)).unwrap();
+            prepare(&run, with("p", "cpu", "40", None)).unwrap();
             let link = root.path().join("link");
             std::os::unix::fs::symlink(&run, &link).unwrap();
             let e = remove_run_dir(&link, "p", &default)
