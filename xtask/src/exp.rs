@@ -942,6 +942,78 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_call_changes_nothing_and_builds_nothing() {
+        // A workspace of its own: one preset and a prompts file. Every call below is refused
+        // before `binary` would build or pick `infalign`, so none needs one.
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        std::fs::create_dir_all(root.join("xtask/presets")).unwrap();
+        std::fs::create_dir_all(root.join("assets")).unwrap();
+        let prompts: String = (0..8)
+            .map(|i| format!("{{\"prompt\": \"p{i}\"}}\n"))
+            .collect();
+        std::fs::write(root.join("assets/prompts.jsonl"), prompts).unwrap();
+        let preset = |name: &str| {
+            let text = "description = \"d\"\nclaim = \"c\"\n[scales.cpu]\nprompts = 2\n\
+                        eval_prompts = 2\nsteps = 3\n[scales.gpu]\nprompts = 4\neval_prompts = 2\n\
+                        steps = 30\n[[steps]]\nname = \"s\"\nargs = [\"generate\", \"--out\", \"{run}/x\"]\n\
+                        creates = \"x\"\n";
+            std::fs::write(root.join(format!("xtask/presets/{name}.toml")), text).unwrap();
+        };
+        preset("p");
+        preset("q");
+        let call = |name: &str, scale: &str, fresh: bool| Options {
+            preset: name.into(),
+            fresh,
+            run: None,
+            flags: RunFlags {
+                scale: scale.into(),
+                sets: Vec::new(),
+                release: false,
+            },
+        };
+        // A run directory of `p` at the cpu scale, with a finished step.
+        let run_dir = root.join("runs/p");
+        let mut v = Vars::new();
+        for (k, x) in [("prompts", "2"), ("eval_prompts", "2"), ("steps", "3")] {
+            v.insert(k.into(), Var::One(x.into()));
+        }
+        prepare_run_dir(&run_dir, &settings("p", "cpu", &v), &run_dir).unwrap();
+        std::fs::write(run_dir.join("x"), "finished").unwrap();
+        let files = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            (
+                names,
+                std::fs::read_to_string(dir.join("settings.json")).unwrap(),
+            )
+        };
+        let before = files(&run_dir);
+        // Another scale into it: refused, and neither the record nor the prompts change.
+        let e = run(root, &call("p", "gpu", false)).unwrap_err().to_string();
+        assert!(e.contains(r#"scale "cpu" there, "gpu" now"#), "{e}");
+        // --fresh from another preset pointed at it: refused, nothing removed.
+        let mut other = call("q", "cpu", true);
+        other.run = Some(run_dir.clone());
+        let e = run(root, &other).unwrap_err().to_string();
+        assert!(e.contains("not a run directory of `q`"), "{e}");
+        // Too many prompts asked: refused before the directory is touched.
+        let mut many = call("p", "cpu", false);
+        many.flags.sets = vec![("prompts".into(), "100".into())];
+        assert!(run(root, &many).is_err());
+        let mut after = files(&run_dir);
+        after.0.retain(|n| n != ".exp.lock");
+        assert_eq!(after, before);
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join("x")).unwrap(),
+            "finished"
+        );
+    }
+
+    #[test]
     fn shipped_presets_parse_and_expand() {
         let root = crate::root();
         for name in presets(&root).unwrap() {
