@@ -286,12 +286,13 @@ fn recorded_settings(run: &Path) -> Result<Option<serde_json::Value>> {
 /// The directory is first renamed to a hidden sibling, so a removal cut short leaves no half
 /// run directory behind, only that sibling (removed by the next `--fresh`).
 fn remove_run_dir(run: &Path, preset: &str, default: &Path) -> Result<()> {
+    let exists = removable(run, preset, default)?;
     let tombstone = tombstone(run)?;
     if tombstone.is_dir() {
         std::fs::remove_dir_all(&tombstone)
             .with_context(|| format!("removing {}", tombstone.display()))?;
     }
-    if !removable(run, preset, default)? {
+    if !exists {
         return Ok(());
     }
     std::fs::rename(run, &tombstone)
